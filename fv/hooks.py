@@ -1,0 +1,66 @@
+"""Forward hooks as context managers that always remove what they added, whatever happens inside.
+
+Three hooks serve every stage: capture the input of modules (the attention output projections, whose input
+split by head is what each head writes), replace a module's output (to patch one head's slice), and add a
+vector to a decoder layer's output at one position (FV injection), whether the layer returns a tensor, as
+current transformers releases do, or a tuple, as older ones did.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterator, Sequence
+
+import torch
+from torch import nn
+
+
+@contextlib.contextmanager
+def hooked(registrations: Sequence[tuple[nn.Module, Callable]]) -> Iterator[None]:
+    """Register forward hooks ``(module, hook)`` for the duration of the block; removed in ``finally``."""
+    handles = []
+    try:
+        for module, hook in registrations:
+            handles.append(module.register_forward_hook(hook))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextlib.contextmanager
+def capture_inputs(modules: Sequence[nn.Module]) -> Iterator[dict[int, torch.Tensor]]:
+    """Yield a dict filled, during a forward pass, with the first input of each module by its position."""
+    store: dict[int, torch.Tensor] = {}
+
+    def make(i: int) -> Callable:
+        def hook(_m, inputs, _out):
+            store[i] = inputs[0]
+        return hook
+
+    with hooked([(m, make(i)) for i, m in enumerate(modules)]):
+        yield store
+
+
+@contextlib.contextmanager
+def replace_output(module: nn.Module, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Iterator[None]:
+    """Replace ``module``'s output with ``fn(input, output)``."""
+
+    def hook(_m, inputs, output):
+        return fn(inputs[0], output)
+
+    with hooked([(module, hook)]):
+        yield
+
+
+@contextlib.contextmanager
+def add_to_output(module: nn.Module, vector: torch.Tensor, position: int = -1) -> Iterator[None]:
+    """Add ``vector`` (1, d_model) to ``module``'s hidden-state output at ``position``, in place."""
+
+    def hook(_m, _inputs, output):
+        hidden = output[0] if isinstance(output, tuple) else output
+        hidden[:, position] += vector.to(hidden.device)
+        return output
+
+    with hooked([(module, hook)]):
+        yield

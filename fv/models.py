@@ -1,0 +1,85 @@
+"""Loading a model and its tokenizer once, with an explicit dtype and device (SPEC 1, pitfall 2)."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fv.errors import FVError
+from fv.modeltree import ModelInfo, inspect_model
+from fv.prompts import tokenizer_prepends_bos
+from fv.tiny import resolve_model_path
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+
+
+def pick_device(device: str | None) -> str:
+    if device in (None, "", "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise FVError(f"--device {device} asked, but torch sees no CUDA device. Use --device cpu or auto.")
+    return device
+
+
+def pick_dtype(dtype: str | None) -> torch.dtype:
+    if dtype in (None, "", "auto"):
+        return torch.float32
+    if dtype not in DTYPES:
+        raise FVError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}.")
+    return DTYPES[dtype]
+
+
+def load_tokenizer(path: str | Path) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(path))
+    except Exception as exc:
+        raise FVError(f"cannot load a tokenizer from {path}: {exc}. Give a model folder or a tiny model name.") from exc
+
+
+@dataclass
+class LoadedModel:
+    """A model with everything the stages ask of it."""
+
+    path: Path
+    model: Any
+    tokenizer: Any
+    info: ModelInfo
+    device: str
+    dtype: torch.dtype
+    prepend_bos: bool
+
+    @property
+    def name(self) -> str:
+        """Folder name without the cache fingerprint of a tiny model."""
+        name = self.path.name
+        for tiny in ("tiny-llama3tok", "tiny-llama"):
+            if name.startswith(tiny + "-"):
+                return tiny
+        return name
+
+    @property
+    def config_hash(self) -> str:
+        return hashlib.sha256((self.path / "config.json").read_bytes()).hexdigest()[:16]
+
+
+def load_model(model: str | None, device: str | None = None, dtype: str | None = None) -> LoadedModel:
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model_path(model)
+    dev, dt = pick_device(device), pick_dtype(dtype)
+    tok = load_tokenizer(path)
+    try:
+        m = AutoModelForCausalLM.from_pretrained(str(path), dtype=dt, attn_implementation="eager")
+    except Exception as exc:
+        raise FVError(f"cannot load the model in {path}: {exc}") from exc
+    m = m.to(dev).eval()
+    torch.set_grad_enabled(False)
+    return LoadedModel(path=path, model=m, tokenizer=tok, info=inspect_model(m), device=dev, dtype=dt,
+                       prepend_bos=tokenizer_prepends_bos(tok))
