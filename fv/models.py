@@ -71,7 +71,9 @@ class LoadedModel:
 
 def load_model(model: str | None, device: str | None = None, dtype: str | None = None) -> LoadedModel:
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()
     path = resolve_model_path(model)
     dev, dt = pick_device(device), pick_dtype(dtype)
     tok = load_tokenizer(path)

@@ -1,0 +1,165 @@
+"""The fv runtime end to end (M4): mean activations, indirect effects, top heads, the FV by layer and in the
+residual stream, and its evaluation at one or more edit layers, every artifact written with its meta.
+
+``resume`` skips a stage whose outputs exist and whose meta records the same inputs (model config, trials
+sha256, parameters, mode); anything else is recomputed. Artifacts are written atomically, so an interrupted
+run never leaves a file that a resumed one would trust.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from fv.activations import mean_head_activations
+from fv.effects import indirect_effects
+from fv.evaluation import evaluate_layers, summarize
+from fv.io import ensure_dir, load_tensor_file, save_tensors, write_json, write_text
+from fv.meta import run_meta
+from fv.models import LoadedModel
+from fv.progress import Progress
+from fv.prompts import dummy_labels
+from fv.trials import FixedTrials
+from fv.vectors import function_vector, top_heads
+
+RUNTIME_FILES = (
+    "mean_activations.pt", "mean_activations_meta.json", "top_heads.json", "fv_by_layer.pt", "fv_global_resid.pt",
+    "fv_global_resid_meta.json", "eval_summary.json", "eval_trials.jsonl", "eval_meta.json",
+)
+
+
+@dataclass
+class RunConfig:
+    n_top_heads: int = 10
+    edit_layers: Sequence[int] = (9,)
+    max_trials: int | None = None
+    mode: str = "exact"
+    resume: bool = False
+    extra_meta: dict = field(default_factory=dict)
+
+
+def parse_layers(spec: str | None, n_layers: int, default: int) -> list[int]:
+    """``9``, ``0-31``, ``3,5,9`` or ``all``."""
+    from fv.errors import FVError
+
+    if spec is None:
+        return [default]
+    if spec == "all":
+        return list(range(n_layers))
+    out: list[int] = []
+    for part in spec.split(","):
+        part = part.strip()
+        try:
+            if "-" in part:
+                a, b = (int(x) for x in part.split("-", 1))
+                out += list(range(a, b + 1))
+            else:
+                out.append(int(part))
+        except ValueError as exc:
+            raise FVError(f"cannot read edit layers {spec!r}: use N, A-B, a comma list, or all.") from exc
+    bad = [x for x in out if not 0 <= x < n_layers]
+    if bad:
+        raise FVError(f"edit layers {bad} are outside this model's {n_layers} layers (0..{n_layers - 1}).")
+    return out
+
+
+def _key(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _fresh(meta_path: Path, key: str, outputs: Sequence[Path]) -> bool:
+    if not meta_path.is_file() or not all(p.is_file() for p in outputs):
+        return False
+    try:
+        return json.loads(meta_path.read_text()).get("inputs_key") == key
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def run_runtime(lm: LoadedModel, trials: FixedTrials, out_dir: str | Path, cfg: RunConfig, progress: Progress | None = None) -> dict:
+    """Write every runtime artifact of SPEC 3 into ``out_dir``; returns the eval summary."""
+    out = ensure_dir(out_dir)
+    prog = progress or Progress(enabled=False)
+    subset = trials.subset(cfg.max_trials)
+    for layer in cfg.edit_layers:
+        lm.info.check_edit_layer(layer)
+    meta_p, sep = trials.meta.get("prefixes"), trials.meta.get("separators")
+    base_key = [lm.config_hash, str(lm.dtype), lm.device, trials.sha256, len(subset), cfg.mode]
+    params = {"n_top_heads": cfg.n_top_heads, "edit_layers": list(cfg.edit_layers), "max_trials": cfg.max_trials, "mode": cfg.mode}
+    meta = lambda **kw: run_meta(lm, trials, params, **cfg.extra_meta, **kw)  # noqa: E731
+    dummy = dummy_labels(len(subset[0].prompt_data_clean["examples"]), lm.tokenizer, lm.prepend_bos, meta_p, sep)
+
+    # mean activations
+    k_mean = _key("mean", base_key)
+    f_mean = out / "mean_activations.pt"
+    if cfg.resume and _fresh(out / "mean_activations_meta.json", k_mean, [f_mean]):
+        mean = load_tensor_file(f_mean)
+        prog.note("mean activations: up to date, skipped")
+    else:
+        prog.start("mean activations", len(subset))
+        mean = mean_head_activations(lm.model, lm.tokenizer, lm.info, [t.prompt_data_clean for t in subset], dummy,
+                                     lm.prepend_bos, mode=cfg.mode, progress=lambda n: prog("mean activations", n))
+        prog.finish("mean activations")
+        save_tensors(f_mean, mean)
+        write_json(out / "mean_activations_meta.json", meta(inputs_key=k_mean, shape=list(mean.shape),
+                                                            dims=["layer", "head", "slot", "head_dim"],
+                                                            dummy_labels=[[p, l] for p, l in dummy]))
+    # indirect effects
+    k_ie = _key("ie", base_key, k_mean)
+    f_ie = out / "indirect_effect.pt"
+    if cfg.resume and _fresh(out / "indirect_effect_meta.json", k_ie, [f_ie]):
+        ie = load_tensor_file(f_ie)
+        prog.note("indirect effect: up to date, skipped")
+    else:
+        prog.start("indirect effect", len(subset))
+        ie = indirect_effects(lm.model, lm.tokenizer, lm.info, [t.prompt_data_corrupted for t in subset], mean, dummy,
+                              lm.prepend_bos, mode=cfg.mode, progress=lambda n: prog("indirect effect", n))
+        prog.finish("indirect effect")
+        save_tensors(f_ie, ie)
+        write_json(out / "indirect_effect_meta.json", meta(inputs_key=k_ie, shape=list(ie.shape), dims=["trial", "layer", "head"],
+                                                           trial_keys=[[t.trial_id, t.trial_idx] for t in subset]))
+    # top heads and the FV
+    k_fv = _key("fv", k_ie, cfg.n_top_heads)
+    files_fv = [out / "top_heads.json", out / "fv_by_layer.pt", out / "fv_global_resid.pt"]
+    if cfg.resume and _fresh(out / "fv_global_resid_meta.json", k_fv, files_fv):
+        fv_vec = load_tensor_file(out / "fv_global_resid.pt").to(lm.info.device, lm.dtype)
+        prog.note("top heads and FV: up to date, skipped")
+    else:
+        heads = top_heads(ie, cfg.n_top_heads)
+        fvr = function_vector(mean, heads, lm.info)
+        fv_vec = fvr.vector
+        write_json(out / "top_heads.json", [[l, h, s] for l, h, s in heads])
+        save_tensors(out / "fv_by_layer.pt", fvr.by_layer)
+        save_tensors(out / "fv_global_resid.pt", fvr.vector.reshape(-1).to("cpu"))
+        write_json(out / "fv_global_resid_meta.json", meta(inputs_key=k_fv, d_model=lm.info.d_model,
+                                                           top_heads=[[l, h, s] for l, h, s in heads],
+                                                           norm=float(fvr.vector.float().norm())))
+    # evaluation per edit layer
+    todo = [L for L in cfg.edit_layers if not (cfg.resume and _fresh(out / f"step6_results_L{L}.json", _key("eval", k_fv, L), [out / f"step6_results_L{L}.json"]))]
+    prog.start("evaluation", len(todo))
+    by_layer = evaluate_layers(lm, subset, fv_vec, todo, progress=lambda n: prog("evaluation", n)) if todo else {}
+    prog.finish("evaluation")
+    for L, rows in by_layer.items():
+        write_json(out / f"step6_results_L{L}.json", {"inputs_key": _key("eval", k_fv, L), "edit_layer": L,
+                                                      "summary": summarize(rows), "trials": rows})
+    summaries = {L: json.loads((out / f"step6_results_L{L}.json").read_text())["summary"] for L in cfg.edit_layers}
+    primary = cfg.edit_layers[0]
+    rows = by_layer.get(primary) or json.loads((out / f"step6_results_L{primary}.json").read_text())["trials"]
+    summary = {**summaries[primary], "edit_layer": primary}
+    if len(cfg.edit_layers) > 1:
+        best = max(cfg.edit_layers, key=lambda L: (summaries[L]["by_prompt_set"]["zero_shot"]["mean_delta_logprob"]))
+        summary["best_layer_zero_shot_delta_logprob"] = best
+    write_json(out / "eval_summary.json", summary)
+    write_text(out / "eval_trials.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    write_json(out / "eval_meta.json", meta(edit_layer=primary, edit_layers=list(cfg.edit_layers), n_rows=len(rows),
+                                            prompt_sets=["zero_shot", "shuffled"]))
+    return summary
+
+
+def load_fv(out_dir: Path) -> torch.Tensor:
+    return load_tensor_file(Path(out_dir) / "fv_global_resid.pt")
