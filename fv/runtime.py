@@ -17,6 +17,9 @@ from typing import Any, Sequence
 import torch
 
 from fv.activations import mean_head_activations
+from fv.dump import build_dump
+from fv.golden import to_jsonable
+from fv.stages import StageValues, fv_prompt_values, fv_slot_values
 from fv.effects import indirect_effects
 from fv.evaluation import evaluate_layers, summarize
 from fv.io import ensure_dir, load_tensor_file, save_tensors, write_json, write_text
@@ -158,7 +161,23 @@ def run_runtime(lm: LoadedModel, trials: FixedTrials, out_dir: str | Path, cfg: 
     write_text(out / "eval_trials.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     write_json(out / "eval_meta.json", meta(edit_layer=primary, edit_layers=list(cfg.edit_layers), n_rows=len(rows),
                                             prompt_sets=["zero_shot", "shuffled"]))
+    _write_dump(out, lm, trials, subset, rows, meta(), primary)
     return summary
+
+
+def _write_dump(out: Path, lm: LoadedModel, trials: FixedTrials, subset: list, rows: list[dict], meta: dict, layer: int) -> None:
+    """The per-trial dump in the reference dump's layout, so ``fv diff`` can compare the two folders."""
+    sv = StageValues()
+    sv.values["prompt"] = to_jsonable(fv_prompt_values(lm, subset))
+    _, slot = fv_slot_values(lm, subset, trials.meta.get("prefixes"), trials.meta.get("separators"))
+    sv.values["slot"] = to_jsonable(slot)
+    sv.values["top_heads"] = json.loads((out / "top_heads.json").read_text())
+    inj: dict = {}
+    for r in rows:
+        side = lambda s: {"logprob": r[f"logprob_{s}"], "logit": r[f"logit_{s}"], "pred_id": r[f"pred_id_{s}"]}  # noqa: E731
+        inj.setdefault(f"{r['trial_id']}:{r['trial_idx']}", {})[r["prompt_set"]] = {"target_id": r["target_id"], "base": side("base"), "with": side("with")}
+    sv.values["injection"] = inj
+    write_json(out / "fv_runtime_dump.json", build_dump(sv, meta, layer))
 
 
 def load_fv(out_dir: Path) -> torch.Tensor:

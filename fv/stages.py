@@ -89,6 +89,32 @@ class Timer:
         self.out[self.name] = time.perf_counter() - self.t0
 
 
+def fv_prompt_values(lm: LoadedModel, trials: Sequence[Trial]) -> dict:
+    """Per trial: both prompt strings, their token ids, and the target's answer ids, as fv renders them."""
+    tok = lm.tokenizer
+    out = {}
+    for tr in trials:
+        clean = prompt_string(tr.prompt_data_clean)
+        out[trial_key(tr)] = _prompt_entry(tok, clean, prompt_string(tr.prompt_data_corrupted), tr.target_str,
+                                           answer_ids(tok, clean, tr.target_str))
+    return out
+
+
+def fv_slot_values(lm: LoadedModel, trials: Sequence[Trial], prefixes: dict, separators: dict) -> tuple[list, dict]:
+    """The dummy labels and, per trial and side, token labels and slot maps."""
+    tok = lm.tokenizer
+    dummy = dummy_labels(len(trials[0].prompt_data_clean["examples"]), tok, lm.prepend_bos, prefixes, separators)
+    slots = {}
+    for tr in trials:
+        entry = {}
+        for side, pd_ in (("clean", tr.prompt_data_clean), ("corrupted", tr.prompt_data_corrupted)):
+            labels, _ = token_meta_labels(pd_, tok, prepend_bos=lm.prepend_bos)
+            idx_map, idx_avg = slot_maps(labels, dummy)
+            entry[side] = _slot_entry(labels, idx_map, idx_avg, full_idx_map(idx_map, idx_avg))
+        slots[trial_key(tr)] = entry
+    return dummy, {"dummy_labels": [[int(p), str(l)] for p, l in dummy], "trials": slots}
+
+
 def fv_stage_values(lm: LoadedModel, trials: Sequence[Trial], params: Params, prefixes: dict, separators: dict,
                     progress: Callable[[str, int], None] | None = None) -> StageValues:
     """Every stage computed by the fv runtime alone."""
@@ -98,22 +124,9 @@ def fv_stage_values(lm: LoadedModel, trials: Sequence[Trial], params: Params, pr
     d = sv.durations
     tick = (lambda s: (lambda n: progress(s, n))) if progress else (lambda s: (lambda n: None))
     with Timer(d, "prompt"):
-        sv.values["prompt"] = {
-            trial_key(tr): _prompt_entry(tok, prompt_string(tr.prompt_data_clean), prompt_string(tr.prompt_data_corrupted),
-                                         tr.target_str, answer_ids(tok, prompt_string(tr.prompt_data_clean), tr.target_str))
-            for tr in trials}
+        sv.values["prompt"] = fv_prompt_values(lm, trials)
     with Timer(d, "slot"):
-        n_shots = len(trials[0].prompt_data_clean["examples"])
-        dummy = dummy_labels(n_shots, tok, lm.prepend_bos, prefixes, separators)
-        slots = {}
-        for tr in trials:
-            entry = {}
-            for side, pd_ in (("clean", tr.prompt_data_clean), ("corrupted", tr.prompt_data_corrupted)):
-                labels, _ = token_meta_labels(pd_, tok, prepend_bos=lm.prepend_bos)
-                idx_map, idx_avg = slot_maps(labels, dummy)
-                entry[side] = _slot_entry(labels, idx_map, idx_avg, full_idx_map(idx_map, idx_avg))
-            slots[trial_key(tr)] = entry
-        sv.values["slot"] = {"dummy_labels": [[int(p), str(l)] for p, l in dummy], "trials": slots}
+        dummy, sv.values["slot"] = fv_slot_values(lm, trials, prefixes, separators)
     with Timer(d, "mean_activations"):
         mean = mean_head_activations(lm.model, tok, info, [tr.prompt_data_clean for tr in trials], dummy, lm.prepend_bos,
                                      mode=params.mode, progress=tick("mean_activations") if progress else None)
