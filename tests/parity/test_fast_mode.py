@@ -1,0 +1,69 @@
+"""Fast mode equals exact mode within the fp32 tolerance of SPEC 4, with the same top heads (a test, not a timing;
+the speed is measured by benchmarks/bench_indirect_effect.py)."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from fv.activations import mean_head_activations
+from fv.compare import FP32, diff_tensors
+from fv.effects import indirect_effects
+from fv.prompts import dummy_labels
+from fv.vectors import top_heads
+
+pytestmark = pytest.mark.m2
+
+
+@pytest.fixture(scope="session")
+def exact_and_fast(parity_run):
+    lm, trials = parity_run.lm, parity_run.trials.subset(parity_run.params.max_trials)
+    dummy = dummy_labels(len(trials[0].prompt_data_clean["examples"]), lm.tokenizer, lm.prepend_bos,
+                         parity_run.trials.meta.get("prefixes"), parity_run.trials.meta.get("separators"))
+    exact_mean = parity_run.fv.values["mean_activations"]
+    exact_ie = parity_run.fv.values["indirect_effect"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a silent fallback to exact mode would make this test vacuous
+        fast_mean = mean_head_activations(lm.model, lm.tokenizer, lm.info, [t.prompt_data_clean for t in trials], dummy,
+                                          lm.prepend_bos, mode="fast")
+        fast_ie = indirect_effects(lm.model, lm.tokenizer, lm.info, [t.prompt_data_corrupted for t in trials], exact_mean,
+                                   dummy, lm.prepend_bos, mode="fast", trials_per_pass=3, chunk_rows=64)
+    return exact_mean, fast_mean, exact_ie, fast_ie
+
+
+def test_mean_activations_fast_equals_exact(exact_and_fast):
+    exact, fast, _, _ = exact_and_fast
+    d = diff_tensors(exact, fast, FP32)
+    assert d.n_mismatch == 0, "\n".join(d.lines(FP32))
+
+
+def test_indirect_effect_fast_equals_exact(exact_and_fast):
+    _, _, exact, fast = exact_and_fast
+    d = diff_tensors(exact, fast, FP32)
+    assert d.n_mismatch == 0, "\n".join(d.lines(FP32))
+    # effects of a random tiny model can be small next to atol: also hold the error small next to their scale
+    assert d.max_abs <= 1e-3 * float(exact.abs().max()), "\n".join(d.lines(FP32))
+
+
+def test_fast_top_heads_equal(exact_and_fast, parity_run):
+    _, _, exact, fast = exact_and_fast
+    n = parity_run.params.n_top_heads
+    assert [h[:2] for h in top_heads(fast, n)] == [h[:2] for h in top_heads(exact, n)]
+
+
+def test_fast_falls_back_with_a_warning(parity_run, monkeypatch):
+    import fv.effects as effects
+
+    def no_cache(*a, **k):
+        raise effects.FastUnavailable("no cache in this test")
+
+    monkeypatch.setattr(effects, "_prefix_cache", no_cache)
+    lm, trials = parity_run.lm, parity_run.trials.subset(1)
+    dummy = dummy_labels(len(trials[0].prompt_data_clean["examples"]), lm.tokenizer, lm.prepend_bos,
+                         parity_run.trials.meta.get("prefixes"), parity_run.trials.meta.get("separators"))
+    with pytest.warns(RuntimeWarning, match="using exact mode"):
+        out = indirect_effects(lm.model, lm.tokenizer, lm.info, [trials[0].prompt_data_corrupted],
+                               parity_run.fv.values["mean_activations"], dummy, lm.prepend_bos, mode="fast")
+    assert torch.equal(out[0], parity_run.fv.values["indirect_effect"][0])
