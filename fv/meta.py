@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import platform
 from typing import Any
 
@@ -15,7 +16,7 @@ def run_meta(lm: Any = None, trials: Any = None, params: dict | None = None, **e
 
     meta: dict = {
         "fv_version": fv.__version__, "torch_version": torch.__version__, "transformers_version": transformers.__version__,
-        "python_version": platform.python_version(), "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "python_version": platform.python_version(), "time": now_iso(),
     }
     if lm is not None:
         meta.update({"device": lm.device, "dtype": str(lm.dtype).replace("torch.", ""), "model_path": str(lm.path),
@@ -29,3 +30,10 @@ def run_meta(lm: Any = None, trials: Any = None, params: dict | None = None, **e
         meta["parameters"] = params
     meta.update(extra)
     return meta
+
+
+def now_iso() -> str:
+    """UTC time of the run; ``SOURCE_DATE_EPOCH`` pins it, so two runs can be compared byte for byte."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    t = _dt.datetime.fromtimestamp(int(epoch), _dt.timezone.utc) if epoch else _dt.datetime.now(_dt.timezone.utc)
+    return t.isoformat(timespec="seconds")

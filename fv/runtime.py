@@ -43,7 +43,11 @@ class RunConfig:
     max_trials: int | None = None
     mode: str = "exact"
     resume: bool = False
+    per_layer_folders: bool = False  # relation runs: layer_<L>/step6_results.json instead of step6_results_L<L>.json
     extra_meta: dict = field(default_factory=dict)
+
+    def step6_path(self, out: Path, layer: int) -> Path:
+        return out / f"layer_{layer}" / "step6_results.json" if self.per_layer_folders else out / f"step6_results_L{layer}.json"
 
 
 def parse_layers(spec: str | None, n_layers: int, default: int) -> list[int]:
@@ -143,20 +147,19 @@ def run_runtime(lm: LoadedModel, trials: FixedTrials, out_dir: str | Path, cfg: 
                                                            top_heads=[[l, h, s] for l, h, s in heads],
                                                            norm=float(fvr.vector.float().norm())))
     # evaluation per edit layer
-    todo = [L for L in cfg.edit_layers if not (cfg.resume and _fresh(out / f"step6_results_L{L}.json", _key("eval", k_fv, L), [out / f"step6_results_L{L}.json"]))]
+    todo = [L for L in cfg.edit_layers if not (cfg.resume and _fresh(cfg.step6_path(out, L), _key("eval", k_fv, L), [cfg.step6_path(out, L)]))]
     prog.start("evaluation", len(todo))
     by_layer = evaluate_layers(lm, subset, fv_vec, todo, progress=lambda n: prog("evaluation", n)) if todo else {}
     prog.finish("evaluation")
     for L, rows in by_layer.items():
-        write_json(out / f"step6_results_L{L}.json", {"inputs_key": _key("eval", k_fv, L), "edit_layer": L,
+        write_json(cfg.step6_path(out, L), {"inputs_key": _key("eval", k_fv, L), "edit_layer": L,
                                                       "summary": summarize(rows), "trials": rows})
-    summaries = {L: json.loads((out / f"step6_results_L{L}.json").read_text())["summary"] for L in cfg.edit_layers}
+    summaries = {L: json.loads(cfg.step6_path(out, L).read_text())["summary"] for L in cfg.edit_layers}
     primary = cfg.edit_layers[0]
-    rows = by_layer.get(primary) or json.loads((out / f"step6_results_L{primary}.json").read_text())["trials"]
+    rows = by_layer.get(primary) or json.loads(cfg.step6_path(out, primary).read_text())["trials"]
     summary = {**summaries[primary], "edit_layer": primary}
     if len(cfg.edit_layers) > 1:
-        best = max(cfg.edit_layers, key=lambda L: (summaries[L]["by_prompt_set"]["zero_shot"]["mean_delta_logprob"]))
-        summary["best_layer_zero_shot_delta_logprob"] = best
+        summary["best_layer_zero_shot_delta_logprob"] = best_layer(summaries)
     write_json(out / "eval_summary.json", summary)
     write_text(out / "eval_trials.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     write_json(out / "eval_meta.json", meta(edit_layer=primary, edit_layers=list(cfg.edit_layers), n_rows=len(rows),
@@ -178,6 +181,11 @@ def _write_dump(out: Path, lm: LoadedModel, trials: FixedTrials, subset: list, r
         inj.setdefault(f"{r['trial_id']}:{r['trial_idx']}", {})[r["prompt_set"]] = {"target_id": r["target_id"], "base": side("base"), "with": side("with")}
     sv.values["injection"] = inj
     write_json(out / "fv_runtime_dump.json", build_dump(sv, meta, layer))
+
+
+def best_layer(summaries: dict[int, dict]) -> int:
+    """The edit layer whose FV raises the target's zero-shot log-probability most (ties: the earliest)."""
+    return max(summaries, key=lambda L: (summaries[L]["by_prompt_set"]["zero_shot"]["mean_delta_logprob"], -L))
 
 
 def load_fv(out_dir: Path) -> torch.Tensor:

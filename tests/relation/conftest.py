@@ -1,0 +1,30 @@
+"""q ids for M7 come from the relation CSV at collection time, so each q is its own test."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fv.pytest_plugin import FVOptions, shared_dir
+from fv.tiny import FIXTURES
+
+
+def relation_csv(opts: FVOptions) -> Path:
+    if opts.relation_csv:
+        return Path(opts.relation_csv)
+    d = shared_dir(opts.rootdir)
+    return d / "data" / "relationA_ex.csv" if d else FIXTURES / "relation_tiny.csv"
+
+
+def selected_qs(opts: FVOptions) -> list[str]:
+    from fv.datasets import load_relation_csv
+
+    groups = load_relation_csv(relation_csv(opts))
+    if opts.q_list in (None, "", "all"):
+        return sorted(groups)
+    return [q.strip() for q in opts.q_list.split(",") if q.strip()]
+
+
+def pytest_generate_tests(metafunc):
+    if "q_id" in metafunc.fixturenames:
+        opts = FVOptions.of(metafunc.config)
+        metafunc.parametrize("q_id", selected_qs(opts))

@@ -1,0 +1,160 @@
+"""M7: what holds on antonym holds on relation data, q by q.
+
+Tiers, run in order: ``pytest -m m7 --q-list Q1`` (smoke), ``--q-list Q1,Q3,Q5`` (a few), ``--q-list all``.
+``-n auto`` spreads the qs over workers, each loading the model once.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from fv.parity import run_parity
+from fv.stages import Params
+from fv.trials import load_trials, make_relation_trials, plan_relation_qs, save_trials
+from tests.relation.conftest import relation_csv
+
+pytestmark = pytest.mark.m7
+N_DEMOS = 9
+_CACHE: dict = {}
+
+
+@pytest.fixture(scope="session")
+def relation_trials(fv_options, fv_model):
+    """The all-q trials file for the selected qs, made once per model, and one trials file per q."""
+    from tests.relation.conftest import selected_qs
+
+    key = (fv_model.name, str(relation_csv(fv_options)), fv_options.q_list, fv_options.n_trials_per_q)
+    if key not in _CACHE:
+        from fv.datasets import load_relation_csv
+
+        csv = relation_csv(fv_options)
+        groups = load_relation_csv(csv)
+        plan = plan_relation_qs(groups, N_DEMOS, selected_qs(fv_options))
+        raw = make_relation_trials(csv, fv_model.tokenizer, fv_options.n_trials_per_q, N_DEMOS, 0, plan.q_ids + [s["q_id"] for s in plan.skipped],
+                                   model_name_for_tokenizer=fv_model.name, model_prepend_bos=fv_model.prepend_bos)
+        root = fv_options.out_root / csv.stem / "_m7_trials" / fv_model.name
+        save_trials(root / "fixed_trials_all_q.json", raw)
+        per_q = {}
+        for q in raw["meta"]["q_ids"]:
+            p = root / f"fixed_trials_{csv.stem}_{q}_t{fv_options.n_trials_per_q}_d{N_DEMOS}_seed0_{fv_model.name}.json"
+            save_trials(p, {"meta": {**raw["meta"], "q_id": q}, "trials": [t for t in raw["trials"] if t["q_id"] == q]})
+            per_q[q] = load_trials(p)
+        _CACHE[key] = (raw, per_q, groups)
+    return _CACHE[key]
+
+
+def _q(relation_trials, q_id):
+    raw, per_q, groups = relation_trials
+    skipped = {s["q_id"]: s for s in raw["meta"]["skipped_qs"]}
+    if q_id in skipped:
+        pytest.skip(f"{q_id} skipped by the trials rule: {skipped[q_id]['n_rows']} rows, {skipped[q_id]['reason']}")
+    return per_q[q_id], groups[q_id]
+
+
+def test_q_trials_follow_the_rule(relation_trials, q_id, fv_options):
+    ft, rows = _q(relation_trials, q_id)
+    assert len(ft.trials) == fv_options.n_trials_per_q
+    for t in ft.raw["trials"]:
+        assert t["q_id"] == q_id
+        qi, demos = t["query_source_index"], t["demo_source_indices"]
+        assert qi not in demos and len(demos) == N_DEMOS == len(set(demos))
+        assert sorted(t["demo_order"]) == sorted(i for i in range(len(rows)) if i != qi)
+        assert t["demo_order"][:N_DEMOS] == demos
+        assert [(d["input"], d["output"]) for d in t["demos_clean"]] == [(" " + rows[i][0], " " + rows[i][1]) for i in demos]
+        clean_out = [d["output"] for d in t["demos_clean"]]
+        corr_out = [d["output"] for d in t["demos_corrupted"]]
+        assert sorted(corr_out) == sorted(clean_out)
+        assert t["query"] == {"input": " " + rows[qi][0], "output": " " + rows[qi][1]}
+
+
+def test_small_qs_are_skipped_and_listed(relation_trials):
+    raw, _, groups = relation_trials
+    for s in raw["meta"]["skipped_qs"]:
+        assert s["n_rows"] == len(groups[s["q_id"]]) < N_DEMOS + 1
+    assert not {s["q_id"] for s in raw["meta"]["skipped_qs"]} & set(raw["meta"]["q_ids"])
+
+
+def test_q_parity(relation_trials, q_id, fv_model, fv_options, reference):
+    """Prompt, slot, mean activations, indirect effect, top heads, FV and injection: mismatch_count == 0 per stage."""
+    ft, _ = _q(relation_trials, q_id)
+    params = Params(n_top_heads=fv_options.n_top_heads, edit_layer=fv_options.edit_layer, max_trials=len(ft.trials))
+    out = fv_options.out_root / Path(relation_csv(fv_options)).stem / q_id / "parity"
+    run = run_parity(fv_model, ft, params, reference, out)
+    counts = {s.name: s.mismatch_count for s in run.result.stages}
+    assert sum(counts.values()) == 0, f"{q_id}: {counts}; earliest failed stage {run.result.earliest_failed_stage}\n" + \
+        "\n".join(s.summary(5) for s in run.result.stages if s.status == "FAIL")
+    print(f"{q_id}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.slow
+def test_resume_and_workers_give_byte_identical_outputs(tmp_path, monkeypatch, fv_model_name, fv_options):
+    """An uninterrupted run on two workers and a run killed after its first q and resumed on one worker write
+    the same bytes, file for file."""
+    from fv.relation import RelationConfig, read_status, relation_root, run_relation
+    from fv.tiny import FIXTURES
+
+    if fv_model_name != fv_options.models[0]:
+        pytest.skip("runs on the first model only")
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    out = tmp_path / "rel"
+    cfg = RelationConfig(relation_csv=str(FIXTURES / "relation_tiny.csv"), out=str(out), model=fv_model_name,
+                         device=fv_options.device, dtype=fv_options.dtype, n_trials_per_q=2, edit_layers="8-9",
+                         q_list=["Q1", "Q2", "Q3", "Q4"], workers=2)
+    run_relation(cfg)
+    uninterrupted = _tree(out)
+    shutil.rmtree(out)
+
+    class Killed(Exception):
+        pass
+
+    def kill(q):
+        raise Killed(q)
+
+    cfg.workers = 1
+    with pytest.raises(Killed):
+        run_relation(cfg, after_q=kill)
+    root = relation_root(cfg)
+    states = {q: read_status(root, q)["status"] for q in ("Q1", "Q2", "Q3", "Q4")}
+    assert states == {"Q1": "completed", "Q2": "pending", "Q3": "skipped", "Q4": "pending"}
+    done_before = (root / "Q1" / "mean_activations.pt").stat().st_mtime_ns
+    summary = run_relation(cfg)
+    assert summary["status"] == {"Q1": "completed", "Q2": "completed", "Q4": "completed"}
+    assert (root / "Q1" / "mean_activations.pt").stat().st_mtime_ns == done_before, "a completed q was redone"
+    resumed = _tree(out)
+    assert sorted(resumed) == sorted(uninterrupted)
+    differ = [k for k in uninterrupted if uninterrupted[k] != resumed[k]]
+    assert differ == [], differ
+
+
+def test_failed_q_is_recorded_and_others_go_on(tmp_path, monkeypatch, fv_model_name, fv_options):
+    import fv.relation as relation
+
+    if fv_model_name != fv_options.models[0]:
+        pytest.skip("runs on the first model only")
+    orig = relation.run_q
+
+    def flaky(lm, cfg, root, q, inputs):
+        if q == "Q2":
+            raise RuntimeError("injected failure")
+        return orig(lm, cfg, root, q, inputs)
+
+    monkeypatch.setattr(relation, "run_q", flaky)
+    from fv.tiny import FIXTURES
+
+    cfg = relation.RelationConfig(relation_csv=str(FIXTURES / "relation_tiny.csv"), out=str(tmp_path), model=fv_model_name,
+                                  n_trials_per_q=1, edit_layers="9", q_list=["Q1", "Q2"])
+    summary = relation.run_relation(cfg)
+    assert summary["failed"] == ["Q2"] and summary["status"]["Q1"] == "completed"
+    st = relation.read_status(relation.relation_root(cfg), "Q2")
+    assert st["status"] == "failed" and "injected failure" in st["error"]
+    cfg.stop_on_error = True
+    with pytest.raises(RuntimeError, match="injected failure"):
+        relation.run_relation(cfg)
