@@ -52,6 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001 - argpars
     r.add_argument("--mode", choices=("exact", "fast"), default="exact", help="runtime mode (default exact)")
     r.add_argument("--workers", type=int, default=1, help="worker processes, each loading the model once (default 1)")
     r.add_argument("--stop-on-error", dest="stop_on_error", action="store_true", help="stop at the first failed q instead of recording it and going on")
+    r.add_argument("--cpu-threads", dest="cpu_threads", type=int, default=1, help="CPU threads per q (default 1); results depend on it, never on --workers")
     r.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     r.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
     r.set_defaults(func=cmd_relation)
