@@ -37,7 +37,50 @@ def cmd_relation(a: argparse.Namespace) -> int:
     return 1 if summary["failed"] else 0
 
 
+def cmd_doctor(a: argparse.Namespace) -> int:
+    from fv.doctor import run_doctor
+
+    checks = run_doctor(a.src_root, a.model, a.fixed_trials, a.edit_layer, a.baukit_root, a.device, a.dtype)
+    n = {s: sum(c.status == s for c in checks) for s in ("OK", "WARN", "FAIL")}
+    print(f"{n['OK']} OK, {n['WARN']} WARN, {n['FAIL']} FAIL")
+    return 1 if n["FAIL"] else 0
+
+
+def cmd_build_model(a: argparse.Namespace) -> int:
+    from fv.tiny import TINY_MODELS, build_tiny_model
+
+    spec = TINY_MODELS["tiny-llama3tok" if a.tokenizer == "llama3" else "tiny-llama"]
+    shape = {"n_layers": a.n_layers, "d_model": a.d_model, "n_heads": a.n_heads, "n_kv_heads": a.n_kv_heads, "d_mlp": a.d_mlp}
+    path = build_tiny_model(spec, a.out, shape, init=a.init, device=a.device, dtype=a.dtype)
+    print(f"wrote {path}")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001 - argparse exposes no public type
+    dr = sub.add_parser("doctor", help="check the environment, the reference, a model and a trials file",
+                        description="One line per check, OK/WARN/FAIL with what to do; exit 1 on any FAIL.")
+    dr.add_argument("--src-root", dest="src_root", default=None, help="the reference's src/ (else $FV_SRC_ROOT, else ./src)")
+    dr.add_argument("--baukit-root", dest="baukit_root", default=None, help="folder with baukit/nethook.py")
+    dr.add_argument("--model", default=None, help="model folder or tiny model name (default tiny-llama)")
+    dr.add_argument("--fixed-trials", dest="fixed_trials", default=None, help="a fixed-trials JSON to validate against the model's tokenizer")
+    dr.add_argument("--edit-layer", dest="edit_layer", type=int, default=9, help="the layer parity and runs will inject at (default 9)")
+    dr.add_argument("--device", default="auto")
+    dr.add_argument("--dtype", default="float32")
+    dr.set_defaults(func=cmd_doctor)
+
+    b = sub.add_parser("build-model", help="build a random Llama-shaped model folder (tests, GPU checks)",
+                       description="Write a randomly initialised Llama model with the given shape and a tokenizer (the tiny BPE or the real Llama 3 one).")
+    b.add_argument("--out", required=True, help="model folder to write; keep 'llama' in its name")
+    b.add_argument("--tokenizer", choices=("fixture", "llama3"), default="llama3")
+    b.add_argument("--n-layers", dest="n_layers", type=int, default=32)
+    b.add_argument("--d-model", dest="d_model", type=int, default=4096)
+    b.add_argument("--n-heads", dest="n_heads", type=int, default=32)
+    b.add_argument("--n-kv-heads", dest="n_kv_heads", type=int, default=8)
+    b.add_argument("--d-mlp", dest="d_mlp", type=int, default=14336)
+    b.add_argument("--init", choices=("numpy", "torch"), default="torch", help="numpy: the byte-stable recipe of the tiny models; torch: fast random init (large models)")
+    b.add_argument("--device", default="cpu", help="where torch init runs (cuda is much faster for large models)")
+    b.add_argument("--dtype", default="bfloat16", help="dtype of the saved weights with --init torch (default bfloat16)")
+    b.set_defaults(func=cmd_build_model)
     r = sub.add_parser("relation", help="the per-q relation pipeline (M7)",
                        description="For each eligible q of a relation CSV: q-wise fixed trials, mean activations, the indirect-effect sweep, top-k heads, the FV, and zero-shot injection at every edit layer. Resumes where a previous run stopped.")
     r.add_argument("--relation-csv", "--relation_csv", dest="relation_csv", required=True, help="CSV with columns id, ex_A, ex_B")

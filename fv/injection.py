@@ -49,7 +49,7 @@ class TargetScore:
             target_id=int(target_id), logit=float(f[target_id]), logprob=float(logp[target_id]),
             prob=float(logp[target_id].exp()), pred_id=int(torch.argmax(f)),
             top_ids=[int(i) for i in top.indices], top_logits=[float(v) for v in top.values],
-            logits_sha256=hashlib.sha256(row.contiguous().numpy().tobytes()).hexdigest(),
+            logits_sha256=hashlib.sha256(row.contiguous().view(torch.uint8).numpy().tobytes()).hexdigest(),  # any dtype
         )
 
     def as_dict(self) -> dict:

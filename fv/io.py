@@ -16,6 +16,10 @@ from typing import Any, Callable
 from fv.errors import FVError
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def ensure_dir(path: str | os.PathLike) -> Path:
     """Create ``path`` (and parents) or fail with a message that names it."""
     p = Path(path)
@@ -38,6 +42,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], binary: 
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the mode a plain open() would
         os.replace(tmp, dest)
     except BaseException:
         try:

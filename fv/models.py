@@ -18,7 +18,11 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfl
           "float16": torch.float16, "fp16": torch.float16}
 
 
-def pick_device(device: str | None) -> str:
+def pick_device(device: str | None, worker: int | None = None) -> str:
+    """``auto`` is cuda when there is one. ``worker`` (an xdist or relation worker number) spreads workers over
+    the GPUs when there are several: worker i takes cuda:(i mod count)."""
+    if device in (None, "", "auto", "cuda") and torch.cuda.is_available() and worker is not None and torch.cuda.device_count() > 1:
+        return f"cuda:{worker % torch.cuda.device_count()}"
     if device in (None, "", "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -69,13 +73,13 @@ class LoadedModel:
         return hashlib.sha256((self.path / "config.json").read_bytes()).hexdigest()[:16]
 
 
-def load_model(model: str | None, device: str | None = None, dtype: str | None = None) -> LoadedModel:
+def load_model(model: str | None, device: str | None = None, dtype: str | None = None, worker: int | None = None) -> LoadedModel:
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     path = resolve_model_path(model)
-    dev, dt = pick_device(device), pick_dtype(dtype)
+    dev, dt = pick_device(device, worker), pick_dtype(dtype)
     tok = load_tokenizer(path)
     try:
         m = AutoModelForCausalLM.from_pretrained(str(path), dtype=dt, attn_implementation="eager")

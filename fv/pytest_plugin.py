@@ -166,7 +166,8 @@ def load_session_model(opts: FVOptions, name: str) -> Any:
 
     key = (name, opts.device, opts.dtype)
     if key not in _MODELS:
-        _MODELS[key] = load_model(name, opts.device, opts.dtype)
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # gw0, gw1, ...: one GPU each when there are several
+        _MODELS[key] = load_model(name, opts.device, opts.dtype, int(worker[2:]) if worker[2:].isdigit() else None)
     return _MODELS[key]
 
 
@@ -256,8 +257,10 @@ def parity_for(opts: FVOptions, lm: Any, trials: Any, require_reference: bool = 
 
     ref = get_reference(opts)
     if isinstance(ref, str):
-        if opts.require_src or require_reference:
-            pytest.fail(ref, pytrace=False) if opts.require_src else pytest.skip(ref)
+        if opts.require_src:
+            pytest.fail(ref, pytrace=False)
+        if require_reference:
+            pytest.skip(ref)
         ref = None
     params = fv_params(opts)
     key = (lm.name, str(trials.path), trials.sha256, tuple(sorted(params.as_dict().items())), ref is not None)
@@ -268,10 +271,17 @@ def parity_for(opts: FVOptions, lm: Any, trials: Any, require_reference: bool = 
         except FileNotFoundError as exc:
             _PARITY[key] = f"{ref if isinstance(ref, str) else 'reference absent'} and {exc}: regenerate with `pytest -m m1 --snapshot-update --src-root <src>`"
         except FVError as exc:
-            pytest.fail(str(exc), pytrace=False)
+            _PARITY[key] = exc
+        except Exception as exc:  # computed once: every test of this run reports it without recomputing
+            _PARITY[key] = RuntimeError(f"the parity run failed: {type(exc).__name__}: {exc}")
+            _PARITY[key].__cause__ = exc
     run = _PARITY[key]
     if isinstance(run, str):
         pytest.skip(run)
+    if isinstance(run, FVError):
+        pytest.fail(str(run), pytrace=False)
+    if isinstance(run, Exception):
+        raise run
     return run
 
 

@@ -126,12 +126,12 @@ def run_q(lm: Any, cfg: RelationConfig, root: Path, q: str, inputs: dict) -> dic
     return {"best_layer": best, "n_trials": len(ft.trials)}
 
 
-def _worker(cfg_dict: dict, qs: list[str], root: str, inputs: dict) -> list[tuple[str, str]]:
-    """A worker process: load the model once, run its qs, return (q, status) pairs."""
+def _worker(cfg_dict: dict, qs: list[str], root: str, inputs: dict, index: int) -> list[tuple[str, str]]:
+    """A worker process: load the model once (on its own GPU when there are several), run its qs."""
     cfg = RelationConfig(**cfg_dict)
     from fv.models import load_model
 
-    lm = load_model(cfg.model, cfg.device, cfg.dtype)
+    lm = load_model(cfg.model, cfg.device, cfg.dtype, worker=index)
     return [(q, _run_one(lm, cfg, Path(root), q, inputs)) for q in qs]
 
 
@@ -185,7 +185,7 @@ def run_relation(cfg: RelationConfig, after_q: Callable[[str], None] | None = No
         del lm
         shares = [qs[i :: cfg.workers] for i in range(cfg.workers)]
         with cf.ProcessPoolExecutor(cfg.workers, mp_context=mp.get_context("spawn")) as pool:
-            futs = [pool.submit(_worker, asdict(cfg), share, str(root), inputs) for share in shares if share]
+            futs = [pool.submit(_worker, asdict(cfg), share, str(root), inputs, i) for i, share in enumerate(shares) if share]
             for f in cf.as_completed(futs):
                 for q, status in f.result():
                     results[q] = status

@@ -67,7 +67,8 @@ def _write_tokenizer(spec: TinySpec, dest: Path) -> None:
         (dest / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
 
-def build_tiny_model(spec: TinySpec, dest: str | Path, shape: dict | None = None) -> Path:
+def build_tiny_model(spec: TinySpec, dest: str | Path, shape: dict | None = None, init: str = "numpy",
+                     device: str = "cpu", dtype: str = "float32") -> Path:
     """Write a tiny model folder (config, safetensors weights, tokenizer) to ``dest``.
 
     ``shape`` overrides sizes (n_layers, d_model, n_heads, n_kv_heads, d_mlp) to build larger
@@ -87,6 +88,14 @@ def build_tiny_model(spec: TinySpec, dest: str | Path, shape: dict | None = None
         max_position_embeddings=4096, rms_norm_eps=1e-5, rope_theta=500000.0, tie_word_embeddings=False,
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, torch_dtype="float32",
     )
+    if init == "torch":  # large random models: torch's own init on the target device, saved in ``dtype``
+        torch.manual_seed(s["seed"])
+        from fv.models import pick_dtype
+
+        with torch.device(device):
+            big = LlamaForCausalLM(cfg).to(pick_dtype(dtype))
+        big.save_pretrained(str(dest), safe_serialization=True)
+        return dest
     with torch.device("meta"):
         skeleton = LlamaForCausalLM(cfg)
     rng = np.random.Generator(np.random.PCG64(s["seed"]))

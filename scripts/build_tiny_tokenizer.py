@@ -40,12 +40,12 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
-import tempfile
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+from fv.io import write_text
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = REPO_ROOT / "fixtures"
@@ -145,38 +145,13 @@ def build_tokenizer() -> Tokenizer:
     return tokenizer
 
 
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)`` on a temp file next to ``path``, then rename it over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; make it an ordinary file
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
-def _write_text(text: str) -> Callable[[str], None]:
-    def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-
-    return write
-
-
 def write_tokenizer(out_dir: Path) -> Tokenizer:
     """Train the tokenizer and write ``tokenizer.json`` and ``tokenizer_config.json`` to ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer()
-    _atomic_write(out_dir / "tokenizer.json", lambda tmp: tokenizer.save(tmp))
-    config_text = json.dumps(TOKENIZER_CONFIG, sort_keys=True, indent=2) + "\n"
-    _atomic_write(out_dir / "tokenizer_config.json", _write_text(config_text))
+    write_text(out_dir / "tokenizer.json", tokenizer.to_str(pretty=True))  # what Tokenizer.save writes, atomically
+    write_text(out_dir / "tokenizer_config.json", json.dumps(TOKENIZER_CONFIG, sort_keys=True, indent=2) + "\n")
     return tokenizer
 
 
