@@ -12,9 +12,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import torch
 
 from fv.compare import EXACT, FP32, Tolerance, diff_tensors, walk_diffs
 from fv.errors import FVError

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from fv.compare import EXACT, ParityResult, StageResult, Tolerance, compare_all, tolerance_for
 from fv.golden import golden_dir, load_goldens, to_jsonable

@@ -166,6 +166,11 @@ def load_session_model(opts: FVOptions, name: str) -> Any:
 
     key = (name, opts.device, opts.dtype)
     if key not in _MODELS:
+        n_workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+        if n_workers > 1:  # share the CPU cores among xdist workers instead of oversubscribing them
+            import torch
+
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // n_workers))
         worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # gw0, gw1, ...: one GPU each when there are several
         _MODELS[key] = load_model(name, opts.device, opts.dtype, int(worker[2:]) if worker[2:].isdigit() else None)
     return _MODELS[key]

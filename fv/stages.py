@@ -16,7 +16,7 @@ from fv.activations import mean_head_activations
 from fv.effects import indirect_effects
 from fv.injection import TargetScore, intervene
 from fv.models import LoadedModel
-from fv.prompts import answer_ids, dummy_labels, full_idx_map, make_prompt_data, prompt_string, slot_maps, token_meta_labels
+from fv.prompts import answer_ids, dummy_labels, full_idx_map, prompt_string, slot_maps, token_meta_labels
 from fv.trials import Trial
 from fv.vectors import function_vector, top_heads
 

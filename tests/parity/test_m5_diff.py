@@ -7,7 +7,6 @@ import json
 import shutil
 
 import pytest
-import torch
 
 from fv.diff import diff_folders, write_diff_report
 from fv.errors import FVError
@@ -81,7 +80,7 @@ def test_perturbation_found_at_its_stage(runtime_dir, fv_copy, stage, file, chan
     assert file in fd["file"]
     if row is not None:
         dump = json.loads((runtime_dir / "fv_runtime_dump.json").read_text())
-        assert (fd["trial_id"], fd["trial_idx"]) == (dump["trials"][row]["trial_id"], dump["trial_idx"] if False else dump["trials"][row]["trial_idx"])
+        assert (fd["trial_id"], fd["trial_idx"]) == (dump["trials"][row]["trial_id"], dump["trials"][row]["trial_idx"])
     earlier = [s for s in report["stages"] if s["stage"] != stage][: [s["stage"] for s in report["stages"]].index(stage)]
     assert all(s["status"] == "PASS" for s in earlier)
 

@@ -6,7 +6,6 @@ Tiers, run in order: ``pytest -m m7 --q-list Q1`` (smoke), ``--q-list Q1,Q3,Q5``
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
