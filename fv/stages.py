@@ -7,6 +7,7 @@ reference vs goldens. Per-trial values are keyed ``"<trial_id>:<trial_idx>"``.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -16,7 +17,8 @@ from fv.activations import mean_head_activations
 from fv.effects import indirect_effects
 from fv.injection import TargetScore, intervene
 from fv.models import LoadedModel
-from fv.prompts import answer_ids, dummy_labels, full_idx_map, prompt_string, slot_maps, token_meta_labels
+from fv.prompts import (answer_ids, dummy_labels, full_idx_map, prompt_string, slot_maps, token_meta_labels,
+                        zero_shot_prompt_data)
 from fv.trials import Trial
 from fv.vectors import function_vector, top_heads
 
@@ -75,17 +77,15 @@ def _score_pair(clean: torch.Tensor, edited: torch.Tensor, target_id: int) -> di
 
 
 class Timer:
+    """Records the seconds a block took into ``out[name]`` (the stage durations of the reports)."""
+
     def __init__(self, out: dict, name: str):
         self.out, self.name = out, name
 
     def __enter__(self):
-        import time
-
         self.t0 = time.perf_counter()
 
     def __exit__(self, *exc):
-        import time
-
         self.out[self.name] = time.perf_counter() - self.t0
 
 
@@ -145,7 +145,7 @@ def fv_stage_values(lm: LoadedModel, trials: Sequence[Trial], params: Params, pr
         inj = {}
         for tr in trials:
             entry = {}
-            for name, pd_ in (("zero_shot", _zero_shot(tr)), ("shuffled", tr.prompt_data_corrupted)):
+            for name, pd_ in (("zero_shot", zero_shot_prompt_data(tr.prompt_data_clean)), ("shuffled", tr.prompt_data_corrupted)):
                 sentence = prompt_string(pd_)
                 tid = answer_ids(tok, sentence, tr.target_str)[0]
                 clean, edited = intervene(lm.model, tok, info, sentence, params.edit_layer, fvec.vector)
@@ -154,10 +154,6 @@ def fv_stage_values(lm: LoadedModel, trials: Sequence[Trial], params: Params, pr
             tick("injection")(1)
         sv.values["injection"] = inj
     return sv
-
-
-def _zero_shot(tr: Trial) -> dict:
-    return {**tr.prompt_data_clean, "examples": []}
 
 
 def src_stage_values(ref: Any, lm: LoadedModel, trials: Sequence[Trial], params: Params, prefixes: dict,
