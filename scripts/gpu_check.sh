@@ -7,8 +7,8 @@
 #   SRC_ROOT=/path/to/function_vectors/src BAUKIT_ROOT=/path/to/baukit bash scripts/gpu_check.sh
 #   DEVICE=cpu LAYERS=12 WIDTH=256 HEADS=8 KV=2 MLP=512 bash scripts/gpu_check.sh   # the same steps, small, on a CPU
 #
-# Environment: OUT (default results_fv/gpu_check), DEVICE (cuda), LAYERS, WIDTH, HEADS, KV, MLP, TRIALS (2),
-# SRC_ROOT, BAUKIT_ROOT, PYTHON (python); TRIALS defaults to 1. Without SRC_ROOT, M2 has no reference and no goldens for this random
+# Environment: OUT (default results_fv/gpu_check), DEVICE (cuda), LAYERS, WIDTH, HEADS, KV, MLP, TRIALS (1),
+# SRC_ROOT, BAUKIT_ROOT, PYTHON (python). Without SRC_ROOT, M2 has no reference and no goldens for this random
 # model: its tests skip with that reason, and the summary says so.
 set -uo pipefail
 cd "$(dirname "$0")/.."
