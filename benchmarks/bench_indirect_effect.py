@@ -113,14 +113,33 @@ def main(argv=None) -> int:
     clean = [t.prompt_data_clean for t in trials]
     corrupted = [t.prompt_data_corrupted for t in trials]
     mean = mean_head_activations(lm.model, lm.tokenizer, lm.info, clean, dummy, bos)
+    res: dict = {}
+    small, large = (int(x) for x in a.memory_trials.split(","))
+    # measured first: on the CPU, resident memory grows only where nothing freed earlier can be reused
+    print(f"mean activations: peak memory at {small} vs {large} trials")
+    mem = {}
+    sets = {n: [t.prompt_data_clean for t in (_trials(lm, a.fixed_trials, n) if not a.fixed_trials else load_trials(a.fixed_trials).subset(n))]
+            for n in (small, large)}
+    for mode in ("fast", "exact"):
+        for n in (small, large):
+            cl, tr = sets[n], sets[n]
+            t, peak, _ = timed(lm, lambda: mean_head_activations(lm.model, lm.tokenizer, lm.info, cl, dummy, bos, mode=mode), 1)
+            mem[(mode, n)] = (mean_activation_memory(lm, tr, dummy, mode) / 2**20, peak)
+            print(f"  {mode:<6} {n:>4} trials: {t:7.2f} s, trial storage {mem[(mode, n)][0]:8.2f} MiB, measured peak {peak:7.1f} MiB")
+    for mode in ("fast", "exact"):
+        r = mem[(mode, large)][0] / mem[(mode, small)][0]
+        res[f"mean_activation_storage_ratio_{mode}_{large}_vs_{small}"] = r
+        res[f"mean_activation_peak_mib_{mode}"] = {small: mem[(mode, small)][1], large: mem[(mode, large)][1]}
+        print(f"  {mode}: storage at {large} trials / at {small} trials = {r:.2f}; measured peak "
+              f"{mem[(mode, small)][1]:.1f} -> {mem[(mode, large)][1]:.1f} MiB")
     ie = lambda mode: indirect_effects(lm.model, lm.tokenizer, lm.info, corrupted, mean, dummy, bos, mode=mode)  # noqa: E731
     ie("fast")  # warm-up
 
     rows = {}
-    res: dict = {"device": lm.device, "dtype": str(lm.dtype), "model": str(lm.path), "n_trials": len(trials),
+    res.update({"device": lm.device, "dtype": str(lm.dtype), "model": str(lm.path), "n_trials": len(trials),
                  "n_layers": lm.info.n_layers, "n_heads": lm.info.n_heads, "d_model": lm.info.d_model, "reps": a.reps,
                  "cpu_threads": torch.get_num_threads(),
-                 "gpu": torch.cuda.get_device_name() if lm.device.startswith("cuda") else None}
+                 "gpu": torch.cuda.get_device_name() if lm.device.startswith("cuda") else None})
     rows["fv fast"] = timed(lm, lambda: ie("fast"), a.reps)
     if not a.skip_exact:
         rows["fv exact"] = timed(lm, lambda: ie("exact"), a.reps)
@@ -162,22 +181,6 @@ def main(argv=None) -> int:
             res["max_abs_diff_exact_vs_reference"] = e
             print(f"max abs diff exact vs reference: {e:.3g}")
 
-    small, large = (int(x) for x in a.memory_trials.split(","))
-    print(f"\nmean activations: peak memory at {small} vs {large} trials")
-    mem = {}
-    for n in (small, large):
-        tr = _trials(lm, a.fixed_trials, n) if not a.fixed_trials else load_trials(a.fixed_trials).subset(n)
-        cl = [t.prompt_data_clean for t in tr]
-        for mode in ("fast", "exact"):
-            t, peak, _ = timed(lm, lambda: mean_head_activations(lm.model, lm.tokenizer, lm.info, cl, dummy, bos, mode=mode), 1)
-            mem[(mode, n)] = (mean_activation_memory(lm, tr, dummy, mode) / 2**20, peak)
-            print(f"  {mode:<6} {n:>4} trials: {t:7.2f} s, trial storage {mem[(mode, n)][0]:8.2f} MiB, measured peak {peak:7.1f} MiB")
-    for mode in ("fast", "exact"):
-        r = mem[(mode, large)][0] / mem[(mode, small)][0]
-        res[f"mean_activation_storage_ratio_{mode}_{large}_vs_{small}"] = r
-        res[f"mean_activation_peak_mib_{mode}"] = {small: mem[(mode, small)][1], large: mem[(mode, large)][1]}
-        print(f"  {mode}: storage at {large} trials / at {small} trials = {r:.2f}; measured peak "
-              f"{mem[(mode, small)][1]:.1f} -> {mem[(mode, large)][1]:.1f} MiB")
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=2) + "\n")
     return 0
