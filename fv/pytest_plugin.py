@@ -201,8 +201,12 @@ def get_reference(opts: FVOptions) -> Any:
             _REFERENCE[key] = (Reference(root, opts.baukit_root, compat=opts.src_compat) if root else
                                "reference src/ not found: pass --src-root PATH, set FV_SRC_ROOT, or keep it as ./src")
         except ReferenceUnavailable as exc:
-            _REFERENCE[key] = str(exc)
-    return _REFERENCE[key]
+            # asked for by name but unusable: a configuration error, never a quiet fallback to goldens
+            _REFERENCE[key] = exc if (opts.src_root or os.environ.get("FV_SRC_ROOT")) else str(exc)
+    ref = _REFERENCE[key]
+    if isinstance(ref, ReferenceUnavailable):
+        pytest.fail(f"the reference given with --src-root / FV_SRC_ROOT cannot be used: {ref}", pytrace=False)
+    return ref
 
 
 @pytest.fixture(scope="session")
@@ -274,7 +278,7 @@ def parity_for(opts: FVOptions, lm: Any, trials: Any, require_reference: bool = 
             lm.info.check_edit_layer(params.edit_layer)
             _PARITY[key] = run_parity(lm, trials, params, ref, default_out_dir(opts.out_root, trials))
         except FileNotFoundError as exc:
-            _PARITY[key] = f"{ref if isinstance(ref, str) else 'reference absent'} and {exc}: regenerate with `pytest -m m1 --snapshot-update --src-root <src>`"
+            _PARITY[key] = f"reference absent and {exc}: regenerate with `pytest -m m1 --snapshot-update --src-root <src>`"
         except FVError as exc:
             _PARITY[key] = exc
         except Exception as exc:  # computed once: every test of this run reports it without recomputing
