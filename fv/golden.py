@@ -12,7 +12,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
 
 from fv.stages import StageValues
 
@@ -81,7 +80,3 @@ def load_goldens(folder: Path) -> StageValues | None:
 def to_jsonable(value: Any) -> Any:
     """Round-trip through JSON so a live value compares like its golden (tuples become lists)."""
     return json.loads(json.dumps(value))
-
-
-def as_tensor(value: Any) -> torch.Tensor:
-    return value if isinstance(value, torch.Tensor) else torch.as_tensor(value)

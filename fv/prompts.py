@@ -9,7 +9,7 @@ as the reference counts them, so tokenizers that merge across part boundaries ar
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 DEFAULT_PREFIXES = {"input": "Q:", "output": "A:", "instructions": ""}
 DEFAULT_SEPARATORS = {"input": "\n", "output": "\n\n", "instructions": ""}
@@ -207,8 +207,3 @@ def tokenizer_prepends_bos(tokenizer: Any) -> bool:
     bos = getattr(tokenizer, "bos_token_id", None)
     ids = tokenizer("a").input_ids
     return bos is not None and len(ids) > 0 and ids[0] == bos
-
-
-def iter_examples(prompt_data: dict) -> Iterable[tuple[str, str]]:
-    for ex in prompt_data["examples"]:
-        yield ex["input"], ex["output"]

@@ -101,35 +101,31 @@ def run_runtime(lm: LoadedModel, trials: FixedTrials, out_dir: str | Path, cfg: 
     meta = lambda **kw: run_meta(lm, trials, params, **cfg.extra_meta, **kw)  # noqa: E731
     dummy = dummy_labels(len(subset[0].prompt_data_clean["examples"]), lm.tokenizer, lm.prepend_bos, meta_p, sep)
 
-    # mean activations
+    def tensor_stage(name: str, label: str, key: str, compute, **meta_extra) -> torch.Tensor:
+        """Load ``<name>.pt`` when resuming and its meta records ``key``; else compute, save, write the meta."""
+        f = out / f"{name}.pt"
+        if cfg.resume and _fresh(out / f"{name}_meta.json", key, [f]):
+            prog.note(f"{label}: up to date, skipped")
+            return load_tensor_file(f)
+        prog.start(label, len(subset))
+        value = compute(lambda n: prog(label, n))
+        prog.finish(label)
+        save_tensors(f, value)
+        write_json(out / f"{name}_meta.json", meta(inputs_key=key, shape=list(value.shape), **meta_extra))
+        return value
+
     k_mean = _key("mean", base_key)
-    f_mean = out / "mean_activations.pt"
-    if cfg.resume and _fresh(out / "mean_activations_meta.json", k_mean, [f_mean]):
-        mean = load_tensor_file(f_mean)
-        prog.note("mean activations: up to date, skipped")
-    else:
-        prog.start("mean activations", len(subset))
-        mean = mean_head_activations(lm.model, lm.tokenizer, lm.info, [t.prompt_data_clean for t in subset], dummy,
-                                     lm.prepend_bos, mode=cfg.mode, progress=lambda n: prog("mean activations", n))
-        prog.finish("mean activations")
-        save_tensors(f_mean, mean)
-        write_json(out / "mean_activations_meta.json", meta(inputs_key=k_mean, shape=list(mean.shape),
-                                                            dims=["layer", "head", "slot", "head_dim"],
-                                                            dummy_labels=[[p, l] for p, l in dummy]))
-    # indirect effects
+    mean = tensor_stage(
+        "mean_activations", "mean activations", k_mean,
+        lambda tick: mean_head_activations(lm.model, lm.tokenizer, lm.info, [t.prompt_data_clean for t in subset], dummy,
+                                           lm.prepend_bos, mode=cfg.mode, progress=tick),
+        dims=["layer", "head", "slot", "head_dim"], dummy_labels=[[p, l] for p, l in dummy])
     k_ie = _key("ie", base_key, k_mean)
-    f_ie = out / "indirect_effect.pt"
-    if cfg.resume and _fresh(out / "indirect_effect_meta.json", k_ie, [f_ie]):
-        ie = load_tensor_file(f_ie)
-        prog.note("indirect effect: up to date, skipped")
-    else:
-        prog.start("indirect effect", len(subset))
-        ie = indirect_effects(lm.model, lm.tokenizer, lm.info, [t.prompt_data_corrupted for t in subset], mean, dummy,
-                              lm.prepend_bos, mode=cfg.mode, progress=lambda n: prog("indirect effect", n))
-        prog.finish("indirect effect")
-        save_tensors(f_ie, ie)
-        write_json(out / "indirect_effect_meta.json", meta(inputs_key=k_ie, shape=list(ie.shape), dims=["trial", "layer", "head"],
-                                                           trial_keys=[[t.trial_id, t.trial_idx] for t in subset]))
+    ie = tensor_stage(
+        "indirect_effect", "indirect effect", k_ie,
+        lambda tick: indirect_effects(lm.model, lm.tokenizer, lm.info, [t.prompt_data_corrupted for t in subset], mean,
+                                      dummy, lm.prepend_bos, mode=cfg.mode, progress=tick),
+        dims=["trial", "layer", "head"], trial_keys=[[t.trial_id, t.trial_idx] for t in subset])
     # top heads and the FV
     k_fv = _key("fv", k_ie, cfg.n_top_heads)
     files_fv = [out / "top_heads.json", out / "fv_by_layer.pt", out / "fv_global_resid.pt"]
@@ -186,7 +182,3 @@ def _write_dump(out: Path, lm: LoadedModel, trials: FixedTrials, subset: list, r
 def best_layer(summaries: dict[int, dict]) -> int:
     """The edit layer whose FV raises the target's zero-shot log-probability most (ties: the earliest)."""
     return max(summaries, key=lambda L: (summaries[L]["by_prompt_set"]["zero_shot"]["mean_delta_logprob"], -L))
-
-
-def load_fv(out_dir: Path) -> torch.Tensor:
-    return load_tensor_file(Path(out_dir) / "fv_global_resid.pt")
