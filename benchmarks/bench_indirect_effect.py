@@ -21,12 +21,13 @@ from pathlib import Path
 
 import torch
 
-from fv.activations import mean_head_activations
-from fv.effects import indirect_effects
-from fv.models import load_model
-from fv.prompts import dummy_labels
-from fv.tiny import FIXTURES
-from fv.trials import load_trials, make_icl_trials, save_trials
+from fv.model.loading import load_model
+from fv.paths import FIXTURES
+from fv.runtime.activations import mean_head_activations
+from fv.runtime.effects import indirect_effects, pad_token_id
+from fv.runtime.prepared import prepare_trials
+from fv.runtime.prompts import dummy_labels
+from fv.runtime.trials import load_trials, make_icl_trials, save_trials
 
 
 def _trials(lm, path: str | None, n: int):
@@ -110,20 +111,22 @@ def main(argv=None) -> int:
     bos = lm.prepend_bos
     n_shots = len(trials[0].prompt_data_clean["examples"])
     dummy = dummy_labels(n_shots, lm.tokenizer, bos)
-    clean = [t.prompt_data_clean for t in trials]
-    corrupted = [t.prompt_data_corrupted for t in trials]
-    mean = mean_head_activations(lm.model, lm.tokenizer, lm.info, clean, dummy, bos)
+    prep = lambda ts: prepare_trials(lm.tokenizer, ts, dummy, bos, lm.info.device)  # noqa: E731
+    prepared = prep(trials)
+    corrupted = [p.corrupted for p in prepared]
+    pad = pad_token_id(lm.tokenizer)
+    mean = mean_head_activations(lm.model, lm.info, [p.clean for p in prepared], len(dummy))
     res: dict = {}
     small, large = (int(x) for x in a.memory_trials.split(","))
     # measured first: on the CPU, resident memory grows only where nothing freed earlier can be reused
     print(f"mean activations: peak memory at {small} vs {large} trials")
     mem = {}
-    sets = {n: [t.prompt_data_clean for t in (_trials(lm, a.fixed_trials, n) if not a.fixed_trials else load_trials(a.fixed_trials).subset(n))]
+    sets = {n: [p.clean for p in prep(_trials(lm, a.fixed_trials, n) if not a.fixed_trials else load_trials(a.fixed_trials).subset(n))]
             for n in (small, large)}
     for mode in ("fast", "exact"):
         for n in (small, large):
             cl, tr = sets[n], sets[n]
-            t, peak, _ = timed(lm, lambda: mean_head_activations(lm.model, lm.tokenizer, lm.info, cl, dummy, bos, mode=mode), 1)
+            t, peak, _ = timed(lm, lambda: mean_head_activations(lm.model, lm.info, cl, len(dummy), mode=mode), 1)
             mem[(mode, n)] = (mean_activation_memory(lm, tr, dummy, mode) / 2**20, peak)
             print(f"  {mode:<6} {n:>4} trials: {t:7.2f} s, trial storage {mem[(mode, n)][0]:8.2f} MiB, measured peak {peak:7.1f} MiB")
     for mode in ("fast", "exact"):
@@ -132,7 +135,7 @@ def main(argv=None) -> int:
         res[f"mean_activation_peak_mib_{mode}"] = {small: mem[(mode, small)][1], large: mem[(mode, large)][1]}
         print(f"  {mode}: storage at {large} trials / at {small} trials = {r:.2f}; measured peak "
               f"{mem[(mode, small)][1]:.1f} -> {mem[(mode, large)][1]:.1f} MiB")
-    ie = lambda mode: indirect_effects(lm.model, lm.tokenizer, lm.info, corrupted, mean, dummy, bos, mode=mode)  # noqa: E731
+    ie = lambda mode: indirect_effects(lm.model, lm.info, corrupted, mean, pad, mode=mode)  # noqa: E731
     ie("fast")  # warm-up
 
     rows = {}
@@ -144,11 +147,11 @@ def main(argv=None) -> int:
     if not a.skip_exact:
         rows["fv exact"] = timed(lm, lambda: ie("exact"), a.reps)
     if a.src_root:
-        from fv.reference import Reference
+        from fv.reference.adapter import Reference
 
         ref = Reference(a.src_root, a.baukit_root)
         if "llama" not in str(lm.path).lower():
-            print("reference skipped: the model path lacks 'llama' (SPEC 1, pitfall 3)", file=sys.stderr)
+            print("reference skipped: the model path lacks 'llama' (the reference picks its code paths by that word)", file=sys.stderr)
         else:
             prefixes = {"input": "Q:", "output": "A:", "instructions": ""}
             seps = {"input": "\n", "output": "\n\n", "instructions": ""}

@@ -1,4 +1,4 @@
-"""The provenance every JSON meta records (SPEC 3): versions, device, dtype, model, trials, parameters, time."""
+"""The provenance every JSON meta records (docs/reference.md, "Artifacts"): versions, device, dtype, model, trials, parameters, time."""
 
 from __future__ import annotations
 

@@ -1,44 +1,28 @@
-"""A small progress bar on stderr for long runs (no dependency; silent when stderr is not a terminal unless forced)."""
+"""Progress bars for long loops, by tqdm: silent off a terminal (pytest, CI, logs) and with ``--quiet``."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
-import time
+from typing import Callable, Iterator
 
 
-class Progress:
-    def __init__(self, enabled: bool = True, stream=None):
-        self.stream = stream or sys.stderr
-        self.enabled = enabled
-        self.totals: dict[str, int] = {}
-        self.done: dict[str, int] = {}
-        self.t0: dict[str, float] = {}
+@contextlib.contextmanager
+def stage_bar(desc: str, total: int, quiet: bool = False, unit: str = "trial", position: int | None = None,
+              leave: bool = True) -> Iterator[Callable[[int], None]]:
+    """A bar over ``total`` steps; yields the function that advances it. ``quiet`` forces it off; otherwise tqdm
+    draws only when stderr is a terminal, so captured output (pytest, CI logs) stays clean."""
+    from tqdm.auto import tqdm
 
-    def start(self, stage: str, total: int) -> None:
-        self.totals[stage], self.done[stage], self.t0[stage] = total, 0, time.perf_counter()
-        self._draw(stage)
+    with tqdm(total=total, desc=desc, unit=unit, disable=True if quiet else None, file=sys.stderr, position=position,
+              leave=leave, dynamic_ncols=True) as bar:
+        yield bar.update
 
-    def __call__(self, stage: str, n: int = 1) -> None:
-        if stage not in self.totals:
-            self.start(stage, 0)
-        self.done[stage] += n
-        self._draw(stage)
 
-    def finish(self, stage: str) -> None:
-        if self.enabled and stage in self.totals:
-            self._draw(stage, end="\n")
+def log_to_stderr(quiet: bool = False) -> Callable[[str], None]:
+    """A line logger that does not break a bar in progress (tqdm.write), silent under ``--quiet``."""
+    if quiet:
+        return lambda _line: None
+    from tqdm.auto import tqdm
 
-    def _draw(self, stage: str, end: str = "") -> None:
-        if not self.enabled:
-            return
-        total, done = self.totals[stage], self.done[stage]
-        width = 24
-        filled = int(width * done / total) if total else 0
-        el = time.perf_counter() - self.t0[stage]
-        self.stream.write(f"\r{stage:<18} [{'#' * filled}{'.' * (width - filled)}] {done}/{total or '?'} {el:6.1f}s{end}")
-        self.stream.flush()
-
-    def note(self, text: str) -> None:
-        if self.enabled:
-            self.stream.write(text + "\n")
-            self.stream.flush()
+    return lambda line: tqdm.write(line, file=sys.stderr)

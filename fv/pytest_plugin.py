@@ -35,7 +35,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--fv-mode", default="exact", choices=("exact", "fast"), help="fv runtime mode compared with the reference")
     g.addoption("--src-root", default=None, help="the reference's src/ (else $FV_SRC_ROOT, else ./src)")
     g.addoption("--baukit-root", default=None, help="folder holding baukit/nethook.py when baukit does not import (else $FV_BAUKIT_ROOT)")
-    g.addoption("--src-compat", action="store_true", help="apply the reference's FV addition to tensor layer outputs (SPEC 1, pitfall 1); recorded in reports")
+    g.addoption("--src-compat", action="store_true", help="apply the reference's FV addition to tensor layer outputs (a silent no-op on transformers 5.x otherwise); recorded in reports")
     g.addoption("--require-src", action="store_true", help="fail, instead of skip, when the reference is missing")
     g.addoption("--fixed-trials", default=None, help="a fixed-trials JSON to test (default: trials made from the embedded and shared antonym data)")
     g.addoption("--dataset", default=None, help="an ICL dataset JSON to make fixed trials from (10 trials, 10 shots, seed 0)")
@@ -85,7 +85,7 @@ class FVOptions:
         # Paths given as option values (``--src-root /x/src``) take part in pytest's rootdir guess, so the
         # rootdir can land outside the project: shared/ is looked up beside the fv checkout instead, and
         # reports go under the directory pytest was invoked from.
-        from fv.tiny import REPO_ROOT
+        from fv.paths import REPO_ROOT
 
         root = REPO_ROOT if (REPO_ROOT / "fixtures").is_dir() else Path(config.rootpath)
         invoked = Path(config.invocation_params.dir)
@@ -127,7 +127,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    from fv.tiny import TINY_MODELS
+    from fv.model.tiny import TINY_MODELS
 
     for item in items:
         cs = getattr(item, "callspec", None)
@@ -162,7 +162,7 @@ def shared_data(fv_options: FVOptions) -> Path:
 
 
 def load_session_model(opts: FVOptions, name: str) -> Any:
-    from fv.models import load_model
+    from fv.model.loading import load_model
 
     key = (name, opts.device, opts.dtype)
     if key not in _MODELS:
@@ -223,7 +223,7 @@ def reference(fv_options: FVOptions) -> Any:
 def trials_for(opts: FVOptions, lm: Any, dataset: Path, n_trials: int = 10, n_shots: int = 10, seed: int = 0,
                name: str | None = None) -> Any:
     """Fixed trials made from ``dataset`` with the model's tokenizer, written once per session."""
-    from fv.trials import load_trials, make_icl_trials, save_trials
+    from fv.runtime.trials import load_trials, make_icl_trials, save_trials
 
     stem = name or dataset.stem
     key = (lm.name, str(dataset), n_trials, n_shots, seed, stem)
@@ -238,8 +238,8 @@ def trials_for(opts: FVOptions, lm: Any, dataset: Path, n_trials: int = 10, n_sh
 
 @pytest.fixture(scope="session")
 def fixed_trials(fv_options: FVOptions, fv_model: Any, trials_set: str) -> Any:
-    from fv.tiny import FIXTURES
-    from fv.trials import load_trials
+    from fv.paths import FIXTURES
+    from fv.runtime.trials import load_trials
 
     if trials_set == "custom":
         try:
@@ -255,14 +255,15 @@ def fixed_trials(fv_options: FVOptions, fv_model: Any, trials_set: str) -> Any:
 
 
 def fv_params(opts: FVOptions) -> Any:
-    from fv.stages import Params
+    from fv.parity.stages import Params
 
     return Params(n_top_heads=opts.n_top_heads, edit_layer=opts.edit_layer, max_trials=opts.max_trials, mode=opts.mode)
 
 
 def parity_for(opts: FVOptions, lm: Any, trials: Any, require_reference: bool = False) -> Any:
     """The cached parity run for (model, trials, parameters): live reference when present, else goldens."""
-    from fv.parity import default_out_dir, run_parity
+    from fv.parity.run import default_out_dir, run_parity
+    from fv.reference.stages import STAGE_FUNCTIONS, live_source
 
     ref = get_reference(opts)
     if isinstance(ref, str):
@@ -276,7 +277,8 @@ def parity_for(opts: FVOptions, lm: Any, trials: Any, require_reference: bool = 
     if key not in _PARITY:
         try:
             lm.info.check_edit_layer(params.edit_layer)
-            _PARITY[key] = run_parity(lm, trials, params, ref, default_out_dir(opts.out_root, trials))
+            _PARITY[key] = run_parity(lm, trials, params, live_source(ref) if ref is not None else None,
+                                      default_out_dir(opts.out_root, trials), stage_functions=STAGE_FUNCTIONS)
         except FileNotFoundError as exc:
             _PARITY[key] = f"reference absent and {exc}: regenerate with `pytest -m m1 --snapshot-update --src-root <src>`"
         except FVError as exc:

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import pytest
 
-from fv.compare import tolerance_for
-from fv.golden import GOLDEN_ARTIFACTS, artifact_value, golden_dir
+from fv.parity.compare import tolerance_for
+from fv.parity.golden import GOLDEN_ARTIFACTS, artifact_value, golden_dir
 from fv.io import write_json
-from fv.parity import SNAPSHOT_ROOT
-from fv.snapshot import golden_extension
+from fv.paths import SNAPSHOT_ROOT
+from fv.parity.snapshot import golden_extension
 
 pytestmark = pytest.mark.m1
 

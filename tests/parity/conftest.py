@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from fv.runtime import RunConfig, run_runtime
+from fv.parity.dump import write_runtime_dump
+from fv.runtime.pipeline import RunConfig, run_runtime
 
 _RUNS: dict = {}
 
@@ -17,7 +18,8 @@ def runtime_dir(fv_options, fv_model, fixed_trials, tmp_path_factory):
         out = tmp_path_factory.mktemp(f"run-{fv_model.name}")
         cfg = RunConfig(n_top_heads=fv_options.n_top_heads, edit_layers=[fv_options.edit_layer],
                         max_trials=fv_options.max_trials, mode="exact")
-        run_runtime(fv_model, fixed_trials, out, cfg)
+        result = run_runtime(fv_model, fixed_trials, out, cfg)
+        write_runtime_dump(out, result, fv_options.edit_layer)
         _RUNS[key] = out
     return _RUNS[key]
 

@@ -1,4 +1,4 @@
-"""Fast mode equals exact mode within the fp32 tolerance of SPEC 4, with the same top heads (a test, not a timing;
+"""Fast mode equals exact mode within the fp32 tolerance of docs/parity.md, with the same top heads (a test, not a timing;
 the speed is measured by benchmarks/bench_indirect_effect.py)."""
 
 from __future__ import annotations
@@ -8,11 +8,12 @@ import warnings
 import pytest
 import torch
 
-from fv.activations import mean_head_activations
-from fv.compare import FP32, diff_tensors
-from fv.effects import indirect_effects
-from fv.prompts import dummy_labels
-from fv.vectors import top_heads
+from fv.parity.compare import FP32, diff_tensors
+from fv.runtime.activations import mean_head_activations
+from fv.runtime.effects import indirect_effects, pad_token_id
+from fv.runtime.prepared import prepare_trials
+from fv.runtime.prompts import dummy_labels
+from fv.runtime.vectors import top_heads
 
 pytestmark = pytest.mark.m2
 
@@ -22,14 +23,14 @@ def exact_and_fast(parity_run):
     lm, trials = parity_run.lm, parity_run.trials.subset(parity_run.params.max_trials)
     dummy = dummy_labels(len(trials[0].prompt_data_clean["examples"]), lm.tokenizer, lm.prepend_bos,
                          parity_run.trials.meta.get("prefixes"), parity_run.trials.meta.get("separators"))
+    prepared = prepare_trials(lm.tokenizer, trials, dummy, lm.prepend_bos, lm.info.device)
     exact_mean = parity_run.fv.values["mean_activations"]
     exact_ie = parity_run.fv.values["indirect_effect"]
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a silent fallback to exact mode would make this test vacuous
-        fast_mean = mean_head_activations(lm.model, lm.tokenizer, lm.info, [t.prompt_data_clean for t in trials], dummy,
-                                          lm.prepend_bos, mode="fast")
-        fast_ie = indirect_effects(lm.model, lm.tokenizer, lm.info, [t.prompt_data_corrupted for t in trials], exact_mean,
-                                   dummy, lm.prepend_bos, mode="fast", trials_per_pass=3, chunk_rows=64)
+        fast_mean = mean_head_activations(lm.model, lm.info, [p.clean for p in prepared], len(dummy), mode="fast")
+        fast_ie = indirect_effects(lm.model, lm.info, [p.corrupted for p in prepared], exact_mean, pad_token_id(lm.tokenizer),
+                                   mode="fast", trials_per_pass=3, chunk_rows=64)
     return exact_mean, fast_mean, exact_ie, fast_ie
 
 
@@ -54,7 +55,7 @@ def test_fast_top_heads_equal(exact_and_fast, parity_run):
 
 
 def test_fast_falls_back_with_a_warning(parity_run, monkeypatch):
-    import fv.effects as effects
+    import fv.runtime.effects as effects
 
     def no_cache(*a, **k):
         raise effects.FastUnavailable("no cache in this test")
@@ -63,7 +64,8 @@ def test_fast_falls_back_with_a_warning(parity_run, monkeypatch):
     lm, trials = parity_run.lm, parity_run.trials.subset(1)
     dummy = dummy_labels(len(trials[0].prompt_data_clean["examples"]), lm.tokenizer, lm.prepend_bos,
                          parity_run.trials.meta.get("prefixes"), parity_run.trials.meta.get("separators"))
+    prepared = prepare_trials(lm.tokenizer, trials, dummy, lm.prepend_bos, lm.info.device)
     with pytest.warns(RuntimeWarning, match="using exact mode"):
-        out = indirect_effects(lm.model, lm.tokenizer, lm.info, [trials[0].prompt_data_corrupted],
-                               parity_run.fv.values["mean_activations"], dummy, lm.prepend_bos, mode="fast")
+        out = indirect_effects(lm.model, lm.info, [prepared[0].corrupted], parity_run.fv.values["mean_activations"],
+                               pad_token_id(lm.tokenizer), mode="fast")
     assert torch.equal(out[0], parity_run.fv.values["indirect_effect"][0])

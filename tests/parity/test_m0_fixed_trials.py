@@ -11,11 +11,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fv.errors import FVError
-from fv.models import load_tokenizer
-from fv.prompts import dummy_labels, full_idx_map, make_prompt_data, prompt_string, slot_maps, token_meta_labels
+from fv.model.tokenizers import load_tokenizer
+from fv.runtime.prompts import dummy_labels, full_idx_map, make_prompt_data, prompt_string, slot_maps, token_meta_labels
 from fv.pytest_plugin import shared_dir, trials_for
-from fv.tiny import FIXTURES
-from fv.trials import TOKEN_KEYS, load_trials, make_icl_trials, require_tokenizer_agrees, save_trials, verify_token_ids
+from fv.paths import FIXTURES
+from fv.runtime.trials import TOKEN_KEYS, load_trials, make_icl_trials, require_tokenizer_agrees, save_trials, verify_token_ids
 
 pytestmark = pytest.mark.m0
 

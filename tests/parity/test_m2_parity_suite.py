@@ -8,9 +8,10 @@ import json
 import pytest
 import torch
 
-import fv.stages as stages
-from fv.parity import compare_with
-from fv.stages import PER_TRIAL_STAGES, STAGES
+import fv.parity.stages as stages
+import fv.runtime.prepared as prepared
+from fv.parity.run import compare_with
+from fv.parity.stages import PER_TRIAL_STAGES, STAGES
 
 pytestmark = pytest.mark.m2
 
@@ -71,16 +72,22 @@ def _bump(t: torch.Tensor) -> torch.Tensor:
 
 def _perturb(monkeypatch, stage: str) -> None:
     if stage == "prompt":
-        orig = stages.prompt_string
-        monkeypatch.setattr(stages, "prompt_string", lambda pd, *a: orig(pd, *a) + " ")
+        orig = prepared.prompt_string
+        monkeypatch.setattr(prepared, "prompt_string", lambda pd, *a: orig(pd, *a) + " ")
+        orig_labels = prepared.token_meta_labels
+
+        def token_meta_labels(*a, **k):
+            labels, text = orig_labels(*a, **k)
+            return labels, text + " "
+        monkeypatch.setattr(prepared, "token_meta_labels", token_meta_labels)
     elif stage == "slot":
-        orig = stages.slot_maps
+        orig = prepared.slot_maps
 
         def slot_maps(labels, dummy):
             idx_map, idx_avg = orig(labels, dummy)
             k = next(iter(idx_map))
             return {**idx_map, k: idx_map[k] + 1}, idx_avg
-        monkeypatch.setattr(stages, "slot_maps", slot_maps)
+        monkeypatch.setattr(prepared, "slot_maps", slot_maps)
     elif stage == "mean_activations":
         orig = stages.mean_head_activations
         monkeypatch.setattr(stages, "mean_head_activations", lambda *a, **k: _bump(orig(*a, **k)))

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fv.io import load_tensor_file
-from fv.runtime import RUNTIME_FILES, RunConfig, run_runtime
+from fv.runtime.pipeline import RUNTIME_FILES, RunConfig, run_runtime
 
 pytestmark = pytest.mark.m4
 
@@ -74,16 +74,17 @@ def test_eval_summary_consistent(runtime_dir):
 
 def test_resume_skips_finished_stages(runtime_dir, fv_model, fixed_trials, fv_options, tmp_path, capsys):
     """A resumed run recomputes nothing whose inputs are unchanged and leaves the artifacts byte-identical."""
-    from fv.progress import Progress
     import shutil
 
     copy = tmp_path / "run"
     shutil.copytree(runtime_dir, copy)
     before = {p.name: p.read_bytes() for p in copy.iterdir() if p.suffix == ".pt"}
     cfg = RunConfig(n_top_heads=fv_options.n_top_heads, edit_layers=[fv_options.edit_layer], max_trials=fv_options.max_trials, resume=True)
-    run_runtime(fv_model, fixed_trials, copy, cfg, Progress(enabled=True))
-    err = capsys.readouterr().err
-    assert "mean activations: up to date, skipped" in err and "indirect effect: up to date, skipped" in err
+    lines: list[str] = []
+    result = run_runtime(fv_model, fixed_trials, copy, cfg, log=lines.append)
+    assert "mean activations: reused mean_activations.pt (inputs unchanged)" in lines
+    assert "indirect effect: reused indirect_effect.pt (inputs unchanged)" in lines
+    assert result.computed == [] and "mean_activations" in result.reused and "indirect_effect" in result.reused
     assert {p.name: p.read_bytes() for p in copy.iterdir() if p.suffix == ".pt"} == before
 
 

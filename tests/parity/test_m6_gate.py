@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from fv.compare import EXACT, walk_diffs
-from fv.diff import diff_folders, write_diff_report
+from fv.parity.compare import EXACT, walk_diffs
+from fv.parity.diff import diff_folders, write_diff_report
 
 pytestmark = pytest.mark.m6
 

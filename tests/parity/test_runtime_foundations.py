@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fv.hooks import add_to_output, capture_inputs, replace_output
-from fv.modeltree import inspect_model
-from fv.tiny import TINY_MODELS, build_tiny_model
+from fv.runtime.hooks import add_to_output, capture_inputs, replace_output
+from fv.model.tree import inspect_model
+from fv.model.tiny import TINY_MODELS, build_tiny_model
 
 pytestmark = pytest.mark.tiny
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fv.pytest_plugin import FVOptions, shared_dir
-from fv.tiny import FIXTURES
+from fv.paths import FIXTURES
 
 
 def relation_csv(opts: FVOptions) -> Path:
@@ -16,7 +16,7 @@ def relation_csv(opts: FVOptions) -> Path:
 
 
 def selected_qs(opts: FVOptions) -> list[str]:
-    from fv.datasets import load_relation_csv
+    from fv.runtime.datasets import load_relation_csv
 
     groups = load_relation_csv(relation_csv(opts))
     if opts.q_list in (None, "", "all"):

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from fv.parity import run_parity
-from fv.stages import Params
-from fv.trials import load_trials, make_relation_trials, plan_relation_qs, save_trials
+from fv.parity.run import run_parity
+from fv.reference.stages import STAGE_FUNCTIONS, live_source
+from fv.parity.stages import Params
+from fv.runtime.trials import load_trials, make_relation_trials, plan_relation_qs, save_trials
 from tests.relation.conftest import relation_csv
 
 pytestmark = pytest.mark.m7
@@ -28,7 +29,7 @@ def relation_trials(fv_options, fv_model):
 
     key = (fv_model.name, str(relation_csv(fv_options)), fv_options.q_list, fv_options.n_trials_per_q)
     if key not in _CACHE:
-        from fv.datasets import load_relation_csv
+        from fv.runtime.datasets import load_relation_csv
 
         csv = relation_csv(fv_options)
         groups = load_relation_csv(csv)
@@ -82,7 +83,7 @@ def test_q_parity(relation_trials, q_id, fv_model, fv_options, reference):
     ft, _ = _q(relation_trials, q_id)
     params = Params(n_top_heads=fv_options.n_top_heads, edit_layer=fv_options.edit_layer, max_trials=len(ft.trials))
     out = fv_options.out_root / Path(relation_csv(fv_options)).stem / q_id / "parity"
-    run = run_parity(fv_model, ft, params, reference, out)
+    run = run_parity(fv_model, ft, params, live_source(reference), out, stage_functions=STAGE_FUNCTIONS)
     counts = {s.name: s.mismatch_count for s in run.result.stages}
     assert sum(counts.values()) == 0, f"{q_id}: {counts}; earliest failed stage {run.result.earliest_failed_stage}\n" + \
         "\n".join(s.summary(5) for s in run.result.stages if s.status == "FAIL")
@@ -97,8 +98,8 @@ def _tree(root: Path) -> dict[str, bytes]:
 def test_resume_and_workers_give_byte_identical_outputs(tmp_path, monkeypatch, fv_model_name, fv_options):
     """An uninterrupted run on two workers and a run killed after its first q and resumed on one worker write
     the same bytes, file for file."""
-    from fv.relation import RelationConfig, read_status, relation_root, run_relation
-    from fv.tiny import FIXTURES
+    from fv.runtime.relation import RelationConfig, read_status, relation_root, run_relation
+    from fv.paths import FIXTURES
 
     if fv_model_name != fv_options.models[0]:
         pytest.skip("runs on the first model only")
@@ -134,19 +135,19 @@ def test_resume_and_workers_give_byte_identical_outputs(tmp_path, monkeypatch, f
 
 
 def test_failed_q_is_recorded_and_others_go_on(tmp_path, monkeypatch, fv_model_name, fv_options):
-    import fv.relation as relation
+    import fv.runtime.relation as relation
 
     if fv_model_name != fv_options.models[0]:
         pytest.skip("runs on the first model only")
     orig = relation.run_q
 
-    def flaky(lm, cfg, root, q, inputs):
+    def flaky(lm, cfg, root, q, *a, **k):
         if q == "Q2":
             raise RuntimeError("injected failure")
-        return orig(lm, cfg, root, q, inputs)
+        return orig(lm, cfg, root, q, *a, **k)
 
     monkeypatch.setattr(relation, "run_q", flaky)
-    from fv.tiny import FIXTURES
+    from fv.paths import FIXTURES
 
     cfg = relation.RelationConfig(relation_csv=str(FIXTURES / "relation_tiny.csv"), out=str(tmp_path), model=fv_model_name,
                                   n_trials_per_q=1, edit_layers="9", q_list=["Q1", "Q2"])

@@ -1,0 +1,48 @@
+"""Arguments and helpers shared by several commands."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def parse_bool(s: str) -> bool:
+    v = s.strip().lower()
+    if v in ("true", "1", "yes", "y"):
+        return True
+    if v in ("false", "0", "no", "n"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, found {s!r}")
+
+
+def parse_q_list(spec: str | None) -> list[str] | None:
+    """``Q1,Q2`` as a list; ``None`` or ``all`` as None (every q)."""
+    return None if spec in (None, "", "all") else [q.strip() for q in spec.split(",") if q.strip()]
+
+
+def tokenizer_for(spec: str | None) -> Any:
+    """The tokenizer of a model folder or tiny model name (default: the embedded tiny model)."""
+    from fv.model.resolve import resolve_model_path
+    from fv.model.tokenizers import load_tokenizer
+
+    return load_tokenizer(resolve_model_path(spec))
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", "--model_name", dest="model", default=None,
+                   help="local model folder, or tiny-llama / tiny-llama3tok (default: the embedded tiny-llama)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default auto: cuda when there is one)")
+    p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16 (default float32)")
+
+
+def add_reference_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--src-root", dest="src_root", default=None, help="the reference's src/ (else $FV_SRC_ROOT, else ./src)")
+    p.add_argument("--baukit-root", dest="baukit_root", default=None,
+                   help="folder holding baukit/nethook.py when the baukit package does not import (else $FV_BAUKIT_ROOT)")
+    p.add_argument("--src-compat", dest="src_compat", action="store_true",
+                   help="apply the reference's FV addition to tensor layer outputs too (its injection is a no-op on "
+                        "transformers 5.x otherwise); recorded in every report")
+
+
+def add_quiet(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quiet", action="store_true", help="no progress bars and no log lines on stderr")

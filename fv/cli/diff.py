@@ -1,0 +1,37 @@
+"""``fv diff`` (M5): a reference folder against an fv folder, stage by stage, with the first divergence."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def cmd_diff(a: argparse.Namespace) -> int:
+    from fv.parity.diff import TOLERANCES, diff_folders, write_diff_report
+
+    report = diff_folders(a.src, a.fv, TOLERANCES[a.tolerance])
+    paths = write_diff_report(report, a.out, plots=not a.no_plots)
+    fd = report["first_divergence"]
+    for s in report["stages"]:
+        print(f"{s['stage']:<17} {s['status']:<8} mismatch_count={s['mismatch_count']:<6} max_abs_diff={s['max_abs_diff']}")
+    if fd is None:
+        print("first divergence: none")
+    else:
+        print(f"first divergence: stage {fd['stage']}, file {fd['file']}, key {fd['key']}, trial ({fd['trial_id']}, {fd['trial_idx']}): "
+              f"src {str(fd['src'])[:60]} fv {str(fd['fv'])[:60]}")
+    for s in report["stages"]:
+        if s.get("pattern"):
+            print(f"  {s['stage']}: {s['pattern']}")
+    print(f"wrote {paths['json']} and {paths['md']}", file=sys.stderr)
+    return 0 if report["status"] == "PASS" else 1
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001 - argparse exposes no public type
+    d = sub.add_parser("diff", help="compare a reference folder with an fv folder stage by stage (M5)",
+                       description="Compare `fv reference --dump` output with `fv run` output in stage order and name the first divergence. Exit 1 when they differ.")
+    d.add_argument("--src", required=True, help="folder written by `fv reference --dump` (or any folder in either layout)")
+    d.add_argument("--fv", required=True, help="folder written by `fv run`")
+    d.add_argument("--out", required=True, help="where src_vs_fv_diff_report.json and .md go")
+    d.add_argument("--tolerance", choices=("exact", "fp32"), default="exact", help="exact (default: bit-identical) or fp32 (atol 1e-5, rtol 1e-4)")
+    d.add_argument("--no-plots", dest="no_plots", action="store_true", help="write no heatmap (it needs matplotlib: pip install 'fv[plots]')")
+    d.set_defaults(func=cmd_diff)

@@ -1,0 +1,141 @@
+"""``fv doctor``: one line per check, OK / WARN / FAIL with what to do, before a long run finds out the hard way."""
+
+from __future__ import annotations
+
+import importlib
+import platform
+from dataclasses import dataclass
+from typing import Callable
+
+
+@dataclass
+class Check:
+    status: str  # OK, WARN, FAIL
+    name: str
+    detail: str
+
+    def line(self) -> str:
+        return f"{self.status:<4} {self.name}: {self.detail}"
+
+
+def _version(mod: str) -> str | None:
+    try:
+        return getattr(importlib.import_module(mod), "__version__", "installed")
+    except Exception:
+        return None
+
+
+def run_doctor(src_root: str | None = None, model: str | None = None, fixed_trials: str | None = None,
+               edit_layer: int = 9, baukit_root: str | None = None, device: str = "auto", dtype: str = "float32",
+               emit: Callable[[Check], None] = lambda c: print(c.line())) -> list[Check]:
+    checks: list[Check] = []
+
+    def add(status: str, name: str, detail: str) -> None:
+        c = Check(status, name, detail)
+        checks.append(c)
+        emit(c)
+
+    py = platform.python_version_tuple()
+    add("OK" if (int(py[0]), int(py[1])) >= (3, 11) else "WARN", "python", f"{platform.python_version()}" +
+        ("" if (int(py[0]), int(py[1])) >= (3, 11) else " (fv is tested on 3.11 and newer)"))
+    for mod in ("torch", "transformers", "tokenizers", "numpy"):
+        v = _version(mod)
+        add("OK" if v else "FAIL", mod, v or f"not importable: pip install {mod}")
+    import torch
+
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            free, total = torch.cuda.mem_get_info(i)
+            add("OK", f"cuda:{i}", f"{torch.cuda.get_device_name(i)}, {free / 2**30:.1f} of {total / 2**30:.1f} GiB free")
+    else:
+        add("WARN", "cuda", "no CUDA device: everything runs on the CPU (fine for the tiny models)")
+
+    # before the adapter runs: it puts stand-ins for both into sys.modules
+    for mod, miss in (("baukit", "the package does not import; fv loads baukit/nethook.py alone (--baukit-root)"),
+                      ("bitsandbytes", "missing; fv stands in an empty module (used only for 70B models)")):
+        try:
+            importlib.import_module(mod)
+            add("OK", mod, "importable")
+        except Exception:
+            add("WARN", mod, miss)
+    ref = None
+    from fv.reference import Reference, ReferenceUnavailable, find_src_root
+
+    try:
+        root = find_src_root(src_root)
+        if root is None:
+            add("WARN", "reference", "no reference src/ (pass --src-root, set FV_SRC_ROOT, or keep it as ./src); parity runs use goldens")
+        else:
+            ref = Reference(root, baukit_root)
+            add("OK", "reference", f"{root} imports")
+            for note in ref.notes:
+                add("WARN", "reference", note)
+    except ReferenceUnavailable as exc:
+        add("FAIL", "reference", str(exc))
+    for mod, why in (("pandas", "the reference's slot maps"), ("sklearn", "the reference's dataset split"), ("tqdm", "the reference's loops")):
+        v = _version(mod)
+        add("OK" if v else ("FAIL" if ref or src_root else "WARN"), mod, v or f"missing ({why}): pip install 'fv[src]'")
+
+    lm = None
+    from fv.errors import FVError
+
+    try:
+        from fv.model.loading import load_model
+
+        lm = load_model(model, device, dtype)
+        info = lm.info
+        add("OK", "model", f"{lm.path}: {info.n_layers} layers, {info.n_heads} heads of {info.head_dim}, width {info.d_model}, "
+            f"{str(lm.dtype).replace('torch.', '')} on {lm.device}, tokenizer adds BOS: {lm.prepend_bos}")
+        if 0 <= edit_layer < info.n_layers:
+            add("OK", "edit layer", f"--edit-layer {edit_layer} fits ({info.n_layers} layers)")
+        else:
+            add("FAIL", "edit layer", f"--edit-layer {edit_layer} is outside 0..{info.n_layers - 1}: pick a layer in range")
+    except FVError as exc:
+        add("FAIL", "model", str(exc))
+
+    if ref is not None and lm is not None and 0 <= edit_layer < lm.info.n_layers:
+        try:
+            if ref.probe_injection(lm, edit_layer):
+                add("OK", "reference injection", "its FV addition changes the logits on this transformers release")
+            else:
+                add("WARN", "reference injection", "a silent no-op on this transformers release (decoder layers return tensors): "
+                    "run parity with --src-compat")
+        except Exception as exc:  # the probe runs the reference's code; report, do not crash
+            add("FAIL", "reference injection", f"probe failed: {type(exc).__name__}: {exc}")
+
+    if fixed_trials:
+        try:
+            from fv.runtime.trials import load_trials, verify_token_ids
+
+            ft = load_trials(fixed_trials)
+            add("OK", "fixed trials", f"{ft.path}: {len(ft.trials)} trials, {ft.n_shots} shots, valid schema")
+            if lm is not None:
+                bad = verify_token_ids(ft, lm.tokenizer)
+                if bad:
+                    add("FAIL", "trial token ids", f"{len(bad)} of {len(ft.trials)} disagree with this tokenizer; first: {bad[0]}. "
+                        "Remake the file with `fv make-trials --tokenizer <model>`")
+                else:
+                    add("OK", "trial token ids", f"all {len(ft.trials)} match this model's tokenizer")
+        except FVError as exc:
+            add("FAIL", "fixed trials", str(exc))
+    return checks
+
+
+def cmd_doctor(a) -> int:
+    checks = run_doctor(a.src_root, a.model, a.fixed_trials, a.edit_layer, a.baukit_root, a.device, a.dtype)
+    n = {s: sum(c.status == s for c in checks) for s in ("OK", "WARN", "FAIL")}
+    print(f"{n['OK']} OK, {n['WARN']} WARN, {n['FAIL']} FAIL")
+    return 1 if n["FAIL"] else 0
+
+
+def register(sub) -> None:
+    dr = sub.add_parser("doctor", help="check the environment, the reference, a model and a trials file",
+                        description="One line per check, OK/WARN/FAIL with what to do; exit 1 on any FAIL.")
+    dr.add_argument("--src-root", dest="src_root", default=None, help="the reference's src/ (else $FV_SRC_ROOT, else ./src)")
+    dr.add_argument("--baukit-root", dest="baukit_root", default=None, help="folder with baukit/nethook.py when the baukit package does not import")
+    dr.add_argument("--model", default=None, help="model folder or tiny model name (default tiny-llama)")
+    dr.add_argument("--fixed-trials", dest="fixed_trials", default=None, help="a fixed-trials JSON to validate against the model's tokenizer")
+    dr.add_argument("--edit-layer", dest="edit_layer", type=int, default=9, help="the layer parity and runs will inject at (default 9)")
+    dr.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default auto)")
+    dr.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16 (default float32)")
+    dr.set_defaults(func=cmd_doctor)

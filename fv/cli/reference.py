@@ -1,0 +1,75 @@
+"""``fv reference`` (M1 goldens, M3 dump): the reference's own functions on a fixed-trials file."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from fv.cli.common import add_model_args, add_quiet, add_reference_args
+from fv.errors import FVError
+
+
+def cmd_reference(a: argparse.Namespace) -> int:
+    from fv.io import ensure_dir, save_tensors, write_json
+    from fv.meta import run_meta
+    from fv.model.loading import load_model
+    from fv.parity.dump import build_dump
+    from fv.parity.run import src_from_source
+    from fv.parity.stages import Params
+    from fv.reference import InjectionNoOp, Reference, ReferenceUnavailable, find_src_root
+    from fv.reference.stages import live_source
+    from fv.runtime.trials import load_trials, require_tokenizer_agrees
+
+    say = (lambda _s: None) if a.quiet else (lambda s: print(s, file=sys.stderr))
+    # every check that needs no model pass comes before the first stage
+    root = find_src_root(a.src_root)
+    if root is None:
+        raise ReferenceUnavailable("no reference found: pass --src-root PATH (the reference's src/), or set FV_SRC_ROOT.")
+    ref = Reference(root, a.baukit_root, compat=a.src_compat)
+    ft = load_trials(a.fixed_trials)
+    out = ensure_dir(a.out)
+    lm = load_model(a.model, a.device, a.dtype)
+    lm.info.check_edit_layer(a.edit_layer)
+    require_tokenizer_agrees(ft, lm.tokenizer)
+    if a.dump:
+        try:
+            ref.require_live_injection(lm, a.edit_layer)
+        except InjectionNoOp as exc:
+            raise FVError(f"{exc} Nothing was computed.") from exc
+    params = Params(n_top_heads=a.n_top_heads, edit_layer=a.edit_layer, max_trials=a.max_trials)
+    say(f"reference {root}: {len(ft.subset(a.max_trials))} trials on {lm.name} ({lm.device}, {lm.dtype})")
+    for n in ref.notes:
+        say(f"note: {n}")
+    sv, inj_error = src_from_source(live_source(ref), lm, ft, params)
+    ds = ft.dataset_name
+    meta = run_meta(lm, ft, params.as_dict(), source="reference", src_root=str(root), src_notes=ref.notes, src_compat=ref.compat)
+    save_tensors(out / f"{ds}_mean_head_activations_FIXED.pt", sv.values["mean_activations"])
+    write_json(out / f"{ds}_dummy_labels.json", sv.values["slot"]["dummy_labels"])
+    save_tensors(out / f"{ds}_indirect_effect.pt", sv.values["indirect_effect"])
+    write_json(out / "reference_meta.json", meta)
+    if a.dump:
+        write_json(out / "src_reference_dump.json", build_dump(sv, meta, a.edit_layer))
+        save_tensors(out / "src_fv.pt", sv.values["fv"])
+        write_json(out / "top_heads_src.json", sv.values["top_heads"])
+    print(f"wrote reference artifacts to {out}")
+    if inj_error:
+        print(f"warning: {inj_error}", file=sys.stderr)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001 - argparse exposes no public type
+    r = sub.add_parser("reference", help="run the reference src/ on fixed trials (M1 goldens, M3 dump)",
+                       description="Drive the reference's own functions on a fixed-trials file and write its golden artifacts; "
+                                   "--dump adds the M3 reference dump. Checks that need no model pass (trials against the "
+                                   "tokenizer, edit layer, the reference's injection) run before any stage.")
+    add_reference_args(r)
+    add_model_args(r)
+    r.add_argument("--fixed-trials", "--fixed_trials_path", dest="fixed_trials", required=True, help="fixed-trials JSON")
+    r.add_argument("--out", "--save_path_root", dest="out", required=True, help="output folder")
+    r.add_argument("--max-trials", "--max_trials", dest="max_trials", type=int, default=None, help="use only the first N trials")
+    r.add_argument("--n-top-heads", "--n_top_heads", dest="n_top_heads", type=int, default=10, help="heads in the FV (default 10)")
+    r.add_argument("--edit-layer", "--edit_layer", dest="edit_layer", type=int, default=9, help="FV injection layer (default 9)")
+    r.add_argument("--dump", action="store_true", help="also write src_reference_dump.json, src_fv.pt, top_heads_src.json (M3)")
+    add_quiet(r)
+    r.set_defaults(func=cmd_reference)

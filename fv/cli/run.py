@@ -1,0 +1,68 @@
+"""``fv run`` (M4): the fv runtime end to end, with every artifact, its meta and its pictures."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from fv.cli.common import add_model_args, add_quiet
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    from fv.model.loading import load_model
+    from fv.parity.dump import write_runtime_dump
+    from fv.paths import FIXTURES
+    from fv.progress import log_to_stderr
+    from fv.runtime.pipeline import RunConfig, parse_layers, run_runtime
+    from fv.runtime.trials import load_trials, make_icl_trials, require_tokenizer_agrees, save_trials
+
+    log = log_to_stderr(a.quiet)
+    ft = load_trials(a.fixed_trials) if a.fixed_trials else None  # a bad file fails before the model loads
+    out = Path(a.out)
+    lm = load_model(a.model, a.device, a.dtype)
+    layers = parse_layers(a.edit_layers, lm.info.n_layers, a.edit_layer)
+    if ft is None:
+        path = out / f"fixed_trials_antonym_tiny_t10_s10_seed0_{lm.name}.json"
+        save_trials(path, make_icl_trials(FIXTURES / "antonym_tiny.json", lm.tokenizer, 10, 10, 0,
+                                          model_name_for_tokenizer=lm.name, model_prepend_bos=lm.prepend_bos,
+                                          dataset_json_label="antonym_tiny.json"))
+        ft = load_trials(path)
+        log(f"no --fixed-trials: made {path} from the embedded antonym data")
+    require_tokenizer_agrees(ft, lm.tokenizer)
+    cfg = RunConfig(n_top_heads=a.n_top_heads, edit_layers=layers, max_trials=a.max_trials, mode=a.mode, resume=a.resume)
+    result = run_runtime(lm, ft, out, cfg, quiet=a.quiet, log=log)
+    write_runtime_dump(out, result, layers[0])
+    if a.resume:
+        log(f"resume: reused {', '.join(result.reused) or 'nothing'}; computed {', '.join(result.computed) or 'nothing'}")
+    if not a.no_plots:
+        from fv.plots import PlotsUnavailable, draw_run
+
+        try:
+            for p in draw_run(out):
+                log(f"picture: {p}")
+        except PlotsUnavailable as exc:
+            log(str(exc))
+    summary = result.summary
+    z = summary["by_prompt_set"]["zero_shot"]
+    print(f"wrote runtime artifacts to {out}: edit layer {summary['edit_layer']}, zero-shot acc {z['acc_base']:.2f} -> "
+          f"{z['acc_with']:.2f}, mean delta logprob {z['mean_delta_logprob']:+.4f}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001 - argparse exposes no public type
+    u = sub.add_parser("run", help="the fv runtime end to end (M4)",
+                       description="Mean activations, indirect effects, top heads, the FV, and its evaluation, with every "
+                                   "artifact, its meta, and pictures of the indirect effects and of the evaluation per layer.")
+    add_model_args(u)
+    u.add_argument("--fixed-trials", "--fixed_trials_path", dest="fixed_trials", default=None, help="fixed-trials JSON (default: made from the embedded antonym data)")
+    u.add_argument("--out", default="results_fv/run", help="output folder (default results_fv/run)")
+    u.add_argument("--n-top-heads", "--n_top_heads", dest="n_top_heads", type=int, default=10, help="heads in the FV (default 10)")
+    u.add_argument("--edit-layer", "--edit_layer", dest="edit_layer", type=int, default=9, help="FV injection layer (default 9)")
+    u.add_argument("--edit-layers", dest="edit_layers", default=None, help="several layers: A-B, a comma list, or all (overrides --edit-layer)")
+    u.add_argument("--max-trials", "--max_trials", dest="max_trials", type=int, default=None, help="use only the first N trials")
+    u.add_argument("--mode", choices=("exact", "fast"), default="exact", help="exact follows the reference bit for bit; fast reuses the clean pass")
+    u.add_argument("--resume", action="store_true", help="skip stages whose outputs and meta already match the inputs")
+    u.add_argument("--no-plots", dest="no_plots", action="store_true", help="write no pictures (they need matplotlib: pip install 'fv[plots]')")
+    add_quiet(u)
+    u.set_defaults(func=cmd_run)

@@ -1,0 +1,68 @@
+"""``fv make-trials`` and ``fv verify-trials`` (M0): fixed-trials files in the user's schema."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from fv.cli.common import parse_bool, parse_q_list, tokenizer_for
+from fv.errors import FVError
+
+
+def cmd_make_trials(a: argparse.Namespace) -> int:
+    from fv.model.tokenizers import tokenizer_prepends_bos
+    from fv.runtime.trials import make_icl_trials, make_relation_trials, save_trials
+
+    if bool(a.dataset) == bool(a.relation_csv):
+        raise FVError("give exactly one of --dataset (an ICL JSON) or --relation-csv.")
+    tok = tokenizer_for(a.tokenizer)
+    bos = tokenizer_prepends_bos(tok) if a.model_prepend_bos is None else a.model_prepend_bos
+    if a.dataset:
+        raw = make_icl_trials(a.dataset, tok, a.n_trials, a.n_shots, a.seed, a.test_split, model_name_for_tokenizer=a.tokenizer or "tiny-llama",
+                              model_prepend_bos=bos, prepend_bos_token_used=a.prepend_bos_token_used)
+    else:
+        raw = make_relation_trials(a.relation_csv, tok, a.n_trials_per_q, a.n_demos, a.seed, parse_q_list(a.q_list),
+                                   model_name_for_tokenizer=a.tokenizer or "tiny-llama", model_prepend_bos=bos,
+                                   prepend_bos_token_used=a.prepend_bos_token_used)
+        for s in raw["meta"]["skipped_qs"]:
+            print(f"skipped {s['q_id']}: {s['n_rows']} rows, {s['reason']}", file=sys.stderr)
+    save_trials(a.out, raw)
+    print(f"wrote {a.out}: {len(raw['trials'])} trials")
+    return 0
+
+
+def cmd_verify_trials(a: argparse.Namespace) -> int:
+    from fv.runtime.trials import load_trials, verify_token_ids
+
+    ft = load_trials(a.path)
+    tok = tokenizer_for(a.tokenizer or ft.meta.get("model_name_for_tokenizer") or None)
+    bad = verify_token_ids(ft, tok, a.verify_n)
+    n = len(ft.subset(a.verify_n))
+    for m in bad:
+        print(f"MISMATCH {m}")
+    print(f"{ft.path}: {n} trials checked, {len(bad)} token-id mismatches (mismatch_count={len(bad)})")
+    return 1 if bad else 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001 - argparse exposes no public type
+    m = sub.add_parser("make-trials", help="make a fixed-trials file (M0)", description="Make a fixed-trials JSON in the user's schema, from an ICL dataset or a relation CSV (q-wise).")
+    m.add_argument("--dataset", "--dataset_json", dest="dataset", help="ICL dataset: a JSON list of {input, output}")
+    m.add_argument("--relation-csv", "--relation_csv", dest="relation_csv", help="relation CSV with columns id, ex_A, ex_B")
+    m.add_argument("--out", "--out_path", dest="out", required=True, help="where to write the trials JSON")
+    m.add_argument("--n-trials", "--n_trials", dest="n_trials", type=int, default=10, help="trials (ICL; default 10)")
+    m.add_argument("--n-shots", "--n_shots", dest="n_shots", type=int, default=10, help="demonstrations per prompt (ICL; default 10)")
+    m.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    m.add_argument("--test-split", "--test_split", dest="test_split", type=float, default=0.3, help="test fraction of the split (default 0.3)")
+    m.add_argument("--tokenizer", "--model_name_for_tokenizer", dest="tokenizer", default=None, help="model or tokenizer folder, or a tiny model name (default tiny-llama)")
+    m.add_argument("--model-prepend-bos", "--model_prepend_bos", dest="model_prepend_bos", type=parse_bool, default=None, help="true|false: the tokenizer adds BOS itself (default: detected)")
+    m.add_argument("--prepend-bos-token-used", "--prepend_bos_token_used", dest="prepend_bos_token_used", type=parse_bool, default=False, help="true|false: write BOS text into prompts (default false)")
+    m.add_argument("--q-list", "--q_list", dest="q_list", default=None, help="relation: comma-separated q ids, or all (default all)")
+    m.add_argument("--n-trials-per-q", "--n_trials_per_q", dest="n_trials_per_q", type=int, default=25, help="relation: trials per q (default 25)")
+    m.add_argument("--n-demos", "--n_demos", dest="n_demos", type=int, default=9, help="relation: demonstrations per prompt (default 9)")
+    m.set_defaults(func=cmd_make_trials)
+
+    v = sub.add_parser("verify-trials", help="recompute a trials file's token ids (M0)", description="Recompute every trial's answer ids with a tokenizer and list each disagreement; exit 1 on any.")
+    v.add_argument("path", help="fixed-trials JSON")
+    v.add_argument("--tokenizer", "--model_name_for_tokenizer", "--tokenizer_name", dest="tokenizer", default=None, help="model or tokenizer folder, or a tiny model name (default: the file's model_name_for_tokenizer)")
+    v.add_argument("--verify-n", "--verify_n", dest="verify_n", type=int, default=None, help="check only the first N trials")
+    v.set_defaults(func=cmd_verify_trials)

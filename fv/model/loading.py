@@ -1,0 +1,75 @@
+"""Loading a model and its tokenizer once, with an explicit dtype and device."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fv.errors import FVError
+from fv.model.tree import ModelInfo, inspect_model
+from fv.model.dtypes import pick_dtype
+from fv.model.resolve import resolve_model_path
+from fv.model.tokenizers import load_tokenizer, tokenizer_prepends_bos
+
+
+
+def pick_device(device: str | None, worker: int | None = None) -> str:
+    """``auto`` is cuda when there is one. ``worker`` (an xdist or relation worker number) spreads workers over
+    the GPUs when there are several: worker i takes cuda:(i mod count)."""
+    if device in (None, "", "auto", "cuda") and torch.cuda.is_available() and worker is not None and torch.cuda.device_count() > 1:
+        return f"cuda:{worker % torch.cuda.device_count()}"
+    if device in (None, "", "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise FVError(f"--device {device} asked, but torch sees no CUDA device. Use --device cpu or auto.")
+    return device
+
+
+
+
+@dataclass
+class LoadedModel:
+    """A model with everything the stages ask of it."""
+
+    path: Path
+    model: Any
+    tokenizer: Any
+    info: ModelInfo
+    device: str
+    dtype: torch.dtype
+    prepend_bos: bool
+
+    @property
+    def name(self) -> str:
+        """Folder name without the cache fingerprint of a tiny model."""
+        name = self.path.name
+        for tiny in ("tiny-llama3tok", "tiny-llama"):
+            if name.startswith(tiny + "-"):
+                return tiny
+        return name
+
+    @property
+    def config_hash(self) -> str:
+        return hashlib.sha256((self.path / "config.json").read_bytes()).hexdigest()[:16]
+
+
+def load_model(model: str | None, device: str | None = None, dtype: str | None = None, worker: int | None = None) -> LoadedModel:
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    path = resolve_model_path(model)
+    dev, dt = pick_device(device, worker), pick_dtype(dtype)
+    tok = load_tokenizer(path)
+    try:
+        m = AutoModelForCausalLM.from_pretrained(str(path), dtype=dt, attn_implementation="eager")
+    except Exception as exc:
+        raise FVError(f"cannot load the model in {path}: {exc}") from exc
+    m = m.to(dev).eval()
+    torch.set_grad_enabled(False)
+    return LoadedModel(path=path, model=m, tokenizer=tok, info=inspect_model(m), device=dev, dtype=dt,
+                       prepend_bos=tokenizer_prepends_bos(tok))

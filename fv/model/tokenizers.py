@@ -1,0 +1,24 @@
+"""Loading a tokenizer, and the one fact about it every stage needs: whether it puts a BOS token first."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fv.errors import FVError
+
+
+def load_tokenizer(path: str | Path) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(path))
+    except Exception as exc:
+        raise FVError(f"cannot load a tokenizer from {path}: {exc}. Give a model folder or a tiny model name.") from exc
+
+
+def tokenizer_prepends_bos(tokenizer: Any) -> bool:
+    """Whether the tokenizer puts its BOS token first on its own (then no BOS text goes into prompts)."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    ids = tokenizer("a").input_ids
+    return bos is not None and len(ids) > 0 and ids[0] == bos

@@ -1,0 +1,82 @@
+"""Golden files: the reference's stage values, stored so CI can compare fv with them without the reference.
+
+One folder per model, fixed-trials id and trial count (``snapshots/<model>/<trials id>/t<n>/``), one file per
+artifact: tensors as safetensors (bytes that do not depend on pickling), the rest as JSON. The syrupy
+extension in ``fv.parity.snapshot`` writes and compares these files inside pytest; this module reads them directly,
+so the parity engine can use them wherever the reference is absent.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+from fv.parity.stages import StageValues
+
+# artifact name -> (kind, stage it belongs to)
+GOLDEN_ARTIFACTS: dict[str, tuple[str, str]] = {
+    "prompt": ("json", "prompt"),
+    "dummy_labels": ("json", "slot"),
+    "slot": ("json", "slot"),
+    "mean_activations": ("tensor", "mean_activations"),
+    "indirect_effect": ("tensor", "indirect_effect"),
+    "top_heads": ("json", "top_heads"),
+    "fv": ("tensor", "fv"),
+    "injection": ("json", "injection"),
+}
+EXTENSIONS = {"json": "json", "tensor": "safetensors"}
+
+
+def golden_dir(root: Path, model: str, trials_id: str, n_trials: int) -> Path:
+    return Path(root) / model / trials_id / f"t{n_trials}"
+
+
+def artifact_value(sv: StageValues, name: str) -> Any:
+    """The value a golden artifact holds, taken from a side's stage values."""
+    if name == "dummy_labels":
+        return sv.values["slot"]["dummy_labels"]
+    if name == "slot":
+        return sv.values["slot"]["trials"]
+    return sv.values[GOLDEN_ARTIFACTS[name][1]]
+
+
+def serialize(kind: str, value: Any) -> bytes:
+    if kind == "tensor":
+        from safetensors.torch import save
+
+        return save({"value": value.detach().to("cpu").contiguous()})
+    return (json.dumps(value, indent=1, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def deserialize(kind: str, data: bytes | str) -> Any:
+    if kind == "tensor":
+        from safetensors.torch import load
+
+        return load(bytes(data))["value"]
+    if isinstance(data, bytes):
+        data = data.decode("utf-8")
+    return json.loads(data)
+
+
+def load_goldens(folder: Path) -> StageValues | None:
+    """Stage values from a golden folder, or None when any artifact is missing."""
+    vals: dict[str, Any] = {}
+    for name, (kind, _stage) in GOLDEN_ARTIFACTS.items():
+        f = Path(folder) / f"{name}.{EXTENSIONS[kind]}"
+        if not f.is_file():
+            return None
+        vals[name] = deserialize(kind, f.read_bytes())
+    sv = StageValues()
+    sv.values = {
+        "prompt": vals["prompt"], "slot": {"dummy_labels": vals["dummy_labels"], "trials": vals["slot"]},
+        "mean_activations": vals["mean_activations"], "indirect_effect": vals["indirect_effect"],
+        "top_heads": vals["top_heads"], "fv": vals["fv"], "injection": vals["injection"],
+    }
+    return sv
+
+
+def to_jsonable(value: Any) -> Any:
+    """Round-trip through JSON so a live value compares like its golden (tuples become lists)."""
+    return json.loads(json.dumps(value))

@@ -1,0 +1,84 @@
+"""Parity reports on disk (docs/reference.md, "Artifacts"): the suite verdict, a per-stage table, and the injection tables."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+
+from fv.parity.compare import ParityResult
+from fv.io import write_json, write_text
+from fv.parity.stages import PROMPT_SETS
+
+
+def _num(x: float) -> float | str:
+    return "inf" if isinstance(x, float) and math.isinf(x) else x
+
+
+def injection_rows(src_inj: dict, fv_inj: dict) -> list[dict]:
+    rows = []
+    for key in list(src_inj) + [k for k in fv_inj if k not in src_inj]:
+        tid, tidx = key.rsplit(":", 1)
+        for ps in PROMPT_SETS:
+            s = src_inj.get(key, {}).get(ps)
+            f = fv_inj.get(key, {}).get(ps)
+            row = {"trial_id": tid, "trial_idx": int(tidx), "prompt_set": ps,
+                   "target_id": (s or f or {}).get("target_id")}
+            for side, v in (("src", s), ("fv", f)):
+                row[f"{side}_base_logprob"] = v["base"]["logprob"] if v else None
+                row[f"{side}_with_logprob"] = v["with"]["logprob"] if v else None
+                row[f"{side}_delta_logprob"] = (v["with"]["logprob"] - v["base"]["logprob"]) if v else None
+            if s and f:
+                row["target_id_equal"] = s["target_id"] == f["target_id"]
+                row["base_logprob_equal"] = s["base"]["logprob"] == f["base"]["logprob"]
+                row["with_logprob_equal"] = s["with"]["logprob"] == f["with"]["logprob"]
+                row["base_logits_identical"] = s["base"]["logits_sha256"] == f["base"]["logits_sha256"]
+                row["with_logits_identical"] = s["with"]["logits_sha256"] == f["with"]["logits_sha256"]
+                for part in ("base", "with"):
+                    a, b = s[part]["top_logits"], f[part]["top_logits"]
+                    same_ids = s[part]["top_ids"] == f[part]["top_ids"]
+                    row[f"max_abs_logit_diff_{part}"] = max((abs(x - y) for x, y in zip(a, b)), default=0.0) if same_ids else math.inf
+            else:
+                row["missing_on"] = "fv" if s else "src"
+            rows.append(row)
+    return rows
+
+
+def _csv(rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    cols: list[str] = []
+    for r in rows:
+        cols += [c for c in r if c not in cols]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: _num(v) for k, v in r.items()})
+    return buf.getvalue()
+
+
+def write_parity_reports(out_dir: Path, result: ParityResult, src_inj: dict, fv_inj: dict) -> dict[str, Path]:
+    out = Path(out_dir)
+    report = {
+        "status": result.status, "earliest_failed_stage": result.earliest_failed_stage,
+        "first_divergence": result.first_divergence(),
+        "stages": [{**s.as_row(), "max_abs_diff": _num(s.max_abs_diff), "max_rel_diff": _num(s.max_rel_diff),
+                    "per_trial_mismatch_count": s.per_trial, "detail": s.detail, "pattern": s.pattern,
+                    "worst": s.worst, "reference_function": s.reference_function,
+                    "mismatches": [m.as_dict() for m in s.mismatches[:50]]} for s in result.stages],
+        "meta": result.meta,
+    }
+    rows = injection_rows(src_inj, fv_inj)
+    inj = result.stage("injection")
+    inj_report = {"status": inj.status, "mismatch_count": inj.mismatch_count, "max_abs_diff": _num(inj.max_abs_diff),
+                  "n_rows": len(rows), "all_logits_identical": all(r.get("base_logits_identical") and r.get("with_logits_identical") for r in rows),
+                  "trials": rows, "meta": result.meta}
+    paths = {
+        "parity_suite_report.json": write_json(out / "parity_suite_report.json", report),
+        "parity_suite_stages.csv": write_text(out / "parity_suite_stages.csv", _csv([s.as_row() for s in result.stages])),
+        "injection_parity_trials.csv": write_text(out / "injection_parity_trials.csv", _csv(rows)),
+        "injection_parity_report.json": write_json(out / "injection_parity_report.json", inj_report),
+    }
+    return paths

@@ -1,0 +1,106 @@
+"""One parity run: fv against the live reference or against its goldens, every stage, reports written."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from typing import Callable, Sequence
+
+from fv.meta import run_meta
+from fv.model.loading import LoadedModel
+from fv.parity.compare import EXACT, ParityResult, StageResult, Tolerance, compare_all, tolerance_for
+from fv.parity.golden import golden_dir, load_goldens, to_jsonable
+from fv.parity.report import write_parity_reports
+from fv.parity.stages import STAGES, Params, StageValues, fv_stage_values, trial_key
+from fv.paths import SNAPSHOT_ROOT
+from fv.runtime.trials import FixedTrials, Trial
+
+
+@dataclass
+class LiveSource:
+    """The other side computed live: ``compute`` returns its stage values and, when its injection cannot be
+    trusted, why. Built by ``fv.reference`` so this engine never needs the reference's names."""
+
+    compute: Callable[[LoadedModel, Sequence[Trial], Params, dict, dict], tuple[StageValues, str | None]]
+    notes: list[str]
+    compat: bool
+    description: str
+
+
+def _normalize(sv: StageValues) -> StageValues:
+    """JSON-side values as a golden file would hold them, so live and golden sources compare alike."""
+    out = StageValues(values=dict(sv.values), durations=dict(sv.durations))
+    for k in ("prompt", "slot", "top_heads", "injection"):
+        out.values[k] = to_jsonable(sv.values[k])
+    return out
+
+
+@dataclass
+class ParityRun:
+    lm: LoadedModel
+    trials: FixedTrials
+    params: Params
+    source: str  # "reference" or "golden"
+    src: StageValues
+    fv: StageValues
+    tolerance: Tolerance
+    result: ParityResult
+    report_paths: dict[str, Path] = field(default_factory=dict)
+    injection_error: str | None = None
+    other_side: str = ""  # in words: which live reference, or which golden folder
+
+    @property
+    def trial_keys(self) -> list[str]:
+        return [trial_key(t) for t in self.trials.subset(self.params.max_trials)]
+
+
+def default_out_dir(root: Path, trials: FixedTrials) -> Path:
+    return Path(root) / trials.dataset_name / trials.id
+
+
+def src_from_source(source: LiveSource, lm: LoadedModel, trials: FixedTrials, params: Params) -> tuple[StageValues, str | None]:
+    sv, error = source.compute(lm, trials.subset(params.max_trials), params, trials.meta.get("prefixes"),
+                               trials.meta.get("separators"))
+    return _normalize(sv), error
+
+
+def run_parity(lm: LoadedModel, trials: FixedTrials, params: Params, ref: LiveSource | None, out_dir: Path | None,
+               snapshot_root: Path = SNAPSHOT_ROOT, fv_values: StageValues | None = None,
+               stage_functions: dict[str, str] | None = None) -> ParityRun:
+    """Compare every stage. With ``ref`` the gate is exact; from goldens it uses the dtype's tolerance."""
+    subset = trials.subset(params.max_trials)
+    if ref is not None:
+        src, inj_error = src_from_source(ref, lm, trials, params)
+        source, tol = "reference", EXACT if params.mode == "exact" else tolerance_for(lm.dtype, exact=False)
+        notes = list(ref.notes) + (["--src-compat: the reference's FV addition applied to tensor outputs"] if ref.compat else [])
+        other = ref.description
+    else:
+        folder = golden_dir(snapshot_root, lm.name, trials.id, len(subset))
+        src = load_goldens(folder)
+        if src is None:
+            raise FileNotFoundError(f"no goldens in {folder}")
+        inj_error = None
+        source, tol = "golden", tolerance_for(lm.dtype, exact=False)
+        prov = folder.parent / f"{folder.name}.meta.json"
+        notes = json.loads(prov.read_text()).get("notes", []) if prov.is_file() else []
+        other = f"goldens in {folder}"
+    fvv = _normalize(fv_values if fv_values is not None else fv_stage_values(lm, subset, params, trials.meta.get("prefixes"), trials.meta.get("separators")))
+    keys = [trial_key(t) for t in subset]
+    meta = run_meta(lm, trials, params.as_dict(), source=source, other_side=other, tolerance=tol.__dict__, src_notes=notes,
+                    src_compat=bool(ref.compat) if ref is not None else any("src-compat" in n for n in notes))
+    result = compare_all(src, fvv, tol, keys, meta, stage_functions)
+    if inj_error:
+        i = STAGES.index("injection")
+        result.stages[i] = StageResult("injection", "FAIL", 2 * len(keys), float("inf"), detail=[inj_error])
+    run = ParityRun(lm, trials, params, source, src, fvv, tol, result, injection_error=inj_error, other_side=other)
+    if out_dir is not None:
+        run.report_paths = write_parity_reports(out_dir, result, src.values["injection"], fvv.values["injection"])
+    return run
+
+
+def compare_with(run: ParityRun, fv_values: StageValues) -> ParityResult:
+    """Compare another fv computation with the same source values (used to prove a perturbation is caught)."""
+    return compare_all(run.src, _normalize(fv_values), run.tolerance, run.trial_keys, {},
+                       {s.name: s.reference_function for s in run.result.stages})

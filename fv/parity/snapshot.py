@@ -1,0 +1,71 @@
+"""A syrupy extension for golden tensors and JSON with the tolerance policy of docs/reference.md.
+
+Four small roles, as syrupy's own extensions are built: serializer (``fv.parity.golden.serialize``), location (a
+folder per model and fixed-trials id under the top-level ``snapshots/``), comparator (``matches`` decodes both
+sides and compares within a named tolerance, so drift inside it never churns the goldens) and reporter
+(``diff_lines`` prints shape, dtype, max abs and rel diff and the worst index instead of a byte dump).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator
+
+from syrupy.extensions.single_file import SingleFileSnapshotExtension, WriteMode
+
+from fv.parity.compare import Tolerance, diff_tensors, walk_diffs
+from fv.parity.golden import EXTENSIONS, deserialize, serialize
+
+
+class GoldenExtension(SingleFileSnapshotExtension):
+    """Base; ``golden_extension`` makes a subclass bound to one folder, kind and tolerance."""
+
+    folder: str = "snapshots"
+    kind: str = "json"
+    tolerance: Tolerance
+
+    def serialize(self, data: Any, **_kw: Any) -> Any:
+        raw = serialize(self.kind, data)
+        return raw if self.kind == "tensor" else raw.decode("utf-8")
+
+    @classmethod
+    def dirname(cls, *, test_location: Any) -> str:
+        return cls.folder
+
+    @classmethod
+    def get_snapshot_name(cls, *, test_location: Any, index: Any = 0) -> str:
+        return str(index) if isinstance(index, str) else f"{test_location.testname}_{index}"
+
+    def matches(self, *, serialized_data: Any, snapshot_data: Any) -> bool:
+        if snapshot_data is None:
+            return False
+        return not any(True for _ in self._problems(serialized_data, snapshot_data, limit=1))
+
+    def _problems(self, new: Any, old: Any, limit: int = 20) -> Iterator[str]:
+        a, b = deserialize(self.kind, old), deserialize(self.kind, new)
+        if self.kind == "tensor":
+            d = diff_tensors(a, b, self.tolerance)
+            if d.shapes_differ or d.n_mismatch:
+                yield from d.lines(self.tolerance)
+            return
+        for n, (path, x, y, diff) in enumerate(walk_diffs(a, b, self.tolerance)):
+            if n >= limit:
+                yield "..."
+                return
+            yield f"{path}: golden {x!r:.80} value {y!r:.80} (abs diff {diff:.3g})"
+
+    def diff_lines(self, serialized_data: Any, snapshot_data: Any) -> Iterator[str]:
+        if snapshot_data is None:
+            yield "no golden file yet: regenerate from the reference with pytest -m m1 --snapshot-update --src-root <src>"
+            return
+        yield f"values are not within tolerance {self.tolerance.name} ({self.tolerance.origin})"
+        yield from self._problems(serialized_data, snapshot_data)
+
+
+def golden_extension(folder: Path, kind: str, tolerance: Tolerance) -> type[GoldenExtension]:
+    return type(
+        f"Golden_{kind}",
+        (GoldenExtension,),
+        {"folder": str(folder), "kind": kind, "tolerance": tolerance, "_file_extension": EXTENSIONS[kind],
+         "_write_mode": WriteMode.BINARY if kind == "tensor" else WriteMode.TEXT},
+    )

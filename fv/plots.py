@@ -1,0 +1,250 @@
+"""Pictures of results, drawn with matplotlib from the artifacts on disk (so ``fv plot`` can redraw them).
+
+- a run: the trial-mean indirect effect over (layer, head), and, when several edit layers ran, the evaluation
+  against the edit layer (delta p, delta log-prob, accuracy);
+- a relation run: one heatmap and one layer sweep per q, and every q's heatmap side by side;
+- a diff: src, fv and their difference over (layer, head).
+
+matplotlib is an optional extra, imported only here and only when a picture is asked for. Every function
+returns ``Picture``s: the file and the arrays that were drawn, so tests can hold the picture to its artifacts.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from fv.errors import FVError
+from fv.io import atomic_write, load_tensor_file, read_json
+
+IE_PNG = "indirect_effect_heatmap.png"
+SWEEP_PNG = "eval_by_layer.png"
+ALL_Q_PNG = "all_q_indirect_effect.png"
+DIFF_PNG = IE_PNG  # in a diff folder: src, fv and their difference
+
+
+class PlotsUnavailable(FVError):
+    """matplotlib is not installed."""
+
+
+@dataclass
+class Picture:
+    path: Path
+    data: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def _plt() -> Any:
+    try:
+        import matplotlib
+    except ImportError as exc:
+        raise PlotsUnavailable("pictures need matplotlib, which is not installed: pip install 'fv[plots]' (or pass --no-plots).") from exc
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: Path) -> Path:
+    plt = _plt()
+    try:
+        atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=150, bbox_inches="tight"), binary=True)
+    finally:
+        plt.close(fig)
+    return path
+
+
+def _heatmap(fig: Any, ax: Any, values: np.ndarray, title: str, label: str) -> None:
+    """A (layer x head) grid on a diverging scale centred on zero; layer 0 at the top, as the paper draws it."""
+    from matplotlib.colors import TwoSlopeNorm
+
+    vmax = float(np.abs(values).max()) if values.size else 0.0
+    vmax = vmax if vmax > 0 else 1e-12
+    im = ax.imshow(values, cmap="RdBu_r", norm=TwoSlopeNorm(vcenter=0.0, vmin=-vmax, vmax=vmax), aspect="auto",
+                   interpolation="nearest")
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    ax.set_title(title, fontsize=9)
+    n_layers, n_heads = values.shape
+    ax.set_xticks(range(n_heads) if n_heads <= 32 else range(0, n_heads, max(1, n_heads // 16)))
+    ax.set_yticks(range(n_layers) if n_layers <= 40 else range(0, n_layers, max(1, n_layers // 20)))
+    fig.colorbar(im, ax=ax, label=label, shrink=0.85)
+
+
+def _describe(meta: dict) -> str:
+    model = meta.get("model_name") or Path(str(meta.get("model_path", "model"))).name
+    trials = meta.get("fixed_trials_id", "trials")
+    q = f", {meta['q_id']}" if meta.get("q_id") else ""
+    return f"{model}, {trials}{q}"
+
+
+def mean_effect(ie: Any) -> np.ndarray:
+    """The trial-mean indirect effect (layers, heads) of a (trials, layers, heads) tensor, as float64."""
+    arr = ie.detach().to("cpu").double().numpy() if hasattr(ie, "detach") else np.asarray(ie, dtype=np.float64)
+    return arr.mean(axis=0) if arr.ndim == 3 else arr
+
+
+def draw_indirect_effect(path: str | Path, ie: Any, title: str) -> Picture:
+    plt = _plt()
+    values = mean_effect(ie)
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.35 * values.shape[1] + 2.5), max(3.5, 0.25 * values.shape[0] + 1.5)))
+    _heatmap(fig, ax, values, title, "mean indirect effect (delta p of the target)")
+    return Picture(_save(fig, Path(path)), {"mean_indirect_effect": values})
+
+
+def _sweep_series(summaries: dict[int, dict]) -> dict[str, np.ndarray]:
+    layers = sorted(summaries)
+    out: dict[str, np.ndarray] = {"layer": np.array(layers, dtype=np.int64)}
+    for ps in ("zero_shot", "shuffled"):
+        for key in ("mean_delta_p", "mean_delta_logprob", "acc_base", "acc_with"):
+            out[f"{ps}.{key}"] = np.array([summaries[L]["by_prompt_set"][ps][key] for L in layers], dtype=np.float64)
+    return out
+
+
+def draw_layer_sweep(path: str | Path, summaries: dict[int, dict], title: str) -> Picture:
+    """delta p, delta log-prob and accuracy of the target against the edit layer, per prompt set."""
+    plt = _plt()
+    data = _sweep_series(summaries)
+    x = data["layer"]
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), sharex=True, layout="constrained")
+    styles = {"zero_shot": dict(color="tab:blue", marker="o"), "shuffled": dict(color="tab:orange", marker="s")}
+    for ps, st in styles.items():
+        axes[0].plot(x, data[f"{ps}.mean_delta_p"], label=ps.replace("_", "-"), **st)
+        axes[1].plot(x, data[f"{ps}.mean_delta_logprob"], label=ps.replace("_", "-"), **st)
+        axes[2].plot(x, data[f"{ps}.acc_with"], label=f"{ps.replace('_', '-')} with FV", **st)
+        axes[2].plot(x, data[f"{ps}.acc_base"], label=f"{ps.replace('_', '-')} without", linestyle="--", color=st["color"])
+    for ax, yl in zip(axes, ("mean delta p (target)", "mean delta log-prob (target)", "accuracy (top-1 = target)")):
+        ax.set_xlabel("edit layer")
+        ax.set_ylabel(yl)
+        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    for ax in axes[:2]:
+        ax.axhline(0.0, color="grey", linewidth=0.6)
+    axes[2].set_ylim(-0.05, 1.05)
+    axes[2].legend(fontsize=7)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"{title}: FV evaluation by edit layer", fontsize=10)
+    return Picture(_save(fig, Path(path)), data)
+
+
+def draw_small_multiples(path: str | Path, effects: dict[str, Any], title: str) -> Picture:
+    """Every q's trial-mean indirect effect, one panel each, on one shared colour scale."""
+    plt = _plt()
+    from matplotlib.colors import TwoSlopeNorm
+
+    names = list(effects)
+    values = {q: mean_effect(effects[q]) for q in names}
+    n = len(names)
+    cols = min(4, n)
+    rows = math.ceil(n / cols)
+    vmax = max((float(np.abs(v).max()) for v in values.values()), default=0.0) or 1e-12
+    fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols + 1.2, 2.8 * rows), sharex=True, sharey=True, squeeze=False)
+    im = None
+    for k, ax in enumerate(axes.flat):
+        if k >= n:
+            ax.axis("off")
+            continue
+        im = ax.imshow(values[names[k]], cmap="RdBu_r", norm=TwoSlopeNorm(vcenter=0.0, vmin=-vmax, vmax=vmax),
+                       aspect="auto", interpolation="nearest")
+        ax.set_title(names[k], fontsize=9)
+        if k % cols == 0:
+            ax.set_ylabel("layer")
+        if k // cols == rows - 1:
+            ax.set_xlabel("head")
+    if im is not None:
+        fig.colorbar(im, ax=axes.ravel().tolist(), label="mean indirect effect", shrink=0.8)
+    fig.suptitle(f"{title}: indirect effect per q", fontsize=10)
+    return Picture(_save(fig, Path(path)), {f"{q}.mean_indirect_effect": v for q, v in values.items()})
+
+
+def draw_diff(path: str | Path, src_ie: Any, fv_ie: Any, title: str) -> Picture:
+    """src, fv and fv - src over (layer, head), each on its own scale centred on zero."""
+    plt = _plt()
+    a, b = mean_effect(src_ie), mean_effect(fv_ie)
+    d = b - a
+    fig, axes = plt.subplots(1, 3, figsize=(13, max(3.5, 0.25 * a.shape[0] + 1.5)))
+    for ax, (name, v) in zip(axes, (("src", a), ("fv", b), ("fv - src", d))):
+        _heatmap(fig, ax, v, f"{name}", "difference" if name == "fv - src" else "mean indirect effect")
+    fig.suptitle(f"{title}: indirect effect, src vs fv (max |diff| {float(np.abs(d).max()) if d.size else 0.0:.3g})", fontsize=10)
+    return Picture(_save(fig, Path(path)), {"src": a, "fv": b, "diff": d})
+
+
+# ---- drawing a results folder from its artifacts ---------------------------------------------------------------
+
+def _step6_summaries(folder: Path) -> dict[int, dict]:
+    out: dict[int, dict] = {}
+    for f in list(folder.glob("step6_results_L*.json")) + list(folder.glob("layer_*/step6_results.json")):
+        d = read_json(f, "evaluation results")
+        out[int(d["edit_layer"])] = d["summary"]
+    return out
+
+
+def draw_run(folder: str | Path) -> list[Picture]:
+    """A run folder's pictures: the indirect-effect heatmap, and the layer sweep when several layers ran."""
+    folder = Path(folder)
+    ie_file = folder / "indirect_effect.pt"
+    if not ie_file.is_file():
+        return []
+    meta_file = folder / "indirect_effect_meta.json"
+    meta = read_json(meta_file, "run meta") if meta_file.is_file() else {}
+    title = _describe(meta)
+    pics = [draw_indirect_effect(folder / IE_PNG, load_tensor_file(ie_file), f"{title}: indirect effect")]
+    summaries = _step6_summaries(folder)
+    if len(summaries) > 1:
+        pics.append(draw_layer_sweep(folder / SWEEP_PNG, summaries, title))
+    return pics
+
+
+def draw_relation(root: str | Path) -> list[Picture]:
+    """A relation run's pictures: per q a heatmap and a layer sweep, and all qs side by side."""
+    root = Path(root)
+    pics: list[Picture] = []
+    effects: dict[str, Any] = {}
+    for qdir in sorted(p for p in root.iterdir() if p.is_dir() and (p / "indirect_effect.pt").is_file()):
+        pics += draw_run(qdir)
+        effects[qdir.name] = load_tensor_file(qdir / "indirect_effect.pt")
+    if effects:
+        pics.append(draw_small_multiples(root / ALL_Q_PNG, effects, root.name))
+    return pics
+
+
+def draw_diff_folder(folder: str | Path) -> list[Picture]:
+    """A diff report's heatmap, from the two indirect-effect files the report names."""
+    folder = Path(folder)
+    report = read_json(folder / "src_vs_fv_diff_report.json", "diff report")
+    files = (report.get("artifacts") or {}).get("indirect_effect") or {}
+    if not files.get("src") or not files.get("fv"):
+        return []
+    a, b = load_tensor_file(files["src"]), load_tensor_file(files["fv"])
+    if tuple(a.shape) != tuple(b.shape):
+        return []
+    return [draw_diff(folder / DIFF_PNG, a, b, Path(report["fv"]).name)]
+
+
+def redraw(results_dir: str | Path) -> list[Path]:
+    """Every picture under ``results_dir``, redrawn from the artifacts alone."""
+    root = Path(results_dir)
+    if not root.is_dir():
+        raise FVError(f"{root} is not a folder; give a folder written by fv run, fv relation or fv diff.")
+    _plt()
+    pics: list[Picture] = []
+    relation_roots = {p.parent for p in root.rglob("relation_summary.json")}
+    for r in sorted(relation_roots):
+        pics += draw_relation(r)
+    for ie in sorted(root.rglob("indirect_effect.pt")):
+        if ie.parent.parent not in relation_roots:
+            pics += draw_run(ie.parent)
+    for rep in sorted(root.rglob("src_vs_fv_diff_report.json")):
+        pics += draw_diff_folder(rep.parent)
+    if not pics:
+        raise FVError(f"found no artifacts to draw under {root} (indirect_effect.pt, relation_summary.json or src_vs_fv_diff_report.json).")
+    return [p.path for p in pics]
+
+
+__all__: Sequence[str] = ("PlotsUnavailable", "Picture", "draw_indirect_effect", "draw_layer_sweep", "draw_small_multiples",
+                          "draw_diff", "draw_run", "draw_relation", "draw_diff_folder", "redraw")

@@ -1,0 +1,219 @@
+"""M7: the per-q relation pipeline, resumable, one q at a time or spread over worker processes.
+
+For a relation CSV, fixed trials are made once for all eligible qs (one ``random.Random(seed)`` stream, as
+docs/reference.md says), then each q runs the fv runtime on its own trials: mean activations, the indirect-effect sweep
+over every head (``aie_scores.csv``), top-k heads, the FV, and zero-shot injection at every edit layer (one
+folder per layer, ``step6_all_layers_summary.json`` naming the best). Each q's ``qid_status.json`` moves
+through pending, running, completed, failed or skipped, so a run killed in the middle redoes only what is
+not completed. qs are independent: ``workers`` processes each load the model once and take their share.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import traceback
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from fv.errors import FVError
+from fv.io import ensure_dir, load_tensor_file, read_json, sha256_file, write_json, write_text
+from fv.meta import now_iso
+
+STATES = ("pending", "running", "completed", "failed", "skipped")
+
+
+@dataclass
+class RelationConfig:
+    relation_csv: str
+    out: str
+    model: str | None = None
+    device: str | None = "auto"
+    dtype: str | None = "float32"
+    q_list: Sequence[str] | None = None
+    n_trials_per_q: int = 25
+    n_demos: int = 9
+    topk: int = 20
+    seed: int = 0
+    edit_layers: str = "all"
+    mode: str = "exact"
+    workers: int = 1
+    stop_on_error: bool = False
+    # CPU matrix kernels sum in an order that depends on their thread count; a fixed count per q keeps results
+    # independent of how many workers share the machine. Parallelism on the CPU comes from --workers.
+    cpu_threads: int = 1
+
+    def q_key(self, lm: Any, trials_sha256: str) -> dict:
+        """What one q's outputs depend on: the model's weights and loading, the q's own trials, and the stage
+        parameters. Not the list of other qs, nor how a default was spelled: a q completed under the same
+        identity is never recomputed."""
+        return {"model_config_sha256_16": lm.config_hash, "model_name": lm.name, "dtype": str(lm.dtype).replace("torch.", ""),
+                "device_type": str(lm.device).split(":")[0], "trials_sha256": trials_sha256, "n_demos": self.n_demos,
+                "topk": self.topk, "edit_layers": self.edit_layers, "mode": self.mode, "cpu_threads": self.cpu_threads}
+
+
+def relation_root(cfg: RelationConfig) -> Path:
+    return Path(cfg.out) / Path(cfg.relation_csv).stem
+
+
+def _status_path(root: Path, q: str) -> Path:
+    return root / q / "qid_status.json"
+
+
+def read_status(root: Path, q: str) -> dict:
+    p = _status_path(root, q)
+    return json.loads(p.read_text()) if p.is_file() else {"q_id": q, "status": "pending"}
+
+
+def _set_status(root: Path, q: str, status: str, inputs: dict, **extra: Any) -> None:
+    assert status in STATES
+    write_json(_status_path(root, q), {"q_id": q, "status": status, "inputs": inputs, **extra})
+
+
+def prepare_trials(cfg: RelationConfig, tokenizer: Any, model_name: str, prepend_bos: bool) -> tuple[list[str], list[dict], Path]:
+    """Make the all-q trials file once, split it into one trials file per q; returns (qs, skipped, root)."""
+    from fv.runtime.trials import make_relation_trials, save_trials
+
+    root = ensure_dir(relation_root(cfg))
+    raw = make_relation_trials(cfg.relation_csv, tokenizer, cfg.n_trials_per_q, cfg.n_demos, cfg.seed, cfg.q_list,
+                               model_name_for_tokenizer=model_name, model_prepend_bos=prepend_bos)
+    save_trials(root / "fixed_trials_all_q.json", raw)
+    for q in raw["meta"]["q_ids"]:
+        mine = [t for t in raw["trials"] if t["q_id"] == q]
+        path = root / q / f"fixed_trials_{Path(cfg.relation_csv).stem}_{q}_t{cfg.n_trials_per_q}_d{cfg.n_demos}_seed{cfg.seed}.json"
+        if not path.is_file() or json.loads(path.read_text())["trials"] != mine:
+            save_trials(path, {"meta": {**raw["meta"], "q_id": q}, "trials": mine})
+    return raw["meta"]["q_ids"], raw["meta"]["skipped_qs"], root
+
+
+def q_trials_path(root: Path, q: str) -> Path:
+    hits = sorted((root / q).glob("fixed_trials_*.json"))
+    if not hits:
+        raise FVError(f"no trials file for {q} under {root / q}")
+    return hits[0]
+
+
+def _aie_csv(ie) -> str:
+    mean = ie.mean(dim=0)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["layer", "head", "mean_indirect_effect", "n_trials"])
+    for layer in range(mean.shape[0]):
+        for head in range(mean.shape[1]):
+            w.writerow([layer, head, repr(float(mean[layer, head])), ie.shape[0]])
+    return buf.getvalue()
+
+
+def run_q(lm: Any, cfg: RelationConfig, root: Path, q: str, log: Callable[[str], None] = lambda _s: None) -> dict:
+    """The whole runtime for one q; the caller records the status."""
+    from fv.runtime.pipeline import RunConfig, best_layer, parse_layers, run_runtime
+    from fv.runtime.trials import load_trials
+
+    ft = load_trials(q_trials_path(root, q))
+    out = root / q
+    layers = parse_layers(cfg.edit_layers, lm.info.n_layers, min(9, lm.info.n_layers - 1))
+    rc = RunConfig(n_top_heads=min(cfg.topk, lm.info.n_layers * lm.info.n_heads), edit_layers=layers, mode=cfg.mode,
+                   resume=True, per_layer_folders=True, extra_meta={"q_id": q})
+    res = run_runtime(lm, ft, out, rc, log=lambda line: log(f"{q}: {line}"))
+    log(f"{q}: computed {', '.join(res.computed) or 'nothing'}; reused {', '.join(res.reused) or 'nothing'}")
+    write_text(out / "aie_scores.csv", _aie_csv(load_tensor_file(out / "indirect_effect.pt")))
+    summaries = {L: read_json(rc.step6_path(out, L))["summary"] for L in layers}
+    best = best_layer(summaries)
+    write_json(out / "step6_all_layers_summary.json", {
+        "q_id": q, "best_layer": best, "criterion": "largest zero-shot mean delta log-prob of the target's first token",
+        "layers": {str(L): {"zero_shot": s["by_prompt_set"]["zero_shot"], "shuffled": s["by_prompt_set"]["shuffled"]} for L, s in summaries.items()},
+    })
+    return {"best_layer": best, "n_trials": len(ft.trials)}
+
+
+def _worker(cfg_dict: dict, qs: list[str], root: str, index: int) -> list[tuple[str, str]]:
+    """A worker process: load the model once (on its own GPU when there are several), run its qs."""
+    cfg = RelationConfig(**cfg_dict)
+    from fv.model.loading import load_model
+
+    lm = load_model(cfg.model, cfg.device, cfg.dtype, worker=index)
+    return [(q, _run_one(lm, cfg, Path(root), q)) for q in qs]
+
+
+def _run_one(lm: Any, cfg: RelationConfig, root: Path, q: str, after_q: Callable[[str], None] | None = None,
+             log: Callable[[str], None] = lambda _s: None) -> str:
+    import torch
+
+    inputs = cfg.q_key(lm, sha256_file(q_trials_path(root, q)))
+    st = read_status(root, q)
+    if st.get("status") == "completed" and st.get("inputs") == inputs:
+        log(f"{q}: reused (completed earlier with the same model, trials and parameters)")
+        return "reused"
+    if st.get("resumed_from") == "running":
+        log(f"{q}: resumed (a previous run stopped while it was running; its finished stages are reused)")
+    _set_status(root, q, "running", inputs, started=now_iso(), pid=os.getpid())
+    threads = torch.get_num_threads()
+    try:
+        if not str(lm.device).startswith("cuda"):
+            torch.set_num_threads(cfg.cpu_threads)
+        result = run_q(lm, cfg, root, q, log)
+    except Exception as exc:  # one q's failure is recorded and does not stop the others
+        _set_status(root, q, "failed", inputs, error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(limit=5))
+        log(f"{q}: failed: {type(exc).__name__}: {exc}")
+        if cfg.stop_on_error:
+            raise
+        return "failed"
+    finally:
+        torch.set_num_threads(threads)
+    _set_status(root, q, "completed", inputs, **result)
+    if after_q:
+        after_q(q)
+    return "completed"
+
+
+def run_relation(cfg: RelationConfig, after_q: Callable[[str], None] | None = None, log: Callable[[str], None] = lambda s: None,
+                 quiet: bool = True) -> dict:
+    """Run every eligible q, resuming where a previous run stopped; returns the run summary."""
+    from fv.model.loading import load_model
+    from fv.progress import stage_bar
+
+    lm = load_model(cfg.model, cfg.device, cfg.dtype)
+    qs, skipped, root = prepare_trials(cfg, lm.tokenizer, lm.name, lm.prepend_bos)
+    for s in skipped:
+        _set_status(root, s["q_id"], "skipped", {}, reason=s["reason"], n_rows=s["n_rows"])
+        log(f"skipped {s['q_id']}: {s['n_rows']} rows ({s['reason']})")
+    for q in qs:
+        st = read_status(root, q)
+        if st.get("status") == "running":  # its process is gone: this run takes it over
+            _set_status(root, q, "pending", st.get("inputs", {}), resumed_from="running")
+        elif st.get("status") != "completed":
+            _set_status(root, q, "pending", st.get("inputs", {}))
+    results: dict[str, str] = {}
+    if cfg.workers <= 1:
+        with stage_bar("qs", len(qs), quiet, unit="q") as tick:
+            for i, q in enumerate(qs, 1):
+                results[q] = _run_one(lm, cfg, root, q, after_q, log)
+                log(f"[{i}/{len(qs)}] {q}: {results[q]}")
+                tick(1)
+    else:
+        import concurrent.futures as cf
+        import multiprocessing as mp
+
+        del lm
+        shares = [qs[i :: cfg.workers] for i in range(cfg.workers)]
+        with cf.ProcessPoolExecutor(cfg.workers, mp_context=mp.get_context("spawn")) as pool, \
+                stage_bar("qs", len(qs), quiet, unit="q") as tick:
+            futs = [pool.submit(_worker, asdict(cfg), share, str(root), i) for i, share in enumerate(shares) if share]
+            for f in cf.as_completed(futs):
+                for q, status in f.result():
+                    results[q] = status
+                    log(f"{q}: {status}")
+                    tick(1)
+    best = {}
+    for q in qs:
+        st = read_status(root, q)
+        if st.get("status") == "completed":
+            best[q] = st.get("best_layer")
+    status = {q: ("completed" if results.get(q) == "reused" else results.get(q)) for q in qs}
+    summary = {"relation_csv": cfg.relation_csv, "root": str(root), "q_ids": qs, "skipped": skipped, "status": status,
+               "best_layer": best, "failed": [q for q in qs if results.get(q) == "failed"]}
+    write_json(root / "relation_summary.json", summary)
+    return {**summary, "reused": [q for q in qs if results.get(q) == "reused"]}

@@ -1,0 +1,318 @@
+"""Fixed trials: make, load, validate and verify the JSON files that pin every prompt for both sides.
+
+The schema is the user's (docs/reference.md, "Fixed trials"), read and written as is. Two makers: ``make_icl_trials`` for an
+antonym-style dataset (the reference's split, numpy's default_rng draws) and ``make_relation_trials`` for
+relation data q by q (Python's random). Everything except token ids is independent of the tokenizer.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from fv.runtime.datasets import load_icl_dataset, load_relation_csv, split_indices
+from fv.errors import FVError
+from fv.io import read_json, sha256_file, write_json
+from fv.runtime.prompts import DEFAULT_PREFIXES, DEFAULT_SEPARATORS, answer_ids, make_prompt_data, prompt_string
+
+ICL_TRIAL_KEYS = (
+    "trial_id", "demo_indices_in_train", "query_index_in_valid", "demos_clean", "demos_corrupted", "query",
+    "prompt_data_clean", "prompt_data_corrupted", "clean_prompt_str", "corrupted_prompt_str", "target_str",
+    "answer_ids", "first_token_id", "target_first_token_id",
+)
+RELATION_TRIAL_KEYS = (
+    "q_id", "query_source_index", "demo_source_indices", "demo_order", "demos_clean", "demos_corrupted", "query",
+    "clean_prompt_str", "corrupted_prompt_str", "prompt_data_clean", "prompt_data_corrupted", "target_str",
+    "target_first_token_id", "answer_ids",
+)
+# Fields the tokenizer decides; the rest of a trials file must not change with the tokenizer.
+TOKEN_KEYS = ("answer_ids", "first_token_id", "target_first_token_id")
+
+
+def _pairs(demos: Sequence[dict]) -> list[dict]:
+    return [{"input": d["input"], "output": d["output"]} for d in demos]
+
+
+def _token_fields(tokenizer: Any, prompt: str, target: str, relation: bool) -> dict:
+    ids = answer_ids(tokenizer, prompt, target)
+    if relation:
+        return {"target_first_token_id": ids[0], "answer_ids": ids}
+    return {"answer_ids": ids, "first_token_id": ids[0], "target_first_token_id": ids[0]}
+
+
+def make_icl_trials(
+    dataset_path: str | Path,
+    tokenizer: Any,
+    n_trials: int = 10,
+    n_shots: int = 10,
+    seed: int = 0,
+    test_split: float = 0.3,
+    model_name_for_tokenizer: str = "",
+    model_prepend_bos: bool = True,
+    prepend_bos_token_used: bool = False,
+    prefixes: dict | None = None,
+    separators: dict | None = None,
+    dataset_json_label: str | None = None,
+) -> dict:
+    """A fixed-trials dict for an ICL dataset, drawn exactly as docs/reference.md says."""
+    rows = load_icl_dataset(dataset_path)
+    prefixes = dict(prefixes or DEFAULT_PREFIXES)
+    separators = dict(separators or DEFAULT_SEPARATORS)
+    splits = split_indices(len(rows), test_split, seed)
+    train = [rows[i] for i in splits.train]
+    valid = [rows[i] for i in splits.valid]
+    if n_shots > len(train):
+        raise FVError(f"{n_shots} shots asked, but the train split of {dataset_path} has only {len(train)} rows. Use fewer --n-shots.")
+    if n_shots < 1 or n_trials < 1:
+        raise FVError(f"--n-shots and --n-trials must be at least 1; found {n_shots} and {n_trials}.")
+    rng = np.random.default_rng(seed)
+    trials = []
+    for t in range(n_trials):
+        demo_idx = rng.choice(len(train), n_shots, replace=False)
+        q_idx = rng.choice(len(valid), 1, replace=False)
+        demos = [(train[i]["input"], train[i]["output"]) for i in demo_idx]
+        q = valid[int(q_idx[0])]
+        shuffled = rng.permutation([d[1] for d in demos]).tolist()
+        corrupted = [(d[0], o) for d, o in zip(demos, shuffled)]
+        trials.append(_trial_body(
+            {"trial_id": t, "demo_indices_in_train": [int(i) for i in demo_idx], "query_index_in_valid": int(q_idx[0])},
+            demos, corrupted, (q["input"], q["output"]), tokenizer, prefixes, separators, prepend_bos_token_used,
+            relation=False,
+        ))
+    meta = {
+        "dataset_json": dataset_json_label if dataset_json_label is not None else str(dataset_path),
+        "seed": seed, "n_trials": n_trials, "n_shots": n_shots, "test_split": test_split,
+        "prefixes": prefixes, "separators": separators, "model_name_for_tokenizer": model_name_for_tokenizer,
+        "model_prepend_bos": model_prepend_bos, "prepend_bos_token_used": prepend_bos_token_used,
+    }
+    return {"meta": meta, "splits": {"train_indices": splits.train, "valid_indices": splits.valid, "test_indices": splits.test}, "trials": trials}
+
+
+def _trial_body(head: dict, demos, corrupted, query, tokenizer, prefixes, separators, bos_text: bool, relation: bool) -> dict:
+    clean = make_prompt_data(demos, query, prefixes, separators, prepend_bos_token=bos_text)
+    corr = make_prompt_data(corrupted, query, prefixes, separators, prepend_bos_token=bos_text)
+    clean_str, corr_str = prompt_string(clean), prompt_string(corr)
+    target = clean["query_target"]["output"]
+    body = {
+        "demos_clean": _pairs(clean["examples"]), "demos_corrupted": _pairs(corr["examples"]),
+        "query": dict(clean["query_target"]),
+    }
+    if relation:
+        return {**head, **body, "clean_prompt_str": clean_str, "corrupted_prompt_str": corr_str,
+                "prompt_data_clean": clean, "prompt_data_corrupted": corr, "target_str": target,
+                **_token_fields(tokenizer, clean_str, target, relation=True)}
+    return {**head, **body, "prompt_data_clean": clean, "prompt_data_corrupted": corr, "clean_prompt_str": clean_str,
+            "corrupted_prompt_str": corr_str, "target_str": target, **_token_fields(tokenizer, clean_str, target, relation=False)}
+
+
+@dataclass
+class RelationPlan:
+    """Which qs a relation file yields trials for, and which were skipped with their row counts."""
+
+    q_ids: list[str]
+    skipped: list[dict] = field(default_factory=list)
+
+
+def plan_relation_qs(groups: dict[str, list], n_demos: int, q_list: Sequence[str] | None = None) -> RelationPlan:
+    """q order (string sort unless a list is given) and the qs too small for ``n_demos + 1`` rows."""
+    if q_list:
+        missing = [q for q in q_list if q not in groups]
+        if missing:
+            raise FVError(f"q ids {missing} are not in the relation CSV; it has {sorted(groups)}.")
+        order = list(q_list)
+    else:
+        order = sorted(groups)
+    plan = RelationPlan(q_ids=[])
+    for q in order:
+        n = len(groups[q])
+        if n < n_demos + 1:
+            plan.skipped.append({"q_id": q, "n_rows": n, "reason": f"needs at least {n_demos + 1} rows (n_demos + 1)"})
+        else:
+            plan.q_ids.append(q)
+    return plan
+
+
+def make_relation_trials(
+    csv_path: str | Path,
+    tokenizer: Any,
+    n_trials_per_q: int = 25,
+    n_demos: int = 9,
+    seed: int = 0,
+    q_list: Sequence[str] | None = None,
+    model_name_for_tokenizer: str = "",
+    model_prepend_bos: bool = True,
+    prepend_bos_token_used: bool = False,
+) -> dict:
+    """Relation fixed trials, q-wise, by the rule of docs/reference.md (Python's random, one shuffle of all trials at the end)."""
+    groups = load_relation_csv(csv_path)
+    plan = plan_relation_qs(groups, n_demos, q_list)
+    rng = random.Random(seed)
+    trials = []
+    for q in plan.q_ids:
+        rows = groups[q]
+        n = len(rows)
+        for _ in range(n_trials_per_q):
+            qi = rng.randrange(n)
+            others = [i for i in range(n) if i != qi]
+            rng.shuffle(others)
+            demo_idx = others[:n_demos]
+            demos = [rows[i] for i in demo_idx]
+            outs = [d[1] for d in demos]
+            shuffled = list(outs)
+            rng.shuffle(shuffled)
+            if shuffled == outs and len(outs) > 1:
+                rng.shuffle(shuffled)
+            corrupted = [(d[0], o) for d, o in zip(demos, shuffled)]
+            head = {"q_id": q, "query_source_index": qi, "demo_source_indices": demo_idx, "demo_order": others}
+            trials.append(_trial_body(head, demos, corrupted, rows[qi], tokenizer, DEFAULT_PREFIXES, DEFAULT_SEPARATORS,
+                                      prepend_bos_token_used, relation=True))
+    rng.shuffle(trials)
+    meta = {
+        "relation_csv": str(csv_path), "seed": seed, "n_trials_per_q": n_trials_per_q, "n_demos": n_demos,
+        "q_ids": plan.q_ids, "skipped_qs": plan.skipped, "prefixes": dict(DEFAULT_PREFIXES),
+        "separators": dict(DEFAULT_SEPARATORS), "model_name_for_tokenizer": model_name_for_tokenizer,
+        "model_prepend_bos": model_prepend_bos, "prepend_bos_token_used": prepend_bos_token_used,
+    }
+    return {"meta": meta, "trials": trials}
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One trial as every stage sees it, whatever file form it came from."""
+
+    trial_id: Any
+    trial_idx: int
+    prompt_data_clean: dict
+    prompt_data_corrupted: dict
+    clean_prompt_str: str
+    corrupted_prompt_str: str
+    target_str: str
+    first_token_id: int
+    answer_ids: tuple[int, ...]
+    q_id: str | None = None
+
+    @property
+    def key(self) -> tuple[Any, int]:
+        return (self.trial_id, self.trial_idx)
+
+
+@dataclass
+class FixedTrials:
+    """A loaded fixed-trials file: its raw dict, its id (file stem), sha256, and normalized trials."""
+
+    path: Path
+    raw: dict
+    trials: list[Trial]
+    sha256: str
+
+    @property
+    def id(self) -> str:
+        return self.path.stem
+
+    @property
+    def meta(self) -> dict:
+        return self.raw.get("meta", {})
+
+    @property
+    def n_shots(self) -> int:
+        return len(self.trials[0].prompt_data_clean["examples"])
+
+    @property
+    def dataset_name(self) -> str:
+        src = self.meta.get("dataset_json") or self.meta.get("relation_csv") or self.id
+        return Path(str(src)).stem
+
+    def subset(self, max_trials: int | None) -> list[Trial]:
+        return self.trials if not max_trials else self.trials[:max_trials]
+
+
+_REQUIRED_PROMPT_DATA = ("instructions", "separators", "prefixes", "query_target", "examples")
+
+
+def validate_trials(raw: Any, where: str) -> list[Trial]:
+    """Check the schema and that every stored prompt string is what its prompt data renders to."""
+    if not isinstance(raw, dict) or not isinstance(raw.get("trials"), list) or not raw["trials"]:
+        raise FVError(f"{where}: a fixed-trials file is an object with a non-empty 'trials' list (and 'meta'); found {type(raw).__name__} without it.")
+    out: list[Trial] = []
+    n_examples = None
+    for idx, t in enumerate(raw["trials"]):
+        relation = "q_id" in t
+        keys = RELATION_TRIAL_KEYS if relation else ICL_TRIAL_KEYS
+        missing = [k for k in keys if k not in t and not (relation and k == "demo_order")]
+        if missing:
+            raise FVError(f"{where}: trial at index {idx} lacks {missing}. Regenerate it with `fv make-trials`.")
+        for side in ("prompt_data_clean", "prompt_data_corrupted"):
+            pd_ = t[side]
+            if not isinstance(pd_, dict) or any(k not in pd_ for k in _REQUIRED_PROMPT_DATA):
+                raise FVError(f"{where}: trial at index {idx}: {side} needs keys {list(_REQUIRED_PROMPT_DATA)}.")
+        for side, s in (("prompt_data_clean", "clean_prompt_str"), ("prompt_data_corrupted", "corrupted_prompt_str")):
+            rendered = prompt_string(t[side])
+            if rendered != t[s]:
+                raise FVError(f"{where}: trial at index {idx}: {s} does not match its {side} (expected {rendered!r:.60}..., found {t[s]!r:.60}...).")
+        n = len(t["prompt_data_clean"]["examples"])
+        if n_examples is None:
+            n_examples = n
+        elif n != n_examples:
+            raise FVError(f"{where}: trials have different shot counts ({n_examples} and {n} at index {idx}); one file must hold one shot count.")
+        first = t.get("first_token_id", t.get("target_first_token_id"))
+        ids = t["answer_ids"]
+        if not ids or first != ids[0]:
+            raise FVError(f"{where}: trial at index {idx}: first token id {first} is not answer_ids[0] of {ids}.")
+        out.append(Trial(
+            trial_id=t.get("trial_id", idx), trial_idx=idx, prompt_data_clean=t["prompt_data_clean"],
+            prompt_data_corrupted=t["prompt_data_corrupted"], clean_prompt_str=t["clean_prompt_str"],
+            corrupted_prompt_str=t["corrupted_prompt_str"], target_str=t["target_str"], first_token_id=int(first),
+            answer_ids=tuple(int(i) for i in ids), q_id=t.get("q_id"),
+        ))
+    keys = [tr.key for tr in out]
+    if len(set(keys)) != len(keys):
+        raise FVError(f"{where}: duplicated (trial_id, trial_idx) keys.")
+    return out
+
+
+def load_trials(path: str | Path) -> FixedTrials:
+    raw = read_json(path, "fixed-trials file")
+    return FixedTrials(path=Path(path), raw=raw, trials=validate_trials(raw, str(path)), sha256=sha256_file(path))
+
+
+def save_trials(path: str | Path, trials: dict) -> Path:
+    validate_trials(trials, str(path))
+    return write_json(path, trials)
+
+
+@dataclass
+class TokenMismatch:
+    trial_id: Any
+    trial_idx: int
+    field: str
+    in_file: Any
+    recomputed: Any
+
+    def __str__(self) -> str:
+        return f"trial {self.trial_id} (index {self.trial_idx}): {self.field} in file {self.in_file}, tokenizer gives {self.recomputed}"
+
+
+def verify_token_ids(trials: FixedTrials, tokenizer: Any, verify_n: int | None = None) -> list[TokenMismatch]:
+    """Recompute each trial's answer ids with ``tokenizer`` and list every disagreement with the file."""
+    out: list[TokenMismatch] = []
+    for tr in trials.subset(verify_n):
+        ids = answer_ids(tokenizer, tr.clean_prompt_str, tr.target_str)
+        if tuple(ids) != tr.answer_ids:
+            out.append(TokenMismatch(tr.trial_id, tr.trial_idx, "answer_ids", list(tr.answer_ids), ids))
+        elif ids[0] != tr.first_token_id:
+            out.append(TokenMismatch(tr.trial_id, tr.trial_idx, "first_token_id", tr.first_token_id, ids[0]))
+    return out
+
+
+def require_tokenizer_agrees(trials: FixedTrials, tokenizer: Any) -> None:
+    """Refuse to run stages on a trials file made with another tokenizer: its target ids would be wrong."""
+    bad = verify_token_ids(trials, tokenizer)
+    if bad:
+        raise FVError(
+            f"fixed-trials file {trials.path} disagrees with this model's tokenizer in {len(bad)} trial(s); first: {bad[0]}. "
+            "Remake it with `fv make-trials --tokenizer <model folder>`."
+        )

@@ -1,0 +1,45 @@
+"""Top heads and the function vector.
+
+Top heads are the ``n`` largest trial-mean indirect effects (``torch.topk``, so ties break as the reference's
+do), scored to 4 decimals as the reference reports them. The FV is the sum, over those heads, of the
+attention output projection applied to a vector holding only that head's mean activation at the last slot.
+``fv_by_layer`` keeps each layer's share of that sum, so injection can be studied per layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from fv.model.tree import ModelInfo
+
+Head = tuple[int, int, float]
+
+
+def top_heads(indirect_effect: torch.Tensor, n_top: int) -> list[Head]:
+    mean = indirect_effect.mean(dim=0)
+    n_heads = mean.shape[1]
+    vals, inds = torch.topk(mean.view(-1), k=n_top, largest=True)
+    return [(int(i) // n_heads, int(i) % n_heads, round(v.item(), 4)) for v, i in zip(vals, inds)]
+
+
+@dataclass
+class FunctionVector:
+    vector: torch.Tensor  # (1, d_model) in the model's dtype
+    by_layer: torch.Tensor  # (layers, d_model) float32: each layer's summed top-head contribution
+    heads: list[Head]
+
+
+def function_vector(mean_acts: torch.Tensor, heads: list[Head], info: ModelInfo) -> FunctionVector:
+    width = info.n_heads * info.head_dim
+    fv = torch.zeros((1, 1, info.d_model)).to(info.device)
+    by_layer = torch.zeros(info.n_layers, info.d_model)
+    for layer, head, _ in heads:
+        x = torch.zeros(width)
+        x[head * info.head_dim : (head + 1) * info.head_dim] = mean_acts[layer, head, -1]
+        d_out = info.attn_out[layer](x.reshape(1, 1, width).to(info.device).to(info.dtype))
+        fv += d_out
+        by_layer[layer] += d_out.reshape(-1).to("cpu", torch.float32)
+    fv = fv.to(info.dtype).reshape(1, info.d_model)
+    return FunctionVector(vector=fv, by_layer=by_layer, heads=heads)

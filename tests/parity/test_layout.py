@@ -1,0 +1,125 @@
+"""The package's layout is its architecture: layers import only downwards, no module imports itself back through
+another, and every prompt is tokenized and labelled once per trial and side."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import fv
+
+PKG = Path(fv.__file__).parent
+# a package may import the ones after it in this list, never the ones before
+LAYERS = ["cli", "pytest_plugin", "reference", "parity", "plots", "runtime", "progress", "model", "io", "meta", "paths", "errors"]
+
+
+def _module(path: Path) -> str:
+    rel = path.relative_to(PKG.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _imports() -> dict[str, set[str]]:
+    """Every fv module and the fv modules it imports, at any depth of its code (lazy imports count too)."""
+    graph: dict[str, set[str]] = {}
+    names = {_module(p) for p in PKG.rglob("*.py")}
+    for path in PKG.rglob("*.py"):
+        mod = _module(path)
+        deps: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("fv"):
+                cands = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+                deps |= {c for c in cands if c in names}
+            elif isinstance(node, ast.Import):
+                deps |= {a.name for a in node.names if a.name in names}
+        graph[mod] = deps - {mod}
+    return graph
+
+
+def _group(mod: str) -> str:
+    parts = mod.split(".")
+    return parts[1] if len(parts) > 1 else "fv"
+
+
+def test_no_import_cycle():
+    graph = _imports()
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(m: str) -> None:
+        state[m] = 1
+        stack.append(m)
+        for d in sorted(graph.get(m, ())):
+            if state.get(d) == 1:
+                pytest.fail("import cycle: " + " -> ".join(stack[stack.index(d):] + [d]))
+            if d not in state:
+                visit(d)
+        stack.pop()
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m)
+
+
+def test_layers_import_only_downwards():
+    bad = []
+    for mod, deps in _imports().items():
+        g = _group(mod)
+        if g not in LAYERS:
+            continue
+        for d in deps:
+            h = _group(d)
+            if h in LAYERS and h != g and LAYERS.index(h) < LAYERS.index(g):
+                bad.append(f"{mod} imports {d}")
+    assert bad == [], "imports against the layering " + " > ".join(LAYERS) + ":\n" + "\n".join(sorted(bad))
+
+
+def test_the_tree_shows_the_stages():
+    for sub, modules in {
+        "runtime": ["datasets", "trials", "prompts", "prepared", "hooks", "activations", "effects", "vectors", "injection", "evaluation", "pipeline", "relation"],
+        "parity": ["stages", "compare", "dump", "golden", "snapshot", "report", "diff", "pattern", "run"],
+        "reference": ["adapter", "stages"],
+        "cli": ["trials", "reference", "run", "diff", "relation", "plot", "doctor", "models"],
+    }.items():
+        assert sorted(p.stem for p in (PKG / sub).glob("*.py") if p.stem != "__init__" and p.stem != "common") == sorted(modules)
+
+
+def test_only_the_adapter_knows_reference_names():
+    names = ("prompt_utils", "extract_utils", "intervention_utils", "eval_utils", "compute_indirect_effect",
+             "get_mean_head_activations", "word_pairs_to_prompt_data")
+    hits = [f"{p.relative_to(PKG)}: {n}" for p in PKG.rglob("*.py") if "reference" not in p.relative_to(PKG).parts
+            for n in names if n in p.read_text()]
+    assert hits == []
+
+
+def test_each_prompt_is_prepared_once(parity_run, monkeypatch):
+    """fv's side labels each trial's clean and corrupted prompt exactly once (plus the dummy prompt)."""
+    import fv.parity.stages as stages
+    import fv.runtime.prepared as prepared
+    import fv.runtime.prompts as prompts
+
+    calls = {"labels": 0, "tokenize": 0}
+    orig_labels, orig_answer = prepared.token_meta_labels, prepared.answer_ids
+
+    def counting_labels(*a, **k):
+        calls["labels"] += 1
+        return orig_labels(*a, **k)
+
+    def counting_answer(*a, **k):
+        calls["tokenize"] += 1
+        return orig_answer(*a, **k)
+
+    monkeypatch.setattr(prepared, "token_meta_labels", counting_labels)
+    monkeypatch.setattr(prepared, "answer_ids", counting_answer)
+    monkeypatch.setattr(prompts, "token_meta_labels", counting_labels)
+    trials = parity_run.trials.subset(2)
+    params = parity_run.params
+    stages.fv_stage_values(parity_run.lm, trials, type(params)(**{**params.as_dict(), "max_trials": 2}),
+                           parity_run.trials.meta.get("prefixes"), parity_run.trials.meta.get("separators"))
+    # two labelled prompts per trial, one dummy prompt; three answer-id computations (clean, corrupted, zero-shot)
+    assert calls == {"labels": 2 * len(trials) + 1, "tokenize": 3 * len(trials)}
