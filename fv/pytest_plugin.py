@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ MARKERS = {
     "m5": "M5: the stage diff", "m6": "M6: no divergence between fresh runs", "m7": "M7: relation q-wise transfer",
     "tiny": "runs on an embedded tiny model", "gpu": "needs a CUDA device", "src": "needs the reference src/",
     "slow": "takes more than a few seconds",
+    "first_pair": "runs once, on the first model and the first trials set (the others are deselected, not skipped)",
 }
 TINY_DEFAULT = ("tiny-llama", "tiny-llama3tok")
 
@@ -37,15 +38,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--baukit-root", default=None, help="folder holding baukit/nethook.py when baukit does not import (else $FV_BAUKIT_ROOT)")
     g.addoption("--src-compat", action="store_true", help="apply the reference's FV addition to tensor layer outputs (a silent no-op on transformers 5.x otherwise); recorded in reports")
     g.addoption("--require-src", action="store_true", help="fail, instead of skip, when the reference is missing")
-    g.addoption("--fixed-trials", default=None, help="a fixed-trials JSON to test (default: trials made from the embedded and shared antonym data)")
+    g.addoption("--fixed-trials", default=None, help="a fixed-trials JSON to test (default: trials made from fixtures/antonym_tiny.json and fixtures/data/antonym.json)")
     g.addoption("--dataset", default=None, help="an ICL dataset JSON to make fixed trials from (10 trials, 10 shots, seed 0)")
     g.addoption("--n-top-heads", type=int, default=10, help="heads in the FV (default 10)")
     g.addoption("--edit-layer", type=int, default=9, help="layer the FV is added after (default 9)")
     g.addoption("--max-trials", type=int, default=5, help="trials compared per file (default 5)")
     g.addoption("--q-list", default=None, help="M7: comma-separated q ids, or 'all'")
-    g.addoption("--relation-csv", default=None, help="M7: relation CSV (default: shared relationA_ex.csv, else fixtures/relation_tiny.csv)")
+    g.addoption("--relation-csv", default=None, help="M7: relation CSV (default fixtures/relation_tiny.csv; the real fixtures/data/relationA_ex.csv is a good next step)")
     g.addoption("--n-trials-per-q", type=int, default=3, help="M7: trials per q (default 3)")
-    g.addoption("--fv-out", default=None, help="where reports go (default results_fv/ under the rootdir)")
+    g.addoption("--fv-out", default=None, help="where reports go (default results_fv/ under the directory pytest runs in)")
+    g.addoption("--allow-empty", action="store_true",
+                help="let a gate pass that compared nothing for a (model, trials) pair (no reference and no goldens); "
+                     "without it such a session fails")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -53,8 +57,62 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", f"{name}: {text}")
     # Goldens live in one folder per model and trials, not beside the test module; syrupy warns that it cannot
     # relate such paths to a test, which is the design here, not a problem.
-    config.addinivalue_line("filterwarnings", "ignore:Can not relate snapshot:UserWarning")
+    config.addinivalue_line("filterwarnings", r"ignore:\s*Can not relate snapshot:UserWarning")
     warnings.filterwarnings("ignore", message="Can not relate snapshot", category=UserWarning)
+    if not hasattr(config, "workerinput"):  # xdist workers inherit options the controller already checked
+        try:
+            check_options(FVOptions.of(config))
+        except FVError as exc:
+            raise pytest.UsageError(f"fv: {exc}") from None
+    config._fv_gate = GateLedger()  # type: ignore[attr-defined]
+
+
+def check_options(opts: "FVOptions") -> None:
+    """Every option that can be checked without a model pass, once, at the session's start: a wrong one stops
+    the session with one line instead of failing each test that uses it."""
+    import json as _json
+
+    from fv.model.resolve import resolve_model_path
+    from fv.model.tiny import TINY_MODELS
+    from fv.reference import ReferenceUnavailable, find_src_root
+    from fv.runtime.trials import load_trials
+
+    for name in opts.models:
+        if name in TINY_MODELS:
+            n_layers = TINY_MODELS[name].n_layers
+        else:
+            cfg = _json.loads((resolve_model_path(name) / "config.json").read_text())
+            cfg = cfg.get("text_config", cfg)
+            n_layers = cfg.get("num_hidden_layers", cfg.get("n_layer"))
+        if isinstance(n_layers, int) and not 0 <= opts.edit_layer < n_layers:
+            raise FVError(f"--edit-layer {opts.edit_layer} is outside {name}: it has {n_layers} layers (0..{n_layers - 1}).")
+    if opts.fixed_trials:
+        load_trials(opts.fixed_trials)
+    if opts.dataset and not Path(opts.dataset).is_file():
+        raise FVError(f"--dataset {opts.dataset} not found. Give an ICL dataset JSON.")
+    if opts.src_root or os.environ.get("FV_SRC_ROOT"):
+        try:
+            find_src_root(opts.src_root)
+        except ReferenceUnavailable as exc:
+            raise FVError(str(exc)) from None
+    if opts.relation_csv or opts.q_list:
+        from fv.runtime.datasets import load_relation_csv
+
+        csv = Path(opts.relation_csv) if opts.relation_csv else default_relation_csv()
+        groups = load_relation_csv(csv)
+        if opts.q_list not in (None, "", "all"):
+            wanted = [q.strip() for q in opts.q_list.split(",") if q.strip()]
+            missing = [q for q in wanted if q not in groups]
+            if missing:
+                raise FVError(f"--q-list names {missing}, which {csv} does not have; it has {sorted(groups)}.")
+    if opts.max_trials < 1:
+        raise FVError(f"--max-trials must be at least 1; found {opts.max_trials}.")
+
+
+def default_relation_csv() -> Path:
+    from fv.paths import FIXTURES
+
+    return FIXTURES / "relation_tiny.csv"
 
 
 @dataclass
@@ -77,13 +135,14 @@ class FVOptions:
     n_trials_per_q: int
     out_root: Path
     rootdir: Path
+    allow_empty: bool = False
 
     @classmethod
     def of(cls, config: pytest.Config) -> "FVOptions":
         o = config.getoption
         models = [m.strip() for m in (o("--fv-model") or ",".join(TINY_DEFAULT)).split(",") if m.strip()]
         # Paths given as option values (``--src-root /x/src``) take part in pytest's rootdir guess, so the
-        # rootdir can land outside the project: shared/ is looked up beside the fv checkout instead, and
+        # rootdir can land outside the project: fixtures are found beside the fv package instead, and
         # reports go under the directory pytest was invoked from.
         from fv.paths import REPO_ROOT
 
@@ -92,16 +151,7 @@ class FVOptions:
         return cls(models, o("--fv-device"), o("--fv-dtype"), o("--fv-mode"), o("--src-root"), o("--baukit-root"),
                    o("--src-compat"), o("--require-src"), o("--fixed-trials"), o("--dataset"), o("--n-top-heads"),
                    o("--edit-layer"), o("--max-trials"), o("--q-list"), o("--relation-csv"), o("--n-trials-per-q"),
-                   Path(o("--fv-out")) if o("--fv-out") else invoked / "results_fv", root)
-
-
-def shared_dir(rootdir: Path) -> Path | None:
-    """``$FV_SHARED_DIR``, else ``shared/`` beside or inside the checkout."""
-    env = os.environ.get("FV_SHARED_DIR")
-    for cand in ([Path(env)] if env else []) + [rootdir.parent / "shared", rootdir / "shared"]:
-        if (cand / "data").is_dir():
-            return cand
-    return None
+                   Path(o("--fv-out")) if o("--fv-out") else invoked / "results_fv", root, o("--allow-empty"))
 
 
 def trial_sets(opts: FVOptions) -> list[str]:
@@ -110,10 +160,7 @@ def trial_sets(opts: FVOptions) -> list[str]:
         return ["custom"]
     if opts.dataset:
         return ["dataset"]
-    sets = ["antonym_tiny"]
-    if shared_dir(opts.rootdir) is not None:
-        sets.append("antonym_shared")
-    return sets
+    return ["antonym_tiny", "antonym"]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -129,6 +176,16 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     from fv.model.tiny import TINY_MODELS
 
+    opts = FVOptions.of(config)
+    first = {"fv_model_name": opts.models[0], "trials_set": trial_sets(opts)[0]}
+    keep, drop = [], []
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        off = item.get_closest_marker("first_pair") and any(params.get(k, v) != v for k, v in first.items())
+        (drop if off else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
     for item in items:
         cs = getattr(item, "callspec", None)
         name = cs.params.get("fv_model_name") if cs else None
@@ -145,6 +202,8 @@ _MODELS: dict[tuple, Any] = {}
 _TRIALS: dict[tuple, Any] = {}
 _PARITY: dict[tuple, Any] = {}
 _REFERENCE: dict[str, Any] = {}
+_REPORTED: set[tuple] = set()
+SAME_FAILURE = "[fv: failed once above]"
 
 
 @pytest.fixture(scope="session")
@@ -153,12 +212,11 @@ def fv_options(pytestconfig: pytest.Config) -> FVOptions:
 
 
 @pytest.fixture(scope="session")
-def shared_data(fv_options: FVOptions) -> Path:
-    """``../shared/data`` beside the checkout; tests that need it skip cleanly without it."""
-    d = shared_dir(fv_options.rootdir)
-    if d is None:
-        pytest.skip("no shared/ folder beside the checkout (set FV_SHARED_DIR to point at one)")
-    return d / "data"
+def fixture_data() -> Path:
+    """``fixtures/data``: the reference's datasets and real user files the suite ships (see its README.md)."""
+    from fv.paths import FIXTURES
+
+    return FIXTURES / "data"
 
 
 def load_session_model(opts: FVOptions, name: str) -> Any:
@@ -250,8 +308,7 @@ def fixed_trials(fv_options: FVOptions, fv_model: Any, trials_set: str) -> Any:
         return trials_for(fv_options, fv_model, Path(fv_options.dataset))
     if trials_set == "antonym_tiny":
         return trials_for(fv_options, fv_model, FIXTURES / "antonym_tiny.json")
-    d = shared_dir(fv_options.rootdir)
-    return trials_for(fv_options, fv_model, d / "data" / "antonym.json")
+    return trials_for(fv_options, fv_model, FIXTURES / "data" / "antonym.json")
 
 
 def fv_params(opts: FVOptions) -> Any:
@@ -280,7 +337,8 @@ def parity_for(opts: FVOptions, lm: Any, trials: Any, require_reference: bool = 
             _PARITY[key] = run_parity(lm, trials, params, live_source(ref) if ref is not None else None,
                                       default_out_dir(opts.out_root, trials), stage_functions=STAGE_FUNCTIONS)
         except FileNotFoundError as exc:
-            _PARITY[key] = f"reference absent and {exc}: regenerate with `pytest -m m1 --snapshot-update --src-root <src>`"
+            _PARITY[key] = (f"{EMPTY_GATE} {lm.name} x {trials.id}: no reference and {exc}. Pass --src-root PATH (the "
+                            f"reference's src/) to compare live, or make goldens with `pytest -m m1 --snapshot-update --src-root PATH`")
         except FVError as exc:
             _PARITY[key] = exc
         except Exception as exc:  # computed once: every test of this run reports it without recomputing
@@ -290,12 +348,162 @@ def parity_for(opts: FVOptions, lm: Any, trials: Any, require_reference: bool = 
     if isinstance(run, str):
         pytest.skip(run)
     if isinstance(run, FVError):
+        if key in _REPORTED:  # one failure per (model, trials) tells it; the other tests say where to look
+            pytest.skip(f"{SAME_FAILURE} {lm.name} x {trials.id}: {run}")
+        _REPORTED.add(key)
         pytest.fail(str(run), pytrace=False)
     if isinstance(run, Exception):
         raise run
     return run
 
 
-@pytest.fixture(scope="session")
+def _check_shape(run: Any, artifact: str, value: Any) -> None:
+    info, n_slots = run.lm.info, len(run.fv.values["slot"]["dummy_labels"])
+    if artifact == "mean_activations":
+        assert value.ndim == 4 and tuple(value.shape) == (info.n_layers, info.n_heads, n_slots, info.head_dim)
+    elif artifact == "indirect_effect":
+        assert value.ndim == 3 and tuple(value.shape) == (len(run.trial_keys), info.n_layers, info.n_heads)
+    elif artifact == "dummy_labels":
+        assert [p for p, _ in value] == list(range(n_slots))
+        assert value[-1][1] == "query_predictive_token"
+    elif artifact == "fv":
+        assert tuple(value.shape) == (info.d_model,)
+
+
+def assert_golden(run: Any, artifact: str, snapshot: Any, update: bool) -> None:
+    """One golden artifact of a parity run: with ``--snapshot-update`` written from the live reference's value
+    (never fv's), otherwise fv's value compared with it within the dtype's tolerance."""
+    from fv.io import write_json
+    from fv.parity.compare import tolerance_for
+    from fv.parity.golden import GOLDEN_ARTIFACTS, artifact_value, golden_dir
+    from fv.parity.snapshot import golden_extension
+    from fv.paths import SNAPSHOT_ROOT
+
+    folder = golden_dir(SNAPSHOT_ROOT, run.lm.name, run.trials.id, len(run.trial_keys))
+    kind = GOLDEN_ARTIFACTS[artifact][0]
+    ext = golden_extension(folder, kind, tolerance_for(run.lm.dtype, exact=False))
+    if update:
+        if run.source != "reference":
+            pytest.fail("refusing to write goldens without the reference: goldens are the reference's numbers. "
+                        "Pass --src-root <reference src>.", pytrace=False)
+        write_json(folder.parent / f"{folder.name}.meta.json", {**run.result.meta, "notes": run.result.meta["src_notes"]})
+        value = artifact_value(run.src, artifact)
+        _check_shape(run, artifact, value)
+        assert value == snapshot.use_extension(ext)(name=artifact)
+        return
+    value = artifact_value(run.fv, artifact)
+    _check_shape(run, artifact, value)
+    assert (folder / f"{artifact}.{ext._file_extension}").is_file(), f"golden {artifact} missing in {folder}"
+    assert value == snapshot.use_extension(ext)(name=artifact)
+
+
+@pytest.fixture
 def parity_run(fv_options: FVOptions, fv_model: Any, fixed_trials: Any) -> Any:
     return parity_for(fv_options, fv_model, fixed_trials)
+
+
+# ---- what the gates compared, told in the terminal (works under xdist: reports carry it to the controller) --
+EMPTY_GATE = "[fv: nothing to compare]"
+_NEEDS = (("reference src/ not found", "need the reference (pass --src-root PATH)"), ("GPU", "need a GPU"),
+          ("skipped by the trials rule", "are qs with too few rows for the trials rule"),
+          (SAME_FAILURE, "share a failure reported once above"))
+
+
+@dataclass
+class GateLedger:
+    """Collected on the process that prints: every (model, trials) pair a gate compared, with its stage table,
+    every pair it could not compare, and why tests were skipped."""
+
+    runs: dict = field(default_factory=dict)
+    empty: dict = field(default_factory=dict)
+    skips: dict = field(default_factory=dict)
+
+
+def _parity_summary(run: Any) -> dict:
+    """The part of a parity run the terminal table shows, as plain data (it crosses process boundaries)."""
+    fd = run.result.first_divergence()
+    return {
+        "model": run.lm.name, "trials": run.trials.id, "status": run.result.status, "other_side": run.other_side,
+        "tolerance": run.tolerance.name,
+        "first_divergence": fd and {k: str(v)[:200] for k, v in fd.items() if k in ("stage", "file", "key", "trial_id", "trial_idx", "pattern")},
+        "reports": str(next(iter(run.report_paths.values())).parent) if run.report_paths else "",
+        "stages": [[s.name, s.status, s.mismatch_count, repr(s.max_abs_diff), round(s.duration_sec, 2)] for s in run.result.stages],
+    }
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Any:
+    outcome = yield
+    report = outcome.get_result()
+    if report.when != "call" and not (report.when == "setup" and report.skipped):
+        return
+    from fv.parity.run import ParityRun
+
+    for value in getattr(item, "funcargs", {}).values():
+        if isinstance(value, ParityRun):
+            report.user_properties.append(("fv_parity", _parity_summary(value)))
+            break
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    ledger = getattr(_CONFIG.get("config"), "_fv_gate", None)
+    if ledger is None:
+        return
+    for name, value in report.user_properties:
+        if name == "fv_parity":
+            ledger.runs[(value["model"], value["trials"])] = value
+    if report.skipped and isinstance(report.longrepr, tuple):
+        reason = str(report.longrepr[2]).removeprefix("Skipped: ")
+        if reason.startswith(EMPTY_GATE):
+            ledger.empty[reason] = ledger.empty.get(reason, 0) + 1
+        else:
+            label = next((why for needle, why in _NEEDS if needle in reason), reason)
+            ledger.skips[label] = ledger.skips.get(label, 0) + 1
+
+
+_CONFIG: dict[str, Any] = {}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    _CONFIG["config"] = session.config
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> Any:
+    ledger = getattr(session.config, "_fv_gate", None)
+    if ledger is not None and ledger.empty and not hasattr(session.config, "workerinput") \
+            and not session.config.getoption("--allow-empty") and session.exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    yield
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    ledger = getattr(config, "_fv_gate", None)
+    if ledger is None or hasattr(config, "workerinput"):
+        return
+    tr = terminalreporter
+    verbose = config.getoption("verbose")
+    if ledger.runs:
+        tr.section("fv parity", sep="-")
+    for (_model, _trials), run in sorted(ledger.runs.items()):
+        head = f"{run['model']} x {run['trials']}: {run['status']} against {run['other_side']} (tolerance {run['tolerance']})"
+        tr.write_line(head)
+        if verbose < 0:
+            continue
+        fd = run.get("first_divergence")
+        if fd:
+            tr.write_line(f"  first divergence: stage {fd.get('stage')}, file {fd.get('file')}, key {fd.get('key')}"
+                          + (f", trial ({fd.get('trial_id')}, {fd.get('trial_idx')})" if fd.get("trial_id") not in (None, "None") else "")
+                          + (f"; {fd['pattern']}" if fd.get("pattern") else ""))
+        if verbose > 0 or run["status"] != "PASS" or len(ledger.runs) <= 8:
+            tr.write_line(f"  {'stage':<17}{'status':<8}{'mismatch_count':>15}{'max_abs_diff':>15}{'seconds':>10}")
+            for name, status, count, max_abs, secs in run["stages"]:
+                tr.write_line(f"  {name:<17}{status:<8}{count:>15}{max_abs:>15}{secs:>10.2f}")
+        if run.get("reports"):
+            tr.write_line(f"  reports: {run['reports']}")
+    for reason, n in sorted(ledger.empty.items()):
+        tr.write_line(f"FAIL {reason} ({n} tests compared nothing)" + (" [--allow-empty given]" if config.getoption("--allow-empty") else ""),
+                      red=True)
+    if ledger.skips:
+        tr.write_line("fv skips: " + "; ".join(f"{n} {why}" for why, n in sorted(ledger.skips.items())))

@@ -97,4 +97,4 @@ def live_source(ref: Reference) -> LiveSource:
     """The reference as the parity engine's other side."""
     return LiveSource(
         compute=lambda lm, trials, params, prefixes, separators: reference_stage_values(ref, lm, trials, params, prefixes, separators),
-        notes=list(ref.notes), compat=ref.compat, description=f"live reference {ref.src_root}")
+        notes=list(ref.notes), compat=ref.compat, description=f"the live reference {ref.src_root} (its functions on fv's model object)")

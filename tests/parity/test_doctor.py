@@ -37,8 +37,8 @@ def test_fail_paths(capsys, tmp_path, fv_model):
     assert rc == 1 and "FAIL reference:" in out
 
 
-def test_foreign_trials_fail(capsys, fv_model, shared_data):
-    rc, out = _run(capsys, "--model", str(fv_model.path), "--fixed-trials", str(shared_data / "fixed_trials_antonym_t10_s10_seed0.json"))
+def test_foreign_trials_fail(capsys, fv_model, fixture_data):
+    rc, out = _run(capsys, "--model", str(fv_model.path), "--fixed-trials", str(fixture_data / "fixed_trials_antonym_t10_s10_seed0.json"))
     assert rc == 1 and "FAIL trial token ids: 10 of 10 disagree" in out
 
 

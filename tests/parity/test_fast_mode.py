@@ -18,8 +18,18 @@ from fv.runtime.vectors import top_heads
 pytestmark = pytest.mark.m2
 
 
-@pytest.fixture(scope="session")
+_FAST: dict = {}
+
+
+@pytest.fixture
 def exact_and_fast(parity_run):
+    key = (parity_run.lm.name, parity_run.trials.id)
+    if key not in _FAST:
+        _FAST[key] = _exact_and_fast(parity_run)
+    return _FAST[key]
+
+
+def _exact_and_fast(parity_run):
     lm, trials = parity_run.lm, parity_run.trials.subset(parity_run.params.max_trials)
     dummy = dummy_labels(len(trials[0].prompt_data_clean["examples"]), lm.tokenizer, lm.prepend_bos,
                          parity_run.trials.meta.get("prefixes"), parity_run.trials.meta.get("separators"))

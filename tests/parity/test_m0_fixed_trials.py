@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from fv.errors import FVError
 from fv.model.tokenizers import load_tokenizer
 from fv.runtime.prompts import dummy_labels, full_idx_map, make_prompt_data, prompt_string, slot_maps, token_meta_labels
-from fv.pytest_plugin import shared_dir, trials_for
+from fv.pytest_plugin import trials_for
 from fv.paths import FIXTURES
 from fv.runtime.trials import TOKEN_KEYS, load_trials, make_icl_trials, require_tokenizer_agrees, save_trials, verify_token_ids
 
@@ -31,10 +31,7 @@ def m0_trials(request, fv_options, fv_model):
         return load_trials(fv_options.fixed_trials)
     if request.param == "antonym_tiny":
         return trials_for(fv_options, fv_model, FIXTURES / "antonym_tiny.json")
-    d = shared_dir(fv_options.rootdir)
-    if d is None:
-        pytest.skip("no shared/ folder beside the checkout")
-    return trials_for(fv_options, fv_model, d / "data" / f"{request.param}.json")
+    return trials_for(fv_options, fv_model, FIXTURES / "data" / f"{request.param}.json")
 
 
 @pytest.fixture(params=range(N_TRIALS), ids=lambda i: f"trial{i}")
@@ -48,10 +45,10 @@ def _report(mismatches: list[str]) -> str:
     return f"mismatch_count={len(mismatches)}\n" + "\n".join(mismatches[:40])
 
 
-def test_shared_trials_file_reproduced(fv_model, shared_data):
+def test_shared_trials_file_reproduced(fv_model, fixture_data):
     """Everything the tokenizer does not decide equals the user's real file, key order included."""
-    ref = json.loads((shared_data / "fixed_trials_antonym_t10_s10_seed0.json").read_text())
-    made = make_icl_trials(shared_data / "antonym.json", fv_model.tokenizer, 10, 10, 0, model_name_for_tokenizer="gpt2",
+    ref = json.loads((fixture_data / "fixed_trials_antonym_t10_s10_seed0.json").read_text())
+    made = make_icl_trials(fixture_data / "antonym.json", fv_model.tokenizer, 10, 10, 0, model_name_for_tokenizer="gpt2",
                            model_prepend_bos=False, dataset_json_label=ref["meta"]["dataset_json"])
     mismatches = [f"meta.{k}" for k in ref["meta"] if ref["meta"][k] != made["meta"][k]]
     mismatches += [f"splits.{k}" for k in ref["splits"] if ref["splits"][k] != made["splits"][k]]
@@ -123,9 +120,9 @@ def test_token_ids_verified(fv_model, m0_trials):
     assert len(bad) == 0, _report([str(b) for b in bad])
 
 
-def test_foreign_tokenizer_named(fv_model, shared_data):
+def test_foreign_tokenizer_named(fv_model, fixture_data):
     """The user's GPT-2 file disagrees with a tiny tokenizer: the error names the trial and both ids."""
-    ft = load_trials(shared_data / "fixed_trials_antonym_t10_s10_seed0.json")
+    ft = load_trials(fixture_data / "fixed_trials_antonym_t10_s10_seed0.json")
     bad = verify_token_ids(ft, fv_model.tokenizer)
     assert len(bad) == len(ft.trials)
     with pytest.raises(FVError, match=r"trial 0 \(index 0\): answer_ids in file \[3424\], tokenizer gives \[\d+"):

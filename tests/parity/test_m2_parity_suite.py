@@ -116,9 +116,8 @@ def _perturb(monkeypatch, stage: str) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.first_pair
 def test_perturbed_fv_fails_at_that_stage(parity_run, fv_options, fv_model_name, trials_set, monkeypatch, stage):
-    if fv_model_name != fv_options.models[0] or trials_set != "antonym_tiny":
-        pytest.skip("perturbations run on the first model and the embedded trials only")
     if parity_run.result.status != "PASS":
         pytest.skip("the unperturbed run must pass first")
     _perturb(monkeypatch, stage)

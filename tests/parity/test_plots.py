@@ -77,13 +77,12 @@ def test_diff_picture_holds_both_sides(tmp_path):
     assert np.count_nonzero(pic.data["diff"]) == 1 and pic.data["diff"][2, 3] == pytest.approx(0.25)
 
 
+@pytest.mark.first_pair
 def test_relation_pictures(tmp_path, fv_model_name, fv_options):
     from fv.paths import FIXTURES
     from fv.plots import ALL_Q_PNG, draw_relation
     from fv.runtime.relation import RelationConfig, relation_root, run_relation
 
-    if fv_model_name != fv_options.models[0]:
-        pytest.skip("runs on the first model only")
     cfg = RelationConfig(relation_csv=str(FIXTURES / "relation_tiny.csv"), out=str(tmp_path), model=fv_model_name,
                          n_trials_per_q=1, edit_layers="8-9", q_list=["Q1", "Q2"], device=fv_options.device)
     run_relation(cfg)

@@ -4,15 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fv.pytest_plugin import FVOptions, shared_dir
-from fv.paths import FIXTURES
+from fv.pytest_plugin import FVOptions, default_relation_csv
 
 
 def relation_csv(opts: FVOptions) -> Path:
-    if opts.relation_csv:
-        return Path(opts.relation_csv)
-    d = shared_dir(opts.rootdir)
-    return d / "data" / "relationA_ex.csv" if d else FIXTURES / "relation_tiny.csv"
+    return Path(opts.relation_csv) if opts.relation_csv else default_relation_csv()
 
 
 def selected_qs(opts: FVOptions) -> list[str]:

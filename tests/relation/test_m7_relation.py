@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from fv.parity.run import run_parity
-from fv.reference.stages import STAGE_FUNCTIONS, live_source
-from fv.parity.stages import Params
+from fv.parity.golden import GOLDEN_ARTIFACTS
+from fv.pytest_plugin import assert_golden, parity_for
 from fv.runtime.trials import load_trials, make_relation_trials, plan_relation_qs, save_trials
 from tests.relation.conftest import relation_csv
 
@@ -24,17 +23,17 @@ _CACHE: dict = {}
 
 @pytest.fixture(scope="session")
 def relation_trials(fv_options, fv_model):
-    """The all-q trials file for the selected qs, made once per model, and one trials file per q."""
-    from tests.relation.conftest import selected_qs
+    """The all-q trials file, made once per model, and one trials file per q."""
 
-    key = (fv_model.name, str(relation_csv(fv_options)), fv_options.q_list, fv_options.n_trials_per_q)
+    key = (fv_model.name, str(relation_csv(fv_options)), fv_options.n_trials_per_q)
     if key not in _CACHE:
         from fv.runtime.datasets import load_relation_csv
 
         csv = relation_csv(fv_options)
         groups = load_relation_csv(csv)
-        plan = plan_relation_qs(groups, N_DEMOS, selected_qs(fv_options))
-        raw = make_relation_trials(csv, fv_model.tokenizer, fv_options.n_trials_per_q, N_DEMOS, 0, plan.q_ids + [s["q_id"] for s in plan.skipped],
+        # trials are drawn for every q of the file, whichever qs are selected: one q's draws depend on the qs
+        # drawn before it, so a q's trials (and goldens) must not change with --q-list
+        raw = make_relation_trials(csv, fv_model.tokenizer, fv_options.n_trials_per_q, N_DEMOS, 0, None,
                                    model_name_for_tokenizer=fv_model.name, model_prepend_bos=fv_model.prepend_bos)
         root = fv_options.out_root / csv.stem / "_m7_trials" / fv_model.name
         save_trials(root / "fixed_trials_all_q.json", raw)
@@ -78,16 +77,27 @@ def test_small_qs_are_skipped_and_listed(relation_trials):
     assert not {s["q_id"] for s in raw["meta"]["skipped_qs"]} & set(raw["meta"]["q_ids"])
 
 
-def test_q_parity(relation_trials, q_id, fv_model, fv_options, reference):
-    """Prompt, slot, mean activations, indirect effect, top heads, FV and injection: mismatch_count == 0 per stage."""
+@pytest.fixture
+def q_parity(relation_trials, q_id, fv_model, fv_options):
+    """The q's parity run: the live reference when there is one, else the q's goldens (made by the reference)."""
     ft, _ = _q(relation_trials, q_id)
-    params = Params(n_top_heads=fv_options.n_top_heads, edit_layer=fv_options.edit_layer, max_trials=len(ft.trials))
-    out = fv_options.out_root / Path(relation_csv(fv_options)).stem / q_id / "parity"
-    run = run_parity(fv_model, ft, params, live_source(reference), out, stage_functions=STAGE_FUNCTIONS)
+    return parity_for(fv_options, fv_model, ft)
+
+
+def test_q_parity(q_parity, q_id):
+    """Prompt, slot, mean activations, indirect effect, top heads, FV and injection: mismatch_count == 0 per stage."""
+    run = q_parity
     counts = {s.name: s.mismatch_count for s in run.result.stages}
     assert sum(counts.values()) == 0, f"{q_id}: {counts}; earliest failed stage {run.result.earliest_failed_stage}\n" + \
         "\n".join(s.summary(5) for s in run.result.stages if s.status == "FAIL")
-    print(f"{q_id}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
+    if run.source == "reference" and run.tolerance.name == "exact":
+        assert all(s.max_abs_diff == 0.0 for s in run.result.stages), {s.name: s.max_abs_diff for s in run.result.stages}
+
+
+@pytest.mark.parametrize("artifact", list(GOLDEN_ARTIFACTS))
+def test_q_golden(q_parity, snapshot, request, artifact):
+    """The q's goldens: written from the live reference with --snapshot-update, else fv compared with them."""
+    assert_golden(q_parity, artifact, snapshot, request.config.option.update_snapshots)
 
 
 def _tree(root: Path) -> dict[str, bytes]:
@@ -95,14 +105,13 @@ def _tree(root: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.slow
+@pytest.mark.first_pair
 def test_resume_and_workers_give_byte_identical_outputs(tmp_path, monkeypatch, fv_model_name, fv_options):
     """An uninterrupted run on two workers and a run killed after its first q and resumed on one worker write
     the same bytes, file for file."""
     from fv.runtime.relation import RelationConfig, read_status, relation_root, run_relation
     from fv.paths import FIXTURES
 
-    if fv_model_name != fv_options.models[0]:
-        pytest.skip("runs on the first model only")
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
     out = tmp_path / "rel"
     cfg = RelationConfig(relation_csv=str(FIXTURES / "relation_tiny.csv"), out=str(out), model=fv_model_name,
@@ -134,11 +143,10 @@ def test_resume_and_workers_give_byte_identical_outputs(tmp_path, monkeypatch, f
     assert differ == [], differ
 
 
+@pytest.mark.first_pair
 def test_failed_q_is_recorded_and_others_go_on(tmp_path, monkeypatch, fv_model_name, fv_options):
     import fv.runtime.relation as relation
 
-    if fv_model_name != fv_options.models[0]:
-        pytest.skip("runs on the first model only")
     orig = relation.run_q
 
     def flaky(lm, cfg, root, q, *a, **k):

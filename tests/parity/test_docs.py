@@ -1,0 +1,101 @@
+"""The docs cannot drift from the code: every `fv` command shown in README.md and docs/ runs here on the tiny
+model, and every `pytest` command shown there is collected with its options and selects tests.
+
+Commands are taken from fenced ``bash`` blocks. Placeholders users replace (``$MODEL``, ``$SRC``, ``$FT``,
+``/path/to/...``, ``REF_DIR``) become the tiny model, the reference beside the checkout when there is one,
+and files made in a temporary folder. A command that needs the reference is skipped without one.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fv.paths import FIXTURES, REPO_ROOT
+
+pytestmark = pytest.mark.m4
+DOCS = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
+
+
+def _commands() -> list[tuple[str, str]]:
+    out = []
+    for doc in DOCS:
+        for block in re.findall(r"```bash\n(.*?)```", doc.read_text(), flags=re.S):
+            text = block.replace("\\\n", " ")
+            for line in text.splitlines():
+                line = line.split(" #")[0].strip()
+                for part in re.split(r"\s*&&\s*", line):
+                    part = re.sub(r"^\.venv/bin/(python -m )?", "", part.strip())
+                    if part.startswith(("fv ", "pytest ", "python -m pytest ")):
+                        out.append((doc.name, part.removeprefix("python -m ")))
+    return out
+
+
+COMMANDS = _commands()
+
+
+@pytest.fixture(scope="module")
+def places(tmp_path_factory, fv_options):
+    """What the placeholders stand for on the tiny model."""
+    from fv.cli import main
+    from fv.reference import ReferenceUnavailable, find_src_root
+
+    tmp = tmp_path_factory.mktemp("docs")
+    ft = tmp / "ft.json"
+    assert main(["make-trials", "--dataset", str(FIXTURES / "antonym_tiny.json"), "--out", str(ft), "--n-trials", "2"]) == 0
+    try:
+        src = find_src_root(fv_options.src_root)
+    except ReferenceUnavailable:
+        src = None
+    baukit = fv_options.baukit_root or os.environ.get("FV_BAUKIT_ROOT") or ""
+    return {"tmp": tmp, "ft": ft, "src": src, "baukit": baukit}
+
+
+def _substitute(cmd: str, p: dict) -> str:
+    tmp = p["tmp"]
+    subs = {
+        "$COMMON": f"--fv-model tiny-llama --src-root {p['src']} --baukit-root {p['baukit']} --src-compat" if p["src"] else "--fv-model tiny-llama",
+        "$MODEL": "tiny-llama", "$FT": str(p["ft"]), "$SRC": str(p["src"] or "/no/reference"),
+        "/path/to/function_vectors/src": str(p["src"] or "/no/reference"), "/path/to/baukit": p["baukit"] or "/no/baukit",
+        "REF_DIR": str(tmp / "ref"), "FV_DIR": str(tmp / "fv"), "DIFF_DIR": str(tmp / "diff"), "RESULTS_DIR": str(tmp / "fv"),
+        "REL.csv": str(FIXTURES / "relation_tiny.csv"), "DIR": str(tmp / "out"),
+    }
+    for k in sorted(subs, key=len, reverse=True):
+        cmd = cmd.replace(f'"{k}"', subs[k]).replace(k, subs[k])
+    return cmd
+
+
+@pytest.mark.parametrize("doc,cmd", COMMANDS, ids=[f"{d}:{c[:60]}" for d, c in COMMANDS])
+def test_documented_command_runs(doc, cmd, places, fv_options):
+    cmd = _substitute(cmd, places)
+    argv = shlex.split(cmd)
+    needs_ref = any(a.startswith("--src-root") for a in argv) or argv[:2] == ["fv", "reference"]
+    if needs_ref and places["src"] is None:
+        pytest.skip("reference src/ not found: this documented command needs it (pass --src-root)")
+    if argv[0] == "pytest":
+        # collected with the same options, not run: running the suite inside the suite would be circular
+        if "--snapshot-update" in argv:
+            argv.remove("--snapshot-update")
+        r = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:xdist", *argv[1:]],
+                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, f"{doc}: `{cmd}` does not collect:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}"
+        assert re.search(r"\d+(/\d+)? tests? (collected|selected)", r.stdout), r.stdout[-500:]
+        return
+    if argv[:2] == ["fv", "run"] and "--max-trials" not in argv:
+        argv += ["--max-trials", "1"]
+    if argv[:2] == ["fv", "relation"]:
+        argv += ["--n-trials-per-q", "1", "--edit-layers", "9"] + ([] if "--q-list" in argv else ["--q-list", "Q1"])
+    if argv[:2] == ["fv", "diff"] and not (places["tmp"] / "ref").is_dir():
+        pytest.skip("needs the reference dump of `fv reference --dump` above")
+    r = subprocess.run([sys.executable, "-m", "fv", *argv[1:], *(["--quiet"] if argv[1] in ("run", "relation", "reference") else [])],
+                       cwd=places["tmp"], capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "FV_CACHE_DIR": os.environ.get("FV_CACHE_DIR", "")} if os.environ.get("FV_CACHE_DIR") else None)
+    ok = {0, 1} if argv[1] in ("diff", "doctor", "verify-trials") else {0}  # these report a finding by exit 1
+    assert r.returncode in ok, f"{doc}: `{cmd}` exited {r.returncode}:\n{r.stdout[-1500:]}\n{r.stderr[-1500:]}"
+    assert "Traceback" not in r.stderr, r.stderr[-2000:]
