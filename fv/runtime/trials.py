@@ -254,6 +254,18 @@ def _check_trial(t: Any, idx: int, where: str) -> bool:
     for path, m in lengths.items():
         if m != n:
             raise FVError(f"{where}: {path}: expected {n} entries (as many as {at}.prompt_data_clean.examples), found {m}. {_REGENERATE}")
+    # the demos and the query restate the prompt data (relation files may drop the prompt's leading space)
+    for demos, side in (("demos_clean", "prompt_data_clean"), ("demos_corrupted", "prompt_data_corrupted")):
+        for i, (d, e) in enumerate(zip(t[demos], t[side]["examples"])):
+            for k in ("input", "output"):
+                if d[k].strip() != e[k].strip():
+                    raise FVError(f"{where}: {at}.{demos}[{i}].{k}: expected {e[k]!r} as in {at}.{side}.examples[{i}], "
+                                  f"found {schema.describe(d[k])}. {_REGENERATE}")
+    for k in ("input", "output"):
+        q, qt = t["query"][k], t["prompt_data_clean"]["query_target"][k]
+        if q.strip() != qt.strip():
+            raise FVError(f"{where}: {at}.query.{k}: expected {qt!r} as in {at}.prompt_data_clean.query_target, "
+                          f"found {schema.describe(q)}. {_REGENERATE}")
     for side, s in (("prompt_data_clean", "clean_prompt_str"), ("prompt_data_corrupted", "corrupted_prompt_str")):
         rendered = prompt_string(t[side])
         if rendered != t[s]:
