@@ -17,7 +17,7 @@ from fv.parity.compare import EXACT, FP32, Tolerance, diff_tensors, walk_diffs
 from fv.parity.pattern import describe, multi_token_slots
 from fv.errors import FVError
 from fv.io import load_tensor_file, read_json, write_json, write_text
-from fv.runtime import schema
+from fv import schema
 
 DIFF_STAGES = ("prompt", "slot", "mean_activations", "indirect_effect", "top_heads", "fv", "injection")
 DUMPS = ("src_reference_dump.json", "fv_runtime_dump.json")

@@ -16,7 +16,7 @@ import numpy as np
 
 from fv.errors import FVError
 from fv.io import read_json, read_text
-from fv.runtime import schema
+from fv import schema
 
 Pair = dict  # {"input": str, "output": str}
 

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from fv.runtime import schema
+from fv import schema
 from fv.runtime.datasets import load_icl_dataset, load_relation_csv, split_indices
 from fv.errors import FVError
 from fv.io import read_json, sha256_file, write_json

@@ -1,5 +1,7 @@
 """The schemas of every JSON input fv reads, and one checker that names the JSON path of the first violation.
 
+It sits beside ``fv/io.py``, below runtime and parity, so that both check their inputs at the door with it.
+
 Kept in one place so that a fixed-trials file (ICL or relation, docs/reference.md "Fixed trials"), an ICL
 dataset and a dump read back by ``fv diff`` are checked once, where they enter, and every later stage may
 index them without guarding: a string where a list belongs is reported as ``trials[3].prompt_data_clean.examples:
