@@ -76,18 +76,59 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"cannot write {type(o).__name__} as JSON")
 
 
-def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
-    """Load JSON, turning a missing file or a syntax error into an FVError that names the file and the line."""
+_WIDE_BOMS = (  # longest first: the UTF-32 LE mark starts with the UTF-16 LE one
+    (b"\xff\xfe\x00\x00", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32"), (b"\xff\xfe", "UTF-16"), (b"\xfe\xff", "UTF-16"),
+)
+
+
+def _line_of(data: bytes, offset: int) -> int:
+    return data.count(b"\n", 0, offset) + 1
+
+
+def decode_text(data: bytes, where: str) -> str:
+    """UTF-8 text, with or without a BOM; UTF-16/32 and binary bytes refused in one line that says which.
+
+    Every text input (trials, datasets, relation CSVs, dumps) goes through here, so an encoding problem is
+    reported the same way everywhere instead of as a UnicodeDecodeError or a csv "line contains NUL".
+    """
+    for bom, name in _WIDE_BOMS:
+        if data.startswith(bom):
+            raise FVError(f"{where} is {name} text (byte-order mark {bom.hex(' ').upper()}); fv reads UTF-8 only. Save it as UTF-8.")
+    nul = data.find(b"\x00")
+    if nul >= 0:
+        hint = "UTF-16 without a byte-order mark" if data[1::2].count(0) > len(data) // 4 else "binary data"
+        raise FVError(f"{where} holds a NUL byte at offset {nul} (line {_line_of(data, nul)}): {hint}, not UTF-8 text. Save it as UTF-8.")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        bad = data[exc.start:exc.start + 1].hex().upper()
+        raise FVError(f"{where} is not UTF-8: byte 0x{bad} at offset {exc.start} (line {_line_of(data, exc.start)}) "
+                      f"cannot be decoded ({exc.reason}). Save it as UTF-8.") from None
+
+
+def read_text(path: str | os.PathLike, what: str = "file") -> str:
+    """A text file decoded by ``decode_text``; a missing file or a folder is an FVError that names it."""
     p = Path(path)
     if not p.is_file():
         raise FVError(f"{what} not found: {p}. Check the path.")
     try:
-        with p.open(encoding="utf-8") as fh:
-            return json.load(fh)
+        data = p.read_bytes()
+    except OSError as exc:
+        raise FVError(f"cannot read {what} {p}: {exc.strerror}.") from None
+    return decode_text(data, f"{what} {p}")
+
+
+def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
+    """Load JSON (UTF-8, BOM allowed), turning a missing file, a bad encoding or a syntax error into one FVError line."""
+    p = Path(path)
+    text = read_text(p, what)
+    try:
+        return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise FVError(f"{what} {p} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}).") from exc
-    except UnicodeDecodeError as exc:
-        raise FVError(f"{what} {p} is not UTF-8 text.") from exc
+        cut = " (the file ends early: truncated?)" if exc.pos >= len(text.rstrip()) else ""
+        raise FVError(f"{what} {p} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}){cut}.") from None
+    except RecursionError:
+        raise FVError(f"{what} {p} nests too deeply to be read as JSON.") from None
 
 
 def sha256_file(path: str | os.PathLike) -> str:

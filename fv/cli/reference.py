@@ -8,18 +8,13 @@ from pathlib import Path
 
 from fv.cli.common import add_model_args, add_quiet, add_reference_args
 from fv.errors import FVError
+from fv.lock import HELP as LOCK_HELP
 
 
 def cmd_reference(a: argparse.Namespace) -> int:
-    from fv.io import ensure_dir, save_tensors, write_json
-    from fv.meta import run_meta
-    from fv.model.loading import load_model
-    from fv.parity.dump import build_dump
-    from fv.parity.run import src_from_source
-    from fv.parity.stages import Params
-    from fv.reference import InjectionNoOp, Reference, ReferenceUnavailable, find_src_root
-    from fv.reference.stages import live_source
-    from fv.runtime.trials import load_trials, require_tokenizer_agrees
+    from fv.lock import output_lock
+    from fv.reference import Reference, ReferenceUnavailable, find_src_root
+    from fv.runtime.trials import load_trials
 
     say = (lambda _s: None) if a.quiet else (lambda s: print(s, file=sys.stderr))
     # every check that needs no model pass comes before the first stage
@@ -28,7 +23,21 @@ def cmd_reference(a: argparse.Namespace) -> int:
         raise ReferenceUnavailable("no reference found: pass --src-root PATH (the reference's src/), or set FV_SRC_ROOT.")
     ref = Reference(root, a.baukit_root, compat=a.src_compat)
     ft = load_trials(a.fixed_trials)
-    out = ensure_dir(a.out)
+    with output_lock(a.out, note=say):  # before the model loads: a second writer on this folder is refused at once
+        return _reference_locked(a, ref, root, ft, Path(a.out), say)
+
+
+def _reference_locked(a: argparse.Namespace, ref, root: Path, ft, out: Path, say) -> int:
+    from fv.io import save_tensors, write_json
+    from fv.meta import run_meta
+    from fv.model.loading import load_model
+    from fv.parity.dump import build_dump
+    from fv.parity.run import src_from_source
+    from fv.parity.stages import Params
+    from fv.reference import InjectionNoOp
+    from fv.reference.stages import live_source
+    from fv.runtime.trials import require_tokenizer_agrees
+
     lm = load_model(a.model, a.device, a.dtype)
     lm.info.check_edit_layer(a.edit_layer)
     require_tokenizer_agrees(ft, lm.tokenizer)
@@ -62,7 +71,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001 - argpars
     r = sub.add_parser("reference", help="run the reference src/ on fixed trials (M1 goldens, M3 dump)",
                        description="Drive the reference's own functions on a fixed-trials file and write its golden artifacts; "
                                    "--dump adds the M3 reference dump. Checks that need no model pass (trials against the "
-                                   "tokenizer, edit layer, the reference's injection) run before any stage.")
+                                   "tokenizer, edit layer, the reference's injection) run before any stage. " + LOCK_HELP)
     add_reference_args(r)
     add_model_args(r)
     r.add_argument("--fixed-trials", "--fixed_trials_path", dest="fixed_trials", required=True, help="fixed-trials JSON")

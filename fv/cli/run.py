@@ -7,19 +7,28 @@ import sys
 from pathlib import Path
 
 from fv.cli.common import add_model_args, add_quiet
+from fv.lock import HELP as LOCK_HELP
 
 
 def cmd_run(a: argparse.Namespace) -> int:
-    from fv.model.loading import load_model
-    from fv.parity.dump import write_runtime_dump
-    from fv.paths import FIXTURES
+    from fv.lock import output_lock
     from fv.progress import log_to_stderr
-    from fv.runtime.pipeline import RunConfig, parse_layers, run_runtime
-    from fv.runtime.trials import load_trials, make_icl_trials, require_tokenizer_agrees, save_trials
+    from fv.runtime.trials import load_trials
 
     log = log_to_stderr(a.quiet)
     ft = load_trials(a.fixed_trials) if a.fixed_trials else None  # a bad file fails before the model loads
     out = Path(a.out)
+    with output_lock(out, note=log):  # before the model loads: a second writer on this folder is refused at once
+        return _run_locked(a, ft, out, log)
+
+
+def _run_locked(a: argparse.Namespace, ft, out: Path, log) -> int:
+    from fv.model.loading import load_model
+    from fv.parity.dump import write_runtime_dump
+    from fv.paths import FIXTURES
+    from fv.runtime.pipeline import RunConfig, parse_layers, run_runtime
+    from fv.runtime.trials import load_trials, make_icl_trials, require_tokenizer_agrees, save_trials
+
     lm = load_model(a.model, a.device, a.dtype)
     layers = parse_layers(a.edit_layers, lm.info.n_layers, a.edit_layer)
     if ft is None:
@@ -53,7 +62,8 @@ def cmd_run(a: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001 - argparse exposes no public type
     u = sub.add_parser("run", help="the fv runtime end to end (M4)",
                        description="Mean activations, indirect effects, top heads, the FV, and its evaluation, with every "
-                                   "artifact, its meta, and pictures of the indirect effects and of the evaluation per layer.")
+                                   "artifact, its meta, and pictures of the indirect effects and of the evaluation per layer. "
+                                   "The fixed-trials file is checked whole before the model loads. " + LOCK_HELP)
     add_model_args(u)
     u.add_argument("--fixed-trials", "--fixed_trials_path", dest="fixed_trials", default=None, help="fixed-trials JSON (default: made from the embedded antonym data)")
     u.add_argument("--out", default="results_fv/run", help="output folder (default results_fv/run)")

@@ -8,7 +8,6 @@ folders made from different fixed-trials files are refused before anything is co
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +16,8 @@ from pathlib import Path
 from fv.parity.compare import EXACT, FP32, Tolerance, diff_tensors, walk_diffs
 from fv.parity.pattern import describe, multi_token_slots
 from fv.errors import FVError
-from fv.io import load_tensor_file, write_json, write_text
+from fv.io import load_tensor_file, read_json, write_json, write_text
+from fv import schema
 
 DIFF_STAGES = ("prompt", "slot", "mean_activations", "indirect_effect", "top_heads", "fv", "injection")
 DUMPS = ("src_reference_dump.json", "fv_runtime_dump.json")
@@ -52,11 +52,14 @@ class SideFolder:
         dump_path = _find(root, DUMPS)
         dump = None
         if dump_path is not None:
-            try:
-                dump = json.loads(dump_path.read_text(encoding="utf-8"))
-            except json.JSONDecodeError as exc:
-                raise FVError(f"{dump_path} is not valid JSON (line {exc.lineno}: {exc.msg}).") from exc
-        return cls(root, dump, dump_path.name if dump_path else None, {k: _find(root, v) for k, v in ARTIFACTS.items()})
+            dump = read_json(dump_path, f"--{role} dump")
+            schema.check(dump, schema.DUMP, f"--{role} dump {dump_path}", "",
+                         "Rewrite the folder with `fv run` or `fv reference --dump`.")
+        files = {k: _find(root, v) for k, v in ARTIFACTS.items()}
+        if files["top_heads"] is not None:
+            schema.check(read_json(files["top_heads"], f"--{role} top heads"), schema.TOP_HEADS,
+                         f"--{role} top heads {files['top_heads']}", "", "Rewrite the folder with `fv run` or `fv reference --dump`.")
+        return cls(root, dump, dump_path.name if dump_path else None, files)
 
     def trials_sha(self) -> str | None:
         return (self.dump or {}).get("meta", {}).get("fixed_trials_sha256")
@@ -187,7 +190,7 @@ def _top_heads_stage(src: SideFolder, fv: SideFolder, tol: Tolerance) -> StageDi
     ps, pf = src.files.get("top_heads"), fv.files.get("top_heads")
     if ps is None or pf is None:
         return StageDiff("top_heads", "MISSING", note=f"top heads file missing in the {'src' if ps is None else 'fv'} folder")
-    a, b = json.loads(ps.read_text()), json.loads(pf.read_text())
+    a, b = read_json(ps, "top heads"), read_json(pf, "top heads")  # checked against schema.TOP_HEADS by SideFolder.open
     file = f"{ps.name} | {pf.name}"
     count, first, worst = 0, None, 0.0
     for i in range(max(len(a), len(b))):

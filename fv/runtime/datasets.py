@@ -7,6 +7,7 @@ reference's ``split_icl_dataset`` calls it (twice), without needing pandas or sc
 from __future__ import annotations
 
 import csv
+import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from fv.errors import FVError
-from fv.io import read_json
+from fv.io import read_json, read_text
+from fv import schema
 
 Pair = dict  # {"input": str, "output": str}
 
@@ -22,14 +24,8 @@ Pair = dict  # {"input": str, "output": str}
 def load_icl_dataset(path: str | Path) -> list[Pair]:
     """Load a JSON list of ``{"input", "output"}`` rows; values are kept as the reference keeps them (str())."""
     data = read_json(path, "dataset")
-    if not isinstance(data, list) or not data:
-        raise FVError(f"dataset {path} must be a non-empty JSON list of {{'input', 'output'}} objects; found {type(data).__name__}.")
-    rows: list[Pair] = []
-    for i, row in enumerate(data):
-        if not isinstance(row, dict) or "input" not in row or "output" not in row:
-            raise FVError(f"dataset {path}: row {i} must be an object with 'input' and 'output'; found {row!r:.80}.")
-        rows.append({"input": row["input"], "output": row["output"]})
-    return rows
+    schema.check(data, schema.ICL_DATASET, f"dataset {path}", "", "A dataset is a JSON list of {\"input\": ..., \"output\": ...} objects.")
+    return [{"input": row["input"], "output": row["output"]} for row in data]
 
 
 def _one_split(n: int, test_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -69,27 +65,36 @@ _B_COLS = ("ex_B", "exB", "output")
 
 
 def load_relation_csv(path: str | Path) -> dict[str, list[tuple[str, str]]]:
-    """Rows grouped by q id in file order; cells stripped, empty rows dropped (docs/reference.md, "Fixed trials")."""
+    """Rows grouped by q id in file order; cells stripped, empty rows dropped (docs/reference.md, "Fixed trials").
+
+    The file is decoded once (UTF-8, BOM allowed; UTF-16 and binary refused by ``decode_text``), then parsed;
+    a row with an empty cell is named by CSV line and column.
+    """
     p = Path(path)
+    where = f"relation CSV {p}"
     if not p.is_file():
         raise FVError(f"relation CSV not found: {p}. Check --relation-csv.")
-    with p.open(newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
+    text = read_text(p, "relation CSV")
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    groups: dict[str, list[tuple[str, str]]] = {}
+    try:
         fields = reader.fieldnames or []
         pick = lambda names: next((c for c in names if c in fields), None)  # noqa: E731
         cid, ca, cb = pick(_ID_COLS), pick(_A_COLS), pick(_B_COLS)
         if not (cid and ca and cb):
-            raise FVError(
-                f"relation CSV {p} needs columns id, ex_A, ex_B (or q/qid, exA/input, exB/output); found {fields}."
-            )
-        groups: dict[str, list[tuple[str, str]]] = {}
+            raise FVError(f"{where}, line 1: expected a header with columns id, ex_A, ex_B (or q/qid, exA/input, "
+                          f"exB/output); found {fields}.")
         for row in reader:
-            q, a, b = ((row.get(c) or "").strip() for c in (cid, ca, cb))
-            if not (q or a or b):
+            cells = {c: (row.get(c) or "").strip() for c in (cid, ca, cb)}
+            if not any(cells.values()):
                 continue
-            if not (q and a and b):
-                raise FVError(f"relation CSV {p}, line {reader.line_num}: a row needs id, ex_A and ex_B; found {row}.")
-            groups.setdefault(q, []).append((a, b))
+            empty = [c for c, v in cells.items() if not v]
+            if empty:
+                raise FVError(f"{where}, line {reader.line_num}, column {empty[0]}: expected a non-empty cell (each row needs "
+                              f"{cid}, {ca} and {cb}), found an empty one.")
+            groups.setdefault(cells[cid], []).append((cells[ca], cells[cb]))
+    except csv.Error as exc:
+        raise FVError(f"{where}, line {reader.line_num}: not readable as CSV ({exc}).") from None
     if not groups:
-        raise FVError(f"relation CSV {p} has no data rows.")
+        raise FVError(f"{where} has no data rows under its header {fields}.")
     return groups

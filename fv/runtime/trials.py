@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from fv import schema
 from fv.runtime.datasets import load_icl_dataset, load_relation_csv, split_indices
 from fv.errors import FVError
 from fv.io import read_json, sha256_file, write_json
@@ -148,8 +149,13 @@ def make_relation_trials(
     prepend_bos_token_used: bool = False,
 ) -> dict:
     """Relation fixed trials, q-wise, by the rule of docs/reference.md (Python's random, one shuffle of all trials at the end)."""
+    if n_demos < 1 or n_trials_per_q < 1:
+        raise FVError(f"--n-demos and --n-trials-per-q must be at least 1; found {n_demos} and {n_trials_per_q}.")
     groups = load_relation_csv(csv_path)
     plan = plan_relation_qs(groups, n_demos, q_list)
+    if not plan.q_ids:
+        raise FVError(f"relation CSV {csv_path}: no q has the {n_demos + 1} rows that --n-demos {n_demos} needs "
+                      f"(largest: {max(len(v) for v in groups.values())} rows). Use fewer --n-demos.")
     rng = random.Random(seed)
     trials = []
     for q in plan.q_ids:
@@ -230,53 +236,99 @@ class FixedTrials:
         return self.trials if not max_trials else self.trials[:max_trials]
 
 
-_REQUIRED_PROMPT_DATA = ("instructions", "separators", "prefixes", "query_target", "examples")
+_REGENERATE = "Fix the file or remake it with `fv make-trials`."
+
+
+def _check_trial(t: Any, idx: int, where: str) -> bool:
+    """Schema of one trial (ICL or relation, told apart by ``q_id``) and the agreements between its fields."""
+    at = f"trials[{idx}]"
+    if not isinstance(t, dict):
+        schema.check(t, schema.ICL_TRIAL, where, at, _REGENERATE)
+    relation = "q_id" in t
+    schema.check(t, schema.RELATION_TRIAL if relation else schema.ICL_TRIAL, where, at, _REGENERATE)
+    n = len(t["prompt_data_clean"]["examples"])
+    lengths = {f"{at}.prompt_data_corrupted.examples": len(t["prompt_data_corrupted"]["examples"]),
+               f"{at}.demos_clean": len(t["demos_clean"]), f"{at}.demos_corrupted": len(t["demos_corrupted"]),
+               f"{at}.{'demo_source_indices' if relation else 'demo_indices_in_train'}":
+                   len(t["demo_source_indices" if relation else "demo_indices_in_train"])}
+    for path, m in lengths.items():
+        if m != n:
+            raise FVError(f"{where}: {path}: expected {n} entries (as many as {at}.prompt_data_clean.examples), found {m}. {_REGENERATE}")
+    # the demos and the query restate the prompt data (relation files may drop the prompt's leading space)
+    for demos, side in (("demos_clean", "prompt_data_clean"), ("demos_corrupted", "prompt_data_corrupted")):
+        for i, (d, e) in enumerate(zip(t[demos], t[side]["examples"])):
+            for k in ("input", "output"):
+                if d[k].strip() != e[k].strip():
+                    raise FVError(f"{where}: {at}.{demos}[{i}].{k}: expected {e[k]!r} as in {at}.{side}.examples[{i}], "
+                                  f"found {schema.describe(d[k])}. {_REGENERATE}")
+    for k in ("input", "output"):
+        q, qt = t["query"][k], t["prompt_data_clean"]["query_target"][k]
+        if q.strip() != qt.strip():
+            raise FVError(f"{where}: {at}.query.{k}: expected {qt!r} as in {at}.prompt_data_clean.query_target, "
+                          f"found {schema.describe(q)}. {_REGENERATE}")
+    for side, s in (("prompt_data_clean", "clean_prompt_str"), ("prompt_data_corrupted", "corrupted_prompt_str")):
+        rendered = prompt_string(t[side])
+        if rendered != t[s]:
+            raise FVError(f"{where}: {at}.{s} does not match what {at}.{side} renders to; "
+                          f"{schema.text_difference(rendered, t[s])}. {_REGENERATE}")
+    target = t["prompt_data_clean"]["query_target"]["output"]
+    if t["target_str"] != target:
+        raise FVError(f"{where}: {at}.target_str: expected {target!r} (prompt_data_clean.query_target.output), "
+                      f"found {schema.describe(t['target_str'])}. {_REGENERATE}")
+    ids = t["answer_ids"]
+    firsts = ("target_first_token_id",) if relation else ("first_token_id", "target_first_token_id")
+    for k in firsts:
+        if t[k] != ids[0]:
+            raise FVError(f"{where}: {at}.{k}: expected answer_ids[0] = {ids[0]}, found {t[k]}. {_REGENERATE}")
+    return relation
 
 
 def validate_trials(raw: Any, where: str) -> list[Trial]:
-    """Check the schema and that every stored prompt string is what its prompt data renders to."""
-    if not isinstance(raw, dict) or not isinstance(raw.get("trials"), list) or not raw["trials"]:
-        raise FVError(f"{where}: a fixed-trials file is an object with a non-empty 'trials' list (and 'meta'); found {type(raw).__name__} without it.")
+    """Check a fixed-trials dict once, where it enters: its schema (docs/reference.md, "Fixed trials"), list
+    lengths, unique trial ids, one shot count, and that every stored prompt string is what its prompt data
+    renders to. Later stages index the trials without guarding; every failure is one FVError line that
+    names the file and the JSON path."""
+    where = where if where.startswith("fixed-trials file") else f"fixed-trials file {where}"
+    schema.check(raw, schema.TRIALS_FILE, where, "", _REGENERATE)
     out: list[Trial] = []
-    n_examples = None
+    first_n: int | None = None
+    kinds: set[bool] = set()
+    seen_ids: dict[Any, int] = {}
     for idx, t in enumerate(raw["trials"]):
-        relation = "q_id" in t
-        keys = RELATION_TRIAL_KEYS if relation else ICL_TRIAL_KEYS
-        missing = [k for k in keys if k not in t and not (relation and k == "demo_order")]
-        if missing:
-            raise FVError(f"{where}: trial at index {idx} lacks {missing}. Regenerate it with `fv make-trials`.")
-        for side in ("prompt_data_clean", "prompt_data_corrupted"):
-            pd_ = t[side]
-            if not isinstance(pd_, dict) or any(k not in pd_ for k in _REQUIRED_PROMPT_DATA):
-                raise FVError(f"{where}: trial at index {idx}: {side} needs keys {list(_REQUIRED_PROMPT_DATA)}.")
-        for side, s in (("prompt_data_clean", "clean_prompt_str"), ("prompt_data_corrupted", "corrupted_prompt_str")):
-            rendered = prompt_string(t[side])
-            if rendered != t[s]:
-                raise FVError(f"{where}: trial at index {idx}: {s} does not match its {side} (expected {rendered!r:.60}..., found {t[s]!r:.60}...).")
+        kinds.add(_check_trial(t, idx, where))
+        if len(kinds) > 1:
+            raise FVError(f"{where}: trials[{idx}]: ICL trials (with trial_id) and relation trials (with q_id) are mixed; "
+                          f"one file holds one kind. {_REGENERATE}")
         n = len(t["prompt_data_clean"]["examples"])
-        if n_examples is None:
-            n_examples = n
-        elif n != n_examples:
-            raise FVError(f"{where}: trials have different shot counts ({n_examples} and {n} at index {idx}); one file must hold one shot count.")
-        first = t.get("first_token_id", t.get("target_first_token_id"))
-        ids = t["answer_ids"]
-        if not ids or first != ids[0]:
-            raise FVError(f"{where}: trial at index {idx}: first token id {first} is not answer_ids[0] of {ids}.")
+        if first_n is None:
+            first_n = n
+        elif n != first_n:
+            raise FVError(f"{where}: trials[{idx}].prompt_data_clean.examples: expected {first_n} examples like trials[0] "
+                          f"(one file holds one shot count), found {n}. {_REGENERATE}")
+        if "trial_id" in t:
+            tid = t["trial_id"]
+            if tid in seen_ids:
+                raise FVError(f"{where}: trials[{idx}].trial_id: expected a trial_id not used before, found {tid!r}, "
+                              f"already at trials[{seen_ids[tid]}]; (trial_id, trial_idx) must name one trial. {_REGENERATE}")
+            seen_ids[tid] = idx
         out.append(Trial(
             trial_id=t.get("trial_id", idx), trial_idx=idx, prompt_data_clean=t["prompt_data_clean"],
             prompt_data_corrupted=t["prompt_data_corrupted"], clean_prompt_str=t["clean_prompt_str"],
-            corrupted_prompt_str=t["corrupted_prompt_str"], target_str=t["target_str"], first_token_id=int(first),
-            answer_ids=tuple(int(i) for i in ids), q_id=t.get("q_id"),
+            corrupted_prompt_str=t["corrupted_prompt_str"], target_str=t["target_str"],
+            first_token_id=int(t.get("first_token_id", t["target_first_token_id"])),
+            answer_ids=tuple(int(i) for i in t["answer_ids"]), q_id=t.get("q_id"),
         ))
-    keys = [tr.key for tr in out]
-    if len(set(keys)) != len(keys):
-        raise FVError(f"{where}: duplicated (trial_id, trial_idx) keys.")
+    meta = raw.get("meta") or {}
+    shots_key = "n_demos" if kinds == {True} else "n_shots"
+    if shots_key in meta and meta[shots_key] != first_n:
+        raise FVError(f"{where}: meta.{shots_key}: expected {first_n} (the examples in each trial), found {meta[shots_key]}. {_REGENERATE}")
     return out
 
 
 def load_trials(path: str | Path) -> FixedTrials:
+    """Read (UTF-8, BOM allowed) and validate a fixed-trials file; the only door trials come in by."""
     raw = read_json(path, "fixed-trials file")
-    return FixedTrials(path=Path(path), raw=raw, trials=validate_trials(raw, str(path)), sha256=sha256_file(path))
+    return FixedTrials(path=Path(path), raw=raw, trials=validate_trials(raw, f"fixed-trials file {path}"), sha256=sha256_file(path))
 
 
 def save_trials(path: str | Path, trials: dict) -> Path:

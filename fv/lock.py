@@ -1,0 +1,119 @@
+"""One writer per output folder: a ``filelock`` lock plus a small JSON record of who holds it.
+
+Two ``fv run`` (or ``fv reference``, or later relation tasks) writing into one folder would interleave their
+artifacts: a mean-activation file from one run beside the indirect effects of the other, each with a meta
+that looks right. So a writer takes the folder's lock first, and a second writer **refuses at once**, in one
+line that names the holder (pid, host, command, since when) — waiting would only hide that two jobs were
+pointed at one folder.
+
+The lock itself is ``filelock``'s (an OS lock on ``.fv.lock``, released by the kernel when its process dies,
+however it dies). Beside it, ``.fv.lock.json`` records the holder; it is written after the lock is taken and
+removed on release. A record found when the lock is free is therefore stale: its process was killed before
+it could clean up. It is taken over with a one-line note naming the dead holder; and a record whose pid is
+alive on this host while the lock is free is reported too, since that process no longer holds the folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+from filelock import FileLock, Timeout
+
+from fv.errors import FVError
+
+LOCK_NAME = ".fv.lock"
+HELP = ("One writer per output folder: a second `fv run` or `fv reference` on the same --out refuses at once, in one line "
+        "naming the holder (pid, host, command); a lock left by a killed process is taken over with a one-line note.")
+HOLDER_NAME = ".fv.lock.json"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    except (OSError, OverflowError):
+        return False
+    return True
+
+
+def read_holder(folder: str | Path) -> dict | None:
+    """The holder record of ``folder``'s lock, or None when there is none or it is unreadable."""
+    try:
+        rec = json.loads((Path(folder) / HOLDER_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
+def describe_holder(rec: dict | None) -> str:
+    """``pid 123 on host h (`fv run --out x`, since 2026-01-01T00:00:00Z)``, or a note that none is recorded yet."""
+    if not rec:
+        return "a process that has not yet recorded itself"
+    return f"pid {rec.get('pid')} on host {rec.get('host')} (`{rec.get('command')}`, since {rec.get('since')})"
+
+
+def _is_stale(rec: dict) -> bool:
+    return rec.get("host") == socket.gethostname() and not _pid_alive(int(rec.get("pid") or 0))
+
+
+@contextmanager
+def output_lock(folder: str | Path, command: str | None = None, note: Callable[[str], None] | None = None) -> Iterator[Path]:
+    """Hold ``folder``'s writer lock for the body; refuse in one FVError line if another process holds it.
+
+    ``command`` is recorded for whoever is refused (default: this process's argv). ``note`` receives the one
+    line said when a stale lock left by a killed process is taken over (default: stderr).
+    """
+    folder = Path(folder)
+    created = not folder.exists()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FVError(f"cannot create output folder {folder}: {exc.strerror}. Choose a writable --out path.") from None
+    say = note or (lambda s: print(s, file=sys.stderr))
+    lock = FileLock(str(folder / LOCK_NAME), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise FVError(f"output folder {folder} is in use by {describe_holder(read_holder(folder))}; this command refuses "
+                      f"to write beside it. Wait for it to finish, or choose another --out.") from None
+    except OSError as exc:
+        raise FVError(f"cannot lock output folder {folder}: {exc.strerror}. Choose a writable --out path.") from None
+    try:
+        old = read_holder(folder)
+        if old is not None:
+            why = "which is no longer running" if _is_stale(old) else "which no longer holds the lock"
+            say(f"note: took over the lock on {folder} left by {describe_holder(old)}, {why}.")
+        record = {"pid": os.getpid(), "host": socket.gethostname(), "command": command or " ".join(["fv", *sys.argv[1:]]),
+                  "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        tmp = folder / f"{HOLDER_NAME}.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(record) + "\n", encoding="utf-8")
+        os.replace(tmp, folder / HOLDER_NAME)
+        yield folder
+    finally:
+        try:
+            (folder / HOLDER_NAME).unlink()
+        except FileNotFoundError:
+            pass
+        lock.release()
+        if created:
+            _remove_if_only_lock(folder)
+
+
+def _remove_if_only_lock(folder: Path) -> None:
+    """A folder this lock created and nothing else wrote to goes again: a command that failed writes nothing."""
+    try:
+        if {p.name for p in folder.iterdir()} <= {LOCK_NAME}:
+            (folder / LOCK_NAME).unlink(missing_ok=True)
+            folder.rmdir()
+    except OSError:
+        pass
