@@ -185,9 +185,9 @@ def wait_jobs(jobs: Sequence[Any], on_done: Callable[[int, Any, BaseException | 
     last = 0.0
     while pending:
         now = time.monotonic()
-        watcher = getattr(next(iter(pending.values())), "watcher", None)
-        if watcher is not None and now - last >= poll_s:  # one sacct call for the whole array
-            watcher.update()
+        job0 = next(iter(pending.values()))
+        if type(job0).__name__ == "SlurmJob" and now - last >= poll_s:  # one sacct call for the whole array
+            job0.watcher.update()
             last = now
         for i, job in list(pending.items()):
             if not job.done():
