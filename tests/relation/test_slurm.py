@@ -32,7 +32,8 @@ def slurm_cluster() -> str:
         pytest.skip("no Slurm cluster: sinfo did not answer in 15 s")
     nodes = [line.split() for line in out.stdout.splitlines() if line.strip()]
     if out.returncode != 0 or not any(st.rstrip("*") in ("idle", "mixed", "allocated") for _, st in nodes):
-        pytest.skip(f"no Slurm cluster answers: {(out.stderr or out.stdout).strip().splitlines()[:1] or 'no usable node'}")
+        why = ((out.stderr or out.stdout).strip().splitlines() or ["no usable node"])[0]
+        pytest.skip(f"no Slurm cluster answers ({why}); start one with scripts/slurm_local.sh start")
     if subprocess.run(["sacct", "-n", "-X", "-S", "now"], capture_output=True, timeout=15).returncode != 0:
         pytest.skip("the Slurm cluster has no accounting (sacct fails): cancelled jobs would go unseen")
     return nodes[0][0]
