@@ -1,4 +1,5 @@
-"""``fv relation`` (M7): the per-q relation pipeline, resumable."""
+"""``fv relation`` (M7): the per-q relation pipeline, resumable, in this process or as a job array
+(``--executor local|slurm``); ``fv relation status OUT`` reads a submitted run back."""
 
 from __future__ import annotations
 
@@ -8,14 +9,29 @@ from fv.cli.common import add_quiet, parse_q_list
 
 
 def cmd_relation(a: argparse.Namespace) -> int:
+    from fv.errors import FVError
     from fv.progress import log_to_stderr
+    from fv.runtime.cluster import load_cluster_file
     from fv.runtime.relation import RelationConfig, run_relation
 
+    if not a.relation_csv:
+        raise FVError("expected --relation-csv CSV (or `fv relation status OUT` to read a run submitted earlier)")
     cfg = RelationConfig(relation_csv=a.relation_csv, out=a.out, model=a.model, device=a.device, dtype=a.dtype,
                          q_list=parse_q_list(a.q_list), n_trials_per_q=a.n_trials_per_q, n_demos=a.n_demos, topk=a.topk,
                          seed=a.seed, edit_layers=a.edit_layers, mode=a.mode, workers=a.workers,
                          stop_on_error=a.stop_on_error, cpu_threads=a.cpu_threads)
-    summary = run_relation(cfg, log=log_to_stderr(a.quiet), quiet=a.quiet)
+    executor = a.executor or (load_cluster_file(a.cluster_config).get("executor") if a.cluster_config else None) or "inprocess"
+    if executor == "inprocess":
+        summary = run_relation(cfg, log=log_to_stderr(a.quiet), quiet=a.quiet)
+    else:
+        from fv.runtime.relation_cluster import run_relation_cluster
+
+        a.executor = executor
+        summary = run_relation_cluster(cfg, cluster_from_args(a), wait=not a.no_wait, log=log_to_stderr(a.quiet), quiet=a.quiet)
+        if a.no_wait:
+            print(f"submitted {len(summary['submitted'])} qs as job {summary['job_id'] or '(none: every q completed)'}; "
+                  f"read the state with: fv relation status {summary['root']}")
+            return 0
     if not a.no_plots:
         from fv.plots import PlotsUnavailable, draw_relation
 
@@ -23,19 +39,83 @@ def cmd_relation(a: argparse.Namespace) -> int:
             draw_relation(summary["root"])
         except PlotsUnavailable as exc:
             log_to_stderr(a.quiet)(str(exc))
+    print_summary(summary)
+    return 1 if summary["failed"] else 0
+
+
+def print_summary(summary: dict) -> None:
     done = sum(1 for v in summary["status"].values() if v == "completed")
     print(f"{done} of {len(summary['q_ids'])} qs completed, {len(summary['skipped'])} skipped, {len(summary['failed'])} failed")
     for q in summary["q_ids"]:
         best = summary.get("best_layer", {}).get(q)
         if best is not None:
             print(f"  {q}: best layer {best}")
-    return 1 if summary["failed"] else 0
+        elif summary["status"].get(q) != "completed":
+            print(f"  {q}: {summary['status'].get(q)}")
+
+
+def cluster_from_args(a: argparse.Namespace):  # -> ClusterConfig
+    """The per-cluster file, then the options given on the command line."""
+    from fv.runtime.cluster import cluster_config
+
+    return cluster_config(a.cluster_config, executor=a.executor, partition=a.slurm_partition, gpus_per_task=a.gpus_per_task,
+                          cpus_per_task=a.cpus_per_task, mem=a.mem, time=a.time, array_parallelism=a.array_parallelism,
+                          qs_per_task=getattr(a, "qs_per_task", None))
+
+
+def add_cluster_args(p: argparse.ArgumentParser, what: str = "q") -> None:
+    g = p.add_argument_group("scheduler", "run as a job array through submitit (docs/cluster.md); every option may come from --cluster-config")
+    g.add_argument("--executor", choices=("inprocess", "local", "slurm"), default=None,
+                   help="inprocess: this process (and --workers); local: one process per array task on this machine; "
+                        "slurm: a Slurm job array (default: the --cluster-config file's executor, else inprocess)")
+    g.add_argument("--cluster-config", dest="cluster_config", default=None,
+                   help="a per-cluster TOML or JSON file with partition, gpus_per_task, cpus_per_task, mem, time, "
+                        "array_parallelism, qs_per_task, setup (shell lines run before each task); options override it")
+    g.add_argument("--slurm-partition", dest="slurm_partition", default=None, help="Slurm partition (default: the cluster's default)")
+    g.add_argument("--gpus-per-task", dest="gpus_per_task", type=int, default=None, help="GPUs per array task (default 0)")
+    g.add_argument("--cpus-per-task", dest="cpus_per_task", type=int, default=None, help="CPUs per array task (default 1)")
+    g.add_argument("--mem", default=None, help="memory per array task, e.g. 40G (default: the cluster's default per CPU)")
+    g.add_argument("--time", default=None, help="time limit per task in minutes or [D-]HH:MM:SS (default 60)")
+    g.add_argument("--array-parallelism", dest="array_parallelism", type=int, default=None,
+                   help="array tasks running at once (default 64)")
+    if what == "q":
+        g.add_argument("--qs-per-task", dest="qs_per_task", type=int, default=None,
+                       help="qs per array task; each task loads the model once (default 1)")
+    g.add_argument("--no-wait", dest="no_wait", action="store_true",
+                   help="submit, print the job id and return; read the state later with `fv relation status OUT`")
+
+
+def cmd_status(a: argparse.Namespace) -> int:
+    import json
+
+    from fv.runtime.relation_cluster import find_roots, relation_state
+
+    bad = 0
+    for root in find_roots(a.out):
+        st = relation_state(root)
+        if a.json:
+            print(json.dumps(st, indent=1))
+            continue
+        counts: dict[str, int] = {}
+        for v in st["q"].values():
+            counts[v.get("status", "pending")] = counts.get(v.get("status", "pending"), 0) + 1
+        print(f"{root}: {st['executor'] or 'inprocess'} job {st['array_id'] or '-'}: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
+        for q, v in st["q"].items():
+            extra = f"best layer {v['best_layer']}" if v.get("best_layer") is not None else v.get("error", "")
+            log = f" (log {v['scheduler_log']})" if v.get("status") == "failed" and v.get("scheduler_log") else ""
+            print(f"  {q}: {v.get('status')} {extra}{log}".rstrip())
+        if st["active_tasks"]:
+            print(f"  {len(st['active_tasks'])} tasks still queued or running; the merged summary is written when they end")
+        else:
+            print(f"  merged summary: {root / 'relation_summary.json'}")
+        bad |= any(v.get("status") == "failed" for v in st["q"].values())
+    return 1 if bad else 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001 - argparse exposes no public type
     r = sub.add_parser("relation", help="the per-q relation pipeline (M7)",
                        description="For each eligible q of a relation CSV: q-wise fixed trials, mean activations, the indirect-effect sweep, top-k heads, the FV, and zero-shot injection at every edit layer. Resumes where a previous run stopped.")
-    r.add_argument("--relation-csv", "--relation_csv", dest="relation_csv", required=True, help="CSV with columns id, ex_A, ex_B")
+    r.add_argument("--relation-csv", "--relation_csv", dest="relation_csv", default=None, help="CSV with columns id, ex_A, ex_B (required)")
     r.add_argument("--model", default=None, help="model folder or tiny model name (default tiny-llama)")
     r.add_argument("--out", default="results_fv", help="output root; results go to <out>/<relation>/<q_id>/ (default results_fv)")
     r.add_argument("--q-list", "--q_list", dest="q_list", default=None, help="comma-separated q ids, or all (default all)")
@@ -51,5 +131,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001 - argpars
     r.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default auto)")
     r.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16 (default float32)")
     r.add_argument("--no-plots", dest="no_plots", action="store_true", help="write no pictures (they need matplotlib: pip install 'fv[plots]')")
+    add_cluster_args(r)
     add_quiet(r)
     r.set_defaults(func=cmd_relation)
+    sub_r = r.add_subparsers(dest="relation_command", metavar="status")
+    st = sub_r.add_parser("status", help="read the state of a run submitted earlier (--no-wait) and merge its summary",
+                          description="Per q: status, best layer, and for a failed q its scheduler log. Once no task is "
+                                      "queued or running, writes the merged relation_summary.json. Exit code 1 when a q failed.")
+    st.add_argument("out", help="the --out of `fv relation`, or one relation's folder under it")
+    st.add_argument("--json", action="store_true", help="print the state as JSON")
+    st.set_defaults(func=cmd_status)

@@ -5,7 +5,8 @@ docs/reference.md says), then each q runs the fv runtime on its own trials: mean
 over every head (``aie_scores.csv``), top-k heads, the FV, and zero-shot injection at every edit layer (one
 folder per layer, ``step6_all_layers_summary.json`` naming the best). Each q's ``qid_status.json`` moves
 through pending, running, completed, failed or skipped, so a run killed in the middle redoes only what is
-not completed. qs are independent: ``workers`` processes each load the model once and take their share.
+not completed. qs are independent: ``workers`` processes each load the model once and take their share, or
+a scheduler's job array runs them (fv.runtime.relation_cluster).
 """
 
 from __future__ import annotations
@@ -129,17 +130,19 @@ def run_q(lm: Any, cfg: RelationConfig, root: Path, q: str, log: Callable[[str],
     return {"best_layer": best, "n_trials": len(ft.trials)}
 
 
-def _worker(cfg_dict: dict, qs: list[str], root: str, index: int) -> list[tuple[str, str]]:
-    """A worker process: load the model once (on its own GPU when there are several), run its qs."""
+def _worker(cfg_dict: dict, qs: list[str], root: str, index: int | None, extra: dict | None = None,
+            log: Callable[[str], None] = lambda _s: None) -> list[tuple[str, str]]:
+    """A worker process or a scheduler's array task: load the model once (on its own GPU when there are
+    several), run its qs; ``extra`` (the task's job id and log) goes into the status of a q that fails."""
     cfg = RelationConfig(**cfg_dict)
     from fv.model.loading import load_model
 
     lm = load_model(cfg.model, cfg.device, cfg.dtype, worker=index)
-    return [(q, _run_one(lm, cfg, Path(root), q)) for q in qs]
+    return [(q, _run_one(lm, cfg, Path(root), q, log=log, extra=extra)) for q in qs]
 
 
 def _run_one(lm: Any, cfg: RelationConfig, root: Path, q: str, after_q: Callable[[str], None] | None = None,
-             log: Callable[[str], None] = lambda _s: None) -> str:
+             log: Callable[[str], None] = lambda _s: None, extra: dict | None = None) -> str:
     import torch
 
     inputs = cfg.q_key(lm, sha256_file(q_trials_path(root, q)))
@@ -149,14 +152,15 @@ def _run_one(lm: Any, cfg: RelationConfig, root: Path, q: str, after_q: Callable
         return "reused"
     if st.get("resumed_from") == "running":
         log(f"{q}: resumed (a previous run stopped while it was running; its finished stages are reused)")
-    _set_status(root, q, "running", inputs, started=now_iso(), pid=os.getpid())
+    _set_status(root, q, "running", inputs, started=now_iso(), pid=os.getpid(), **(extra or {}))
     threads = torch.get_num_threads()
     try:
         if not str(lm.device).startswith("cuda"):
             torch.set_num_threads(cfg.cpu_threads)
         result = run_q(lm, cfg, root, q, log)
     except Exception as exc:  # one q's failure is recorded and does not stop the others
-        _set_status(root, q, "failed", inputs, error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(limit=5))
+        _set_status(root, q, "failed", inputs, error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(limit=5),
+                    **(extra or {}))
         log(f"{q}: failed: {type(exc).__name__}: {exc}")
         if cfg.stop_on_error:
             raise
@@ -176,16 +180,7 @@ def run_relation(cfg: RelationConfig, after_q: Callable[[str], None] | None = No
     from fv.progress import stage_bar
 
     lm = load_model(cfg.model, cfg.device, cfg.dtype)
-    qs, skipped, root = prepare_trials(cfg, lm.tokenizer, lm.name, lm.prepend_bos)
-    for s in skipped:
-        _set_status(root, s["q_id"], "skipped", {}, reason=s["reason"], n_rows=s["n_rows"])
-        log(f"skipped {s['q_id']}: {s['n_rows']} rows ({s['reason']})")
-    for q in qs:
-        st = read_status(root, q)
-        if st.get("status") == "running":  # its process is gone: this run takes it over
-            _set_status(root, q, "pending", st.get("inputs", {}), resumed_from="running")
-        elif st.get("status") != "completed":
-            _set_status(root, q, "pending", st.get("inputs", {}))
+    qs, skipped, root = start_run(cfg, lm.tokenizer, lm.name, lm.prepend_bos, log)
     results: dict[str, str] = {}
     if cfg.workers <= 1:
         with stage_bar("qs", len(qs), quiet, unit="q") as tick:
@@ -207,13 +202,37 @@ def run_relation(cfg: RelationConfig, after_q: Callable[[str], None] | None = No
                     results[q] = status
                     log(f"{q}: {status}")
                     tick(1)
+    status = {q: ("completed" if results.get(q) == "reused" else results.get(q)) for q in qs}
+    summary = write_summary(cfg.relation_csv, root, qs, skipped, status)
+    return {**summary, "reused": [q for q in qs if results.get(q) == "reused"]}
+
+
+def start_run(cfg: RelationConfig, tokenizer: Any, model_name: str, prepend_bos: bool,
+              log: Callable[[str], None] = lambda _s: None) -> tuple[list[str], list[dict], Path]:
+    """Trials made, skipped qs recorded, and every q not completed set back to pending (a q left running by a
+    process that is gone is taken over); returns (qs, skipped, root)."""
+    qs, skipped, root = prepare_trials(cfg, tokenizer, model_name, prepend_bos)
+    for s in skipped:
+        _set_status(root, s["q_id"], "skipped", {}, reason=s["reason"], n_rows=s["n_rows"])
+        log(f"skipped {s['q_id']}: {s['n_rows']} rows ({s['reason']})")
+    for q in qs:
+        st = read_status(root, q)
+        if st.get("status") == "running":  # its process is gone: this run takes it over
+            _set_status(root, q, "pending", st.get("inputs", {}), resumed_from="running")
+        elif st.get("status") != "completed":
+            _set_status(root, q, "pending", st.get("inputs", {}))
+    return qs, skipped, root
+
+
+def write_summary(relation_csv: str, root: Path, qs: list[str], skipped: list[dict], status: dict[str, str | None]) -> dict:
+    """The merged all-q summary, ``relation_summary.json``: per q its status and best layer. The same bytes
+    whichever executor ran the qs."""
     best = {}
     for q in qs:
         st = read_status(root, q)
         if st.get("status") == "completed":
             best[q] = st.get("best_layer")
-    status = {q: ("completed" if results.get(q) == "reused" else results.get(q)) for q in qs}
-    summary = {"relation_csv": cfg.relation_csv, "root": str(root), "q_ids": qs, "skipped": skipped, "status": status,
-               "best_layer": best, "failed": [q for q in qs if results.get(q) == "failed"]}
+    summary = {"relation_csv": relation_csv, "root": str(root), "q_ids": qs, "skipped": skipped, "status": status,
+               "best_layer": best, "failed": [q for q in qs if status.get(q) == "failed"]}
     write_json(root / "relation_summary.json", summary)
-    return {**summary, "reused": [q for q in qs if results.get(q) == "reused"]}
+    return summary

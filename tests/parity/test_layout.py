@@ -12,7 +12,7 @@ import fv
 
 PKG = Path(fv.__file__).parent
 # a package may import the ones after it in this list, never the ones before
-LAYERS = ["cli", "pytest_plugin", "reference", "parity", "plots", "runtime", "progress", "model", "io", "meta", "paths", "errors"]
+LAYERS = ["cli", "pytest_plugin", "reference", "parity", "plots", "runtime", "progress", "model", "schema", "lock", "io", "meta", "paths", "errors"]
 
 
 def _module(path: Path) -> str:
@@ -81,10 +81,11 @@ def test_layers_import_only_downwards():
 
 def test_the_tree_shows_the_stages():
     for sub, modules in {
-        "runtime": ["datasets", "trials", "prompts", "prepared", "hooks", "activations", "effects", "vectors", "injection", "evaluation", "pipeline", "relation"],
+        "runtime": ["datasets", "trials", "prompts", "prepared", "hooks", "activations", "effects", "vectors", "injection", "evaluation", "pipeline", "relation",
+                    "cluster", "relation_cluster"],
         "parity": ["stages", "compare", "dump", "golden", "snapshot", "report", "diff", "pattern", "run"],
         "reference": ["adapter", "stages"],
-        "cli": ["trials", "reference", "run", "diff", "relation", "plot", "doctor", "models"],
+        "cli": ["trials", "reference", "run", "diff", "relation", "gate", "plot", "doctor", "models"],
     }.items():
         assert sorted(p.stem for p in (PKG / sub).glob("*.py") if p.stem != "__init__" and p.stem != "common") == sorted(modules)
 

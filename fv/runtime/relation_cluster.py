@@ -1,0 +1,189 @@
+"""The per-q relation pipeline as a job array: one task per q (or per ``qs_per_task`` qs), on Slurm or locally.
+
+The driver makes the trials (it needs the tokenizer, never the weights), submits the qs that are not completed
+under the same identity, waits with a bar over qs and writes the same ``relation_summary.json`` as the
+in-process run. Each task loads the model once and runs its qs exactly as ``run_relation`` does, so per-q
+outputs are the same bytes. A task that ends without a result (cancelled, timed out, out of memory) has its
+unfinished qs recorded as failed in their ``qid_status.json`` with its job id and scheduler log; the other tasks
+go on, and resubmitting the same command runs only what is missing. Preempted or timed-out tasks are requeued by
+submitit (``Checkpointable``) and resume from their finished qs and stages.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable
+
+import submitit
+
+from fv.errors import FVError
+from fv.io import read_json, sha256_file
+from fv.runtime.cluster import ClusterConfig, array_id, job_record, job_state, make_executor, save_submission, wait_jobs
+from fv.runtime.relation import (RelationConfig, _set_status, q_trials_path, read_status, relation_root, start_run,
+                                 write_summary)
+
+JOBS_DIR = "_jobs"
+SUBMISSION = "submission.json"
+# what a driver can check without the weights; the task checks the rest (device type) itself
+DRIVER_KEYS = ("model_config_sha256_16", "model_name", "dtype", "trials_sha256", "n_demos", "topk", "edit_layers", "mode", "cpu_threads")
+
+
+class RelationTask(submitit.helpers.Checkpointable):
+    """One array task: load the model once, run its qs. On preemption or time-out submitit requeues the same
+    call; completed qs are then reused and a q cut short resumes from its finished stages."""
+
+    def __call__(self, cfg_dict: dict, root: str, qs: list[str]) -> list[tuple[str, str]]:
+        from fv.runtime.relation import _worker
+
+        env = submitit.JobEnvironment()
+        extra = {"job_id": str(env.job_id), "scheduler_log": str(env.paths.stderr).replace("%j", str(env.job_id))}
+        return _worker(cfg_dict, qs, root, None, extra=extra, log=lambda line: print(line, flush=True))
+
+
+def _light_model(cfg: RelationConfig) -> tuple[Any, str, bool, dict]:
+    """Tokenizer, model name, BOS rule and the weight-free part of the q identity, without loading weights
+    (the driver may run on a login node)."""
+    from fv.model.dtypes import pick_dtype
+    from fv.model.loading import LoadedModel
+    from fv.model.resolve import resolve_model_path
+    from fv.model.tokenizers import load_tokenizer, tokenizer_prepends_bos
+
+    path = resolve_model_path(cfg.model)
+    tok = load_tokenizer(path)
+    dt = pick_dtype(cfg.dtype)
+    lm = LoadedModel(path=path, model=None, tokenizer=tok, info=None, device="meta", dtype=dt, prepend_bos=tokenizer_prepends_bos(tok))
+    ident = {"model_config_sha256_16": hashlib.sha256((path / "config.json").read_bytes()).hexdigest()[:16],
+             "model_name": lm.name, "dtype": str(dt).replace("torch.", "")}
+    return tok, lm.name, lm.prepend_bos, ident
+
+
+def _is_done(cfg: RelationConfig, root: Path, q: str, ident: dict) -> bool:
+    st = read_status(root, q)
+    if st.get("status") != "completed":
+        return False
+    want = {**ident, "trials_sha256": sha256_file(q_trials_path(root, q)), "n_demos": cfg.n_demos, "topk": cfg.topk,
+            "edit_layers": cfg.edit_layers, "mode": cfg.mode, "cpu_threads": cfg.cpu_threads}
+    have = st.get("inputs", {})
+    return all(have.get(k) == want[k] for k in DRIVER_KEYS)
+
+
+def _record_lost(root: Path, qs: list[str], rec: dict, error: BaseException | str) -> list[str]:
+    """The qs of a task that ended without finishing them: failed, with the task's id and log."""
+    lost = []
+    for q in qs:
+        st = read_status(root, q)
+        if st.get("status") in ("completed", "failed"):
+            continue
+        _set_status(root, q, "failed", st.get("inputs", {}), error=f"task {rec['job_id']} ended without finishing {q}: {error}",
+                    job_id=rec["job_id"], scheduler_log=rec["stderr"])
+        lost.append(q)
+    return lost
+
+
+def run_relation_cluster(cfg: RelationConfig, cc: ClusterConfig, wait: bool = True, log: Callable[[str], None] = lambda s: None,
+                         quiet: bool = True) -> dict:
+    """Submit every q not yet completed as a job array; with ``wait`` follow it and return the merged summary,
+    else return right after submission (``job_id`` set, no summary yet)."""
+    from fv.progress import stage_bar
+
+    tok, name, bos, ident = _light_model(cfg)
+    qs, skipped, root = start_run(cfg, tok, name, bos, log)
+    todo = [q for q in qs if not _is_done(cfg, root, q, ident)]
+    reused = [q for q in qs if q not in todo]
+    for q in reused:
+        log(f"{q}: reused (completed earlier with the same model, trials and parameters)")
+    groups = [todo[i : i + cc.qs_per_task] for i in range(0, len(todo), cc.qs_per_task)]
+    jobs: list[Any] = []
+    tasks: list[dict] = []
+    folder = root / JOBS_DIR
+    if groups:
+        ex = make_executor(cc, folder / "%j", name=f"fv-relation-{Path(cfg.relation_csv).stem}")
+        task_cfg = {**asdict(cfg), "workers": 1, "q_list": list(cfg.q_list) if cfg.q_list else None}
+        jobs = ex.map_array(RelationTask(), [task_cfg] * len(groups), [str(root)] * len(groups), groups)
+        tasks = [{**job_record(j), "qs": g} for j, g in zip(jobs, groups)]
+        for t in tasks:
+            for q in t["qs"]:
+                st = read_status(root, q)
+                _set_status(root, q, "pending", st.get("inputs", {}), job_id=t["job_id"], scheduler_log=t["stderr"],
+                            **({"resumed_from": st["resumed_from"]} if "resumed_from" in st else {}))
+        log(f"submitted {len(todo)} qs as {len(groups)} {cc.executor} tasks, job {array_id(jobs)}; logs in {folder}")
+    save_submission(folder / SUBMISSION, cc.executor, cc, tasks,
+                    {"relation_csv": cfg.relation_csv, "q_ids": qs, "skipped": skipped, "array_id": array_id(jobs) if jobs else None})
+    job_id = array_id(jobs) if jobs else None
+    if not wait:
+        return {"root": str(root), "job_id": job_id, "q_ids": qs, "submitted": todo, "reused": reused}
+
+    def finished() -> int:
+        return sum(read_status(root, q).get("status") in ("completed", "failed") for q in todo)
+
+    with stage_bar("qs", len(qs), quiet, unit="q") as tick:
+        tick(len(reused))
+        shown = 0
+
+        def on_poll() -> None:
+            nonlocal shown
+            n = finished()
+            if n > shown:
+                tick(n - shown)
+                shown = n
+
+        def on_done(i: int, result: Any, error: BaseException | None) -> None:
+            if error is not None:
+                lost = _record_lost(root, tasks[i]["qs"], tasks[i], f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}")
+                log(f"task {tasks[i]['job_id']} ended without a result; failed: {', '.join(lost) or 'none'}; log {tasks[i]['stderr']}")
+            else:
+                for q, status in result:
+                    log(f"{q}: {status} (task {tasks[i]['job_id']})")
+
+        wait_jobs(jobs, on_done, on_poll, cc.poll_s)
+        on_poll()
+    return {**merge(root, cfg.relation_csv, qs, skipped), "job_id": job_id, "reused": reused}
+
+
+def merge(root: Path, relation_csv: str, qs: list[str], skipped: list[dict]) -> dict:
+    """The merged summary from the qs' own status files."""
+    status = {q: read_status(root, q).get("status") for q in qs}
+    return write_summary(relation_csv, root, qs, skipped, status)
+
+
+def find_roots(out: str | Path) -> list[Path]:
+    """Relation roots under ``out``: ``out`` itself when it holds a submission or summary, else its folders."""
+    p = Path(out)
+    if not p.is_dir():
+        raise FVError(f"fv relation status: expected an output folder, found nothing at {p}")
+    marks = (Path(JOBS_DIR) / SUBMISSION, Path("relation_summary.json"))
+    if any((p / m).is_file() for m in marks):
+        return [p]
+    roots = sorted(d for d in p.iterdir() if d.is_dir() and any((d / m).is_file() for m in marks))
+    if not roots:
+        raise FVError(f"fv relation status: expected {p} to hold a relation run (its {JOBS_DIR}/{SUBMISSION} or relation_summary.json), found neither; pass the --out of `fv relation`")
+    return roots
+
+
+def relation_state(root: Path) -> dict:
+    """The state of a run, submitted earlier, read back: each q's status and, for a q whose task the scheduler
+    says has ended without finishing it, a failed status with the task's log. Writes the merged summary once no
+    task is active."""
+    sub_path = root / JOBS_DIR / SUBMISSION
+    sub = read_json(sub_path) if sub_path.is_file() else {}
+    summary = read_json(root / "relation_summary.json") if (root / "relation_summary.json").is_file() else {}
+    qs = sub.get("q_ids") or summary.get("q_ids") or []
+    active = []
+    for t in sub.get("tasks", []):
+        open_qs = [q for q in t["qs"] if read_status(root, q).get("status") in ("pending", "running")]
+        if not open_qs:
+            continue
+        state = job_state(root / JOBS_DIR / t["job_id"], t["job_id"], sub.get("executor", "local"))
+        if state.split()[0] in ("PENDING", "RUNNING", "REQUEUED", "COMPLETING", "CONFIGURING", "SUSPENDED", "PREEMPTED", "UNKNOWN", "READY"):
+            active.append(t["job_id"])
+        else:
+            _record_lost(root, open_qs, t, f"the scheduler reports {state}")
+    statuses = {q: read_status(root, q) for q in qs}
+    out = {"root": str(root), "executor": sub.get("executor"), "array_id": sub.get("array_id"), "active_tasks": active,
+           "q": {q: {k: st.get(k) for k in ("status", "best_layer", "job_id", "scheduler_log", "error") if st.get(k) is not None}
+                 for q, st in statuses.items()}}
+    if not active and qs:
+        out["summary"] = merge(root, sub.get("relation_csv") or summary.get("relation_csv"), qs, sub.get("skipped", summary.get("skipped", [])))
+    return out
