@@ -54,7 +54,9 @@ def places(tmp_path_factory, fv_options):
     except ReferenceUnavailable:
         src = None
     baukit = fv_options.baukit_root or os.environ.get("FV_BAUKIT_ROOT") or ""
-    return {"tmp": tmp, "ft": ft, "src": src, "baukit": baukit}
+    cluster = tmp / "cluster.toml"  # the documented cluster file, pointed at submitit's local executor
+    cluster.write_text('executor = "local"\nqs_per_task = 4\n')
+    return {"tmp": tmp, "ft": ft, "src": src, "baukit": baukit, "cluster": cluster}
 
 
 def _substitute(cmd: str, p: dict) -> str:
@@ -64,7 +66,7 @@ def _substitute(cmd: str, p: dict) -> str:
         "$MODEL": "tiny-llama", "$FT": str(p["ft"]), "$SRC": str(p["src"] or "/no/reference"),
         "/path/to/function_vectors/src": str(p["src"] or "/no/reference"), "/path/to/baukit": p["baukit"] or "/no/baukit",
         "REF_DIR": str(tmp / "ref"), "FV_DIR": str(tmp / "fv"), "DIFF_DIR": str(tmp / "diff"), "RESULTS_DIR": str(tmp / "fv"),
-        "REL.csv": str(FIXTURES / "relation_tiny.csv"), "DIR": str(tmp / "out"),
+        "REL.csv": str(FIXTURES / "relation_tiny.csv"), "DIR": str(tmp / "out"), "CLUSTER.toml": str(p["cluster"]),
     }
     for k in sorted(subs, key=len, reverse=True):
         cmd = cmd.replace(f'"{k}"', subs[k]).replace(k, subs[k])
@@ -89,11 +91,13 @@ def test_documented_command_runs(doc, cmd, places, fv_options):
         return
     if argv[:2] == ["fv", "run"] and "--max-trials" not in argv:
         argv += ["--max-trials", "1"]
-    if argv[:2] == ["fv", "relation"]:
+    if argv[:2] == ["fv", "relation"] and "status" not in argv:
         argv += ["--n-trials-per-q", "1", "--edit-layers", "9"] + ([] if "--q-list" in argv else ["--q-list", "Q1"])
+    if argv[:3] == ["fv", "gate", "m7"]:
+        argv += ["--q-list", "Q1"]
     if argv[:2] == ["fv", "diff"] and not (places["tmp"] / "ref").is_dir():
         pytest.skip("needs the reference dump of `fv reference --dump` above")
-    r = subprocess.run([sys.executable, "-m", "fv", *argv[1:], *(["--quiet"] if argv[1] in ("run", "relation", "reference") else [])],
+    r = subprocess.run([sys.executable, "-m", "fv", *argv[1:], *(["--quiet"] if argv[1] in ("run", "reference") or (argv[1] == "relation" and "status" not in argv) else [])],
                        cwd=places["tmp"], capture_output=True, text=True, timeout=600,
                        env={**os.environ, "FV_CACHE_DIR": os.environ.get("FV_CACHE_DIR", "")} if os.environ.get("FV_CACHE_DIR") else None)
     ok = {0, 1} if argv[1] in ("diff", "doctor", "verify-trials") else {0}  # these report a finding by exit 1

@@ -166,3 +166,35 @@ def test_failed_q_is_recorded_and_others_go_on(tmp_path, monkeypatch, fv_model_n
     cfg.stop_on_error = True
     with pytest.raises(RuntimeError, match="injected failure"):
         relation.run_relation(cfg)
+
+
+@pytest.mark.first_pair
+def test_growing_the_q_list_reuses_completed_qs(tmp_path, fv_model_name, fv_options):
+    """A q's identity is its model, trials and parameters, not the other qs of the run: growing --q-list leaves
+    a completed q's files untouched (bytes and time stamps) and the log says it was reused. A q left 'running'
+    by a killed process is reported as resumed."""
+    from fv.paths import FIXTURES
+    from fv.runtime.relation import RelationConfig, read_status, relation_root, run_relation
+
+    cfg = RelationConfig(relation_csv=str(FIXTURES / "relation_tiny.csv"), out=str(tmp_path), model=fv_model_name,
+                         device=fv_options.device, n_trials_per_q=1, edit_layers="9", q_list=["Q1"])
+    run_relation(cfg)
+    root = relation_root(cfg)
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted((root / "Q1").rglob("*")) if p.is_file()}
+    st = read_status(root, "Q2")
+    assert st["status"] == "pending"
+    cfg.q_list, cfg.model = ["Q1", "Q2"], "tiny-llama" if fv_model_name == "tiny-llama" else fv_model_name
+    lines: list[str] = []
+    summary = run_relation(cfg, log=lines.append)
+    assert summary["reused"] == ["Q1"] and summary["status"] == {"Q1": "completed", "Q2": "completed"}
+    assert "Q1: reused (completed earlier with the same model, trials and parameters)" in lines
+    after = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted((root / "Q1").rglob("*")) if p.is_file()}
+    assert after == before
+    # a q left 'running' by a killed run is taken over and reported as resumed
+    import json
+
+    status_file = root / "Q2" / "qid_status.json"
+    status_file.write_text(json.dumps({**json.loads(status_file.read_text()), "status": "running", "pid": 999999}))
+    lines.clear()
+    run_relation(cfg, log=lines.append)
+    assert any(line.startswith("Q2: resumed") for line in lines), lines
