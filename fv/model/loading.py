@@ -13,6 +13,7 @@ from fv.errors import FVError
 from fv.model.tree import ModelInfo, inspect_model
 from fv.model.dtypes import pick_dtype
 from fv.model.resolve import resolve_model_path
+from fv.model.tiny import tiny_name_of_folder
 from fv.model.tokenizers import load_tokenizer, tokenizer_prepends_bos
 
 
@@ -45,12 +46,8 @@ class LoadedModel:
 
     @property
     def name(self) -> str:
-        """Folder name without the cache fingerprint of a tiny model."""
-        name = self.path.name
-        for tiny in ("tiny-llama3tok", "tiny-llama"):
-            if name.startswith(tiny + "-"):
-                return tiny
-        return name
+        """A tiny model's name for its cache folder (``<stem>-<fingerprint>``), else the folder name."""
+        return tiny_name_of_folder(self.path.name) or self.path.name
 
     @property
     def config_hash(self) -> str:
