@@ -29,7 +29,7 @@ def cmd_reference(a: argparse.Namespace) -> int:
     ref = Reference(root, a.baukit_root, compat=a.src_compat)
     ft = load_trials(a.fixed_trials)
     out = ensure_dir(a.out)
-    lm = load_model(a.model, a.device, a.dtype)
+    lm = load_model(a.model, a.device, a.dtype, attn_implementation=getattr(a, "attn_implementation", None))
     lm.info.check_edit_layer(a.edit_layer)
     require_tokenizer_agrees(ft, lm.tokenizer)
     if a.dump:

@@ -20,7 +20,8 @@ def cmd_run(a: argparse.Namespace) -> int:
     log = log_to_stderr(a.quiet)
     ft = load_trials(a.fixed_trials) if a.fixed_trials else None  # a bad file fails before the model loads
     out = Path(a.out)
-    lm = load_model(a.model, a.device, a.dtype)
+    lm = load_model(a.model, a.device, a.dtype, attn_implementation=getattr(a, "attn_implementation", None))
+    log(f"model {lm.name}: {lm.loading_rule} (attention: {lm.attn_implementation})")
     layers = parse_layers(a.edit_layers, lm.info.n_layers, a.edit_layer)
     if ft is None:
         path = out / f"fixed_trials_antonym_tiny_t10_s10_seed0_{lm.name}.json"
