@@ -12,16 +12,18 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+import torch
 
+from fv.model.loading_rules import pick_rule, reference_rule
 from fv.model.tiny import FAMILY_TINY
-from fv.model.tree import MATMUL
+from fv.model.tree import ADDMM_CONV1D, ADDMM_LINEAR, MATMUL
 from fv.parity.run import compare_with, run_parity
 from fv.parity.stages import STAGES, Params, fv_stage_values
 from fv.paths import FIXTURES
 from fv.pytest_plugin import load_session_model
 from fv.runtime.trials import load_trials, make_icl_trials, save_trials
 
-pytestmark = [pytest.mark.m2, pytest.mark.tiny, pytest.mark.src]
+pytestmark = [pytest.mark.m2, pytest.mark.tiny]  # the plugin adds `src` to the tests that need the reference
 
 N_TRIALS, N_SHOTS, EDIT_LAYER, N_TOP = 2, 5, 3, 5
 _RUNS: dict = {}
@@ -86,3 +88,53 @@ def test_family_bias_is_needed(family_run):
     values = fv_stage_values(lm, subset, run.params, run.trials.meta.get("prefixes"), run.trials.meta.get("separators"))
     result = compare_with(run, values).stage("indirect_effect")
     assert result.mismatch_count > 0 and result.max_abs_diff > 0.0, result
+
+
+def test_family_fast_mode_agrees(family_run):
+    """fast mode (key/value cache, batched last-token patches) uses the same per-family recompute."""
+    run = family_run
+    subset = run.trials.subset(run.params.max_trials)
+    params = dataclasses.replace(run.params, mode="fast")
+    fast = fv_stage_values(run.lm, subset, params, run.trials.meta.get("prefixes"), run.trials.meta.get("separators"))
+    exact = run.fv.values["indirect_effect"]
+    assert torch.allclose(fast.values["indirect_effect"], exact, atol=1e-5, rtol=0), (fast.values["indirect_effect"] - exact).abs().max()
+
+
+EXPECTED_TREE = {  # model_type: (projection module class, recompute op, tokenizer adds BOS)
+    "gpt2": ("Conv1D", ADDMM_CONV1D, False), "gptj": ("Linear", MATMUL, False), "gpt_neox": ("Linear", ADDMM_LINEAR, False),
+    "llama": ("Linear", MATMUL, True), "gemma": ("Linear", MATMUL, True), "olmo": ("Linear", MATMUL, False),
+}
+
+
+@pytest.mark.parametrize("name", FAMILY_TINY)
+def test_family_module_tree(fv_options, name):
+    """Layers and projections are found from the module tree; the recompute op follows the family's structure."""
+    lm = load_session_model(fv_options, name)
+    cls, op, bos = EXPECTED_TREE[lm.info.model_type]
+    assert type(lm.info.attn_out[0]).__name__ == cls
+    assert lm.info.projection == op
+    assert lm.prepend_bos is bos
+    assert len(lm.info.layer_names) == lm.info.n_layers
+
+
+def test_loading_rules_table():
+    """The reference loader's rules, from the model type (and Llama's size words, as the reference reads them)."""
+    assert reference_rule("gpt2", "gpt2-xl").dtype is None
+    assert reference_rule("gptj", "EleutherAI/gpt-j-6b").dtype is None
+    assert reference_rule("gpt_neox", "EleutherAI/pythia-6.9b").dtype == torch.float16
+    assert reference_rule("gemma", "google/gemma-2b").dtype == torch.float16
+    assert reference_rule("olmo", "allenai/OLMo-7B-hf").dtype == torch.float32
+    assert reference_rule("llama", "meta-llama/Llama-2-7b-hf").dtype == torch.float32
+    assert reference_rule("llama", "meta-llama/Meta-Llama-3.1-8B").dtype == torch.float32
+    assert reference_rule("llama", "meta-llama/Llama-2-13b-hf").dtype == torch.float16
+    assert reference_rule("llama", "meta-llama/Llama-2-70b-hf").quantization
+    assert all(reference_rule(t, "x-7b").attn is None for t in ("gpt2", "gptj", "gpt_neox", "gemma", "llama", "olmo"))
+
+
+def test_loading_rule_overrides_are_recorded():
+    cfg = type("Cfg", (), {"model_type": "gpt_neox"})()
+    assert pick_rule(cfg, "tiny-gpt-neox", None).dtype == torch.float16
+    rule = pick_rule(cfg, "tiny-gpt-neox", None, dtype="float32", attn="eager")
+    assert (rule.dtype, rule.attn) == (torch.float32, "eager") and "--dtype float32" in rule.describe()
+    declared = pick_rule(type("Cfg", (), {"model_type": "llama"})(), "tiny-llama", "tiny-llama")
+    assert (declared.dtype, declared.attn) == (torch.float32, "eager")
