@@ -45,6 +45,7 @@ class LoadedModel:
     prepend_bos: bool
     loading_rule: str = ""  # which rule chose the dtype and attention implementation (fv.model.loading_rules)
     attn_implementation: str = ""  # what transformers actually set up
+    reference_config: dict | None = None  # MODEL_CONFIG from the reference's own loader, when it loaded this model
 
     @property
     def name(self) -> str:

@@ -243,8 +243,35 @@ class Reference:
 
     # -- configuration -------------------------------------------------------------------------------------
     def model_config(self, lm: LoadedModel) -> dict:
-        """The MODEL_CONFIG the reference's own loader would build for this model (``reference_model_config``)."""
-        return reference_model_config(lm)
+        """The MODEL_CONFIG the reference's own loader built (a model it loaded itself) or would build."""
+        return lm.reference_config if lm.reference_config is not None else reference_model_config(lm)
+
+    def load_own(self, name_or_path: str | Path, device: str = "cpu") -> LoadedModel:
+        """The model as the reference's own loader loads it (dtype, attention, placement, MODEL_CONFIG), for the
+        end-to-end mode in which each side loads its own copy. Names its loader cannot load fail in one line."""
+        from fv.model.tokenizers import tokenizer_prepends_bos
+        from fv.model.tree import inspect_model
+
+        name = str(name_or_path)
+        try:
+            mu = importlib.import_module("utils.model_utils")
+        except ImportError as exc:
+            raise ReferenceUnavailable(f"the reference's loader does not import: {exc}") from exc
+        try:
+            with contextlib.redirect_stdout(sys.stderr):
+                model, tok, config = mu.load_gpt_model_and_tokenizer(name, device=device)
+        except NotImplementedError as exc:
+            hint = (" Its GPT-2 branch matches only the exact name 'gpt2-xl': share fv's model instead (the shared mode)."
+                    if "gpt2" in name.lower() else " Keep the family's word (llama, gemma, olmo, gpt-j, gpt-neox, pythia) in the path.")
+            raise FVError(f"the reference's loader cannot load {name}: it picks a branch by substrings of the name and none matched.{hint}") from exc
+        except Exception as exc:
+            raise FVError(f"the reference's loader failed on {name}: {type(exc).__name__}: {exc}") from exc
+        model.eval()
+        torch.set_grad_enabled(False)
+        return LoadedModel(path=Path(name), model=model, tokenizer=tok, info=inspect_model(model), device=str(model.device),
+                           dtype=model.dtype, prepend_bos=tokenizer_prepends_bos(tok),
+                           loading_rule="the reference's own loader", attn_implementation=str(getattr(model.config, "_attn_implementation", "")),
+                           reference_config=config)
 
     # -- prompt and slot stage -----------------------------------------------------------------------------
     def prompt_data(self, trial_pd: dict, model_prepend_bos: bool, shuffle_to: Sequence[str] | None = None) -> dict:

@@ -138,3 +138,54 @@ def test_loading_rule_overrides_are_recorded():
     assert (rule.dtype, rule.attn) == (torch.float32, "eager") and "--dtype float32" in rule.describe()
     declared = pick_rule(type("Cfg", (), {"model_type": "llama"})(), "tiny-llama", "tiny-llama")
     assert (declared.dtype, declared.attn) == (torch.float32, "eager")
+
+
+# ---- end to end: the reference loads its own copy with its own loader; fv loads with its default rule ------------
+_OWN: dict = {}
+OWN_FAMILIES = [n for n in FAMILY_TINY if n != "tiny-gpt2"]  # the reference's loader only loads GPT-2 named 'gpt2-xl'
+
+
+@pytest.fixture(scope="module", params=OWN_FAMILIES)
+def own_run(request, fv_options, reference, tmp_path_factory):
+    from fv.model.loading import load_model
+    from fv.model.loading_rules import DECLARED
+    from fv.model.resolve import resolve_model_path
+    from fv.parity.run import LiveSource
+    from fv.reference.stages import STAGE_FUNCTIONS, reference_stage_values
+
+    name = request.param
+    if name not in _OWN:
+        theirs = reference.load_own(resolve_model_path(name), device="cpu")
+        # fv's default rule; a tiny model that declares its own dtype is told the reference's choice instead
+        over = dict(dtype="float16" if theirs.dtype == torch.float16 else "float32", attn_implementation=theirs.attn_implementation) if name in DECLARED else {}
+        mine = load_model(name, "cpu", over.get("dtype"), attn_implementation=over.get("attn_implementation"))
+        out = tmp_path_factory.mktemp(f"own-{name}")
+        trials = family_trials(mine, out)
+        source = LiveSource(
+            compute=lambda _lm, tr, params, prefixes, separators: reference_stage_values(reference, theirs, tr, params, prefixes, separators),
+            notes=list(reference.notes) + ["the reference loaded its own model with its own loader"], compat=reference.compat,
+            description=f"live reference {reference.src_root}, own model")
+        params = Params(n_top_heads=N_TOP, edit_layer=EDIT_LAYER, max_trials=N_TRIALS, mode="exact")
+        _OWN[name] = (run_parity(mine, trials, params, source, out / "reports", stage_functions=STAGE_FUNCTIONS), theirs)
+    return _OWN[name]
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_own_loader_stage(own_run, stage):
+    run, theirs = own_run
+    assert (run.lm.dtype, run.lm.attn_implementation) == (theirs.dtype, theirs.attn_implementation)
+    if stage == "injection" and run.injection_error:
+        pytest.skip(f"{run.injection_error} (run with --src-compat)")
+    result = run.result.stage(stage)
+    table = "\n".join(f"  {s.name}: {s.status}, {s.mismatch_count} mismatches, max_abs_diff {s.max_abs_diff}" for s in run.result.stages)
+    where = f"{run.lm.name} ({run.lm.dtype}, {run.lm.attn_implementation}; {run.lm.loading_rule}), stage {stage}:\n{table}"
+    assert result.mismatch_count == 0 and result.max_abs_diff == 0.0, where
+
+
+def test_own_loader_refuses_gpt2_in_one_line(reference):
+    from fv.errors import FVError
+    from fv.model.resolve import resolve_model_path
+
+    with pytest.raises(FVError) as exc:
+        reference.load_own(resolve_model_path("tiny-gpt2"))
+    assert "gpt2-xl" in str(exc.value) and "\n" not in str(exc.value)
