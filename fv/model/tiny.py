@@ -194,18 +194,19 @@ def build_tiny_model(spec: TinySpec, dest: str | Path, shape: dict | None = None
     _write_tokenizer(spec, dest)
     tok = AutoTokenizer.from_pretrained(str(dest))
     cfg = _llama_config(s, tok) if spec.family == "llama" else _family_config(spec.family, s, tok)
+    model_class = AutoModelForCausalLM._model_mapping[type(cfg)]  # e.g. LlamaForCausalLM, built as cls(cfg)
     if init == "torch":  # large random models: torch's own init on the target device, saved in ``dtype``
         torch.manual_seed(s["seed"])
         with torch.device(device):
-            big = AutoModelForCausalLM.from_config(cfg).to(pick_dtype(dtype))
+            big = model_class(cfg).to(pick_dtype(dtype))
         big.save_pretrained(str(dest), safe_serialization=True)
         return dest
     with torch.device("meta"):
-        skeleton = AutoModelForCausalLM.from_config(cfg)
+        skeleton = model_class(cfg)
     rng = np.random.Generator(np.random.PCG64(s["seed"]))
     state = {name: torch.from_numpy(_init_array(rng, name, tuple(p.shape), spec.family))
              for name, p in skeleton.state_dict().items()}
-    model = AutoModelForCausalLM.from_config(cfg)
+    model = model_class(cfg)
     model.load_state_dict(state, strict=True)
     model.save_pretrained(str(dest), safe_serialization=True)
     return dest
