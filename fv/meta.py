@@ -22,7 +22,9 @@ def run_meta(lm: Any = None, trials: Any = None, params: dict | None = None, **e
         meta.update({"device": lm.device, "dtype": str(lm.dtype).replace("torch.", ""), "model_path": str(lm.path),
                      "model_name": lm.name, "model_config_sha256_16": lm.config_hash,
                      "n_layers": lm.info.n_layers, "n_heads": lm.info.n_heads, "head_dim": lm.info.head_dim,
-                     "d_model": lm.info.d_model, "tokenizer_prepends_bos": lm.prepend_bos})
+                     "d_model": lm.info.d_model, "tokenizer_prepends_bos": lm.prepend_bos,
+                     "model_type": lm.info.model_type, "projection_recompute": lm.info.projection,
+                     "loading_rule": getattr(lm, "loading_rule", ""), "attn_implementation": getattr(lm, "attn_implementation", "")})
     if trials is not None:
         meta.update({"fixed_trials_id": trials.id, "fixed_trials_path": str(trials.path), "fixed_trials_sha256": trials.sha256,
                      "seed": trials.meta.get("seed")})

@@ -30,9 +30,15 @@ def tokenizer_for(spec: str | None) -> Any:
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", "--model_name", dest="model", default=None,
-                   help="local model folder, or tiny-llama / tiny-llama3tok (default: the embedded tiny-llama)")
+                   help="local model folder, or a tiny model: tiny-llama, tiny-llama3tok, or one per family: tiny-gpt2, "
+                        "tiny-gpt-j, tiny-gpt-neox, tiny-llama-mha, tiny-gemma, tiny-olmo (default: the embedded tiny-llama)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default auto: cuda when there is one)")
-    p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16 (default float32)")
+    p.add_argument("--dtype", default="auto",
+                   help="float32, bfloat16, float16 or auto (default auto: the dtype the reference's loader would use, "
+                        "or the one a tiny model declares; see docs/loading.md)")
+    p.add_argument("--attn-implementation", dest="attn_implementation", default="auto",
+                   help="eager, sdpa, ... or auto (default auto: the transformers default, as the reference's loader; "
+                        "tiny-llama and tiny-llama3tok declare eager)")
 
 
 def add_reference_args(p: argparse.ArgumentParser) -> None:

@@ -85,7 +85,7 @@ def run_doctor(src_root: str | None = None, model: str | None = None, fixed_tria
         lm = load_model(model, device, dtype)
         info = lm.info
         add("OK", "model", f"{lm.path}: {info.n_layers} layers, {info.n_heads} heads of {info.head_dim}, width {info.d_model}, "
-            f"{str(lm.dtype).replace('torch.', '')} on {lm.device}, tokenizer adds BOS: {lm.prepend_bos}")
+            f"{str(lm.dtype).replace('torch.', '')} on {lm.device}, tokenizer adds BOS: {lm.prepend_bos}; loaded by {lm.loading_rule}")
         if 0 <= edit_layer < info.n_layers:
             add("OK", "edit layer", f"--edit-layer {edit_layer} fits ({info.n_layers} layers)")
         else:

@@ -38,7 +38,7 @@ def _reference_locked(a: argparse.Namespace, ref, root: Path, ft, out: Path, say
     from fv.reference.stages import live_source
     from fv.runtime.trials import require_tokenizer_agrees
 
-    lm = load_model(a.model, a.device, a.dtype)
+    lm = load_model(a.model, a.device, a.dtype, attn_implementation=getattr(a, "attn_implementation", None))
     lm.info.check_edit_layer(a.edit_layer)
     require_tokenizer_agrees(ft, lm.tokenizer)
     if a.dump:

@@ -29,7 +29,8 @@ def _run_locked(a: argparse.Namespace, ft, out: Path, log) -> int:
     from fv.runtime.pipeline import RunConfig, parse_layers, run_runtime
     from fv.runtime.trials import load_trials, make_icl_trials, require_tokenizer_agrees, save_trials
 
-    lm = load_model(a.model, a.device, a.dtype)
+    lm = load_model(a.model, a.device, a.dtype, attn_implementation=getattr(a, "attn_implementation", None))
+    log(f"model {lm.name}: {lm.loading_rule} (attention: {lm.attn_implementation})")
     layers = parse_layers(a.edit_layers, lm.info.n_layers, a.edit_layer)
     if ft is None:
         path = out / f"fixed_trials_antonym_tiny_t10_s10_seed0_{lm.name}.json"

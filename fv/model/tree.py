@@ -2,6 +2,9 @@
 
 The runtime needs three things: the list of decoder layers (to add a vector to a layer's output), each
 layer's attention output projection (its input, split by head, is what a head writes), and the head sizes.
+The projection is an ``nn.Linear`` (weight ``(out, in)``) or, in GPT-2, transformers' ``Conv1D`` (weight
+``(in, out)``). ``recompute_projection`` is the one place that re-applies a projection to patched inputs,
+with the operation the reference's indirect-effect hook uses for that family, so patched runs are bit-identical.
 """
 
 from __future__ import annotations
@@ -13,6 +16,57 @@ import torch
 from torch import nn
 
 from fv.errors import FVError
+
+
+# How a patched projection input is turned back into the projection's output (the reference's per-family op):
+ADDMM_CONV1D = "addmm(bias, x, W)"  # GPT-2: Conv1D, bias kept
+ADDMM_LINEAR = "addmm(bias, x, W.T)"  # GPT-NeoX / Pythia: nn.Linear with bias, bias kept
+MATMUL = "matmul(x, W.T)"  # GPT-J, Llama, Gemma, OLMo: no bias (a bias would be dropped, as the reference does)
+
+# Families whose patched projection keeps its bias, by ``config.model_type`` (a structural field, not a name).
+_BIAS_KEPT = {"gpt2", "gpt_neox"}
+
+
+def _is_conv1d(m: nn.Module) -> bool:
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:  # pragma: no cover - transformers is a hard dependency
+        return False
+    return isinstance(m, Conv1D)
+
+
+def _features(m: nn.Module) -> tuple[int, int] | None:
+    """(in, out) of a linear map, Linear or Conv1D; None for anything else."""
+    if isinstance(m, nn.Linear):
+        return m.in_features, m.out_features
+    if _is_conv1d(m):
+        return int(m.weight.shape[0]), int(m.weight.shape[1])
+    return None
+
+
+def projection_op(module: nn.Module, model_type: str) -> str:
+    """The recompute op for a projection: Conv1D keeps its bias; a Linear keeps it only where the family does."""
+    if _is_conv1d(module):
+        return ADDMM_CONV1D
+    bias = getattr(module, "bias", None)
+    if bias is not None and (model_type in _BIAS_KEPT or model_type not in _KNOWN_TYPES):
+        return ADDMM_LINEAR
+    return MATMUL
+
+
+_KNOWN_TYPES = {"gpt2", "gptj", "gpt_neox", "llama", "gemma", "gemma2", "olmo", "olmo2"}
+
+
+def recompute_projection(module: nn.Module, op: str, x: torch.Tensor) -> torch.Tensor:
+    """The projection of ``x`` (batch, tokens, in) as ``op`` computes it, shaped (batch, tokens, out).
+
+    For one prompt, ``x.reshape(-1, in)`` is the reference's ``x.squeeze()`` (same values, same memory).
+    """
+    if op == MATMUL:
+        return torch.matmul(x, module.weight.T)
+    flat = x.reshape(-1, x.shape[-1])
+    w = module.weight if op == ADDMM_CONV1D else module.weight.T
+    return torch.addmm(module.bias, flat, w).view(*x.shape[:-1], w.shape[1])
 
 
 @dataclass
@@ -28,6 +82,12 @@ class ModelInfo:
     layers: list[nn.Module]
     attn_out: list[nn.Module]
     attn_modules: list[nn.Module]
+    model_type: str = ""
+    projection: str = MATMUL
+
+    def project(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+        """Layer ``layer``'s attention output projection re-applied to (patched) input ``x``."""
+        return recompute_projection(self.attn_out[layer], self.projection, x)
 
     @property
     def device(self) -> torch.device:
@@ -58,14 +118,14 @@ def find_decoder_layers(model: nn.Module, n_layers: int) -> tuple[list[str], lis
 
 
 def find_attention_output(layer: nn.Module, n_heads: int, head_dim: int, d_model: int) -> tuple[str, nn.Module, nn.Module]:
-    """The attention block is the first child holding linear maps; its output projection is its last linear
-    one mapping ``n_heads * head_dim`` features to the model width."""
+    """The attention block is the first child holding linear maps (``nn.Linear`` or GPT-2's ``Conv1D``); its
+    output projection is its last linear one mapping ``n_heads * head_dim`` features to the model width."""
     for cname, child in layer.named_children():
-        linears = [(n, m) for n, m in child.named_modules() if isinstance(m, nn.Linear)]
+        linears = [(n, m, f) for n, m in child.named_modules() if (f := _features(m)) is not None]
         if len(linears) < 2:
             continue
-        for n, m in reversed(linears):
-            if m.in_features == n_heads * head_dim and m.out_features == d_model:
+        for n, m, f in reversed(linears):
+            if f == (n_heads * head_dim, d_model):
                 return f"{cname}.{n}", m, child
         break
     raise FVError(
@@ -87,4 +147,6 @@ def inspect_model(model: nn.Module) -> ModelInfo:
         out_names.append(f"{lname}.{sub}")
         outs.append(mod)
         attns.append(attn)
-    return ModelInfo(n_layers, n_heads, head_dim, d_model, layer_names, out_names, layers, outs, attns)
+    model_type = str(getattr(cfg, "model_type", "") or "")
+    return ModelInfo(n_layers, n_heads, head_dim, d_model, layer_names, out_names, layers, outs, attns,
+                     model_type=model_type, projection=projection_op(outs[0], model_type))

@@ -21,6 +21,7 @@ import importlib.util
 import os
 import sys
 import types
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -161,6 +162,60 @@ def _without_bos_text(prefixes: dict) -> dict:
     return out
 
 
+@dataclass(frozen=True)
+class LoaderFamily:
+    """One branch of the reference's loader: the hook names and BOS rule it sets, and the words in the model
+    path its functions test (case-sensitively unless ``any_case``) to take this family's code paths."""
+
+    layer_hook: str  # format string over the layer number
+    attn_hook: str
+    prepend_bos: bool
+    path_words: tuple[str, ...]
+    any_case: bool = False
+
+
+# by ``config.model_type``; the reference's loader picks the branch by substrings of the model name instead
+LOADER_FAMILIES = {
+    "gpt2": LoaderFamily("transformer.h.{}", "transformer.h.{}.attn.c_proj", False, ("gpt2-xl",)),
+    "gptj": LoaderFamily("transformer.h.{}", "transformer.h.{}.attn.out_proj", False, ("gpt-j",)),
+    "gpt_neox": LoaderFamily("gpt_neox.layers.{}", "gpt_neox.layers.{}.attention.dense", False, ("gpt-neox", "pythia")),
+    "gemma": LoaderFamily("model.layers.{}", "model.layers.{}.self_attn.o_proj", True, ("gemma",)),
+    "llama": LoaderFamily("model.layers.{}", "model.layers.{}.self_attn.o_proj", True, ("llama",)),
+    "olmo": LoaderFamily("model.layers.{}", "model.layers.{}.self_attn.o_proj", False, ("olmo",), any_case=True),
+}
+
+
+def loader_family(lm: LoadedModel) -> LoaderFamily:
+    """The reference loader's branch for this model, decided from its config's ``model_type``."""
+    mt = lm.info.model_type
+    if mt not in LOADER_FAMILIES:
+        raise FVError(f"the reference supports model types {sorted(LOADER_FAMILIES)}; {lm.path} is {mt!r}. "
+                      "Use a model of a supported family.")
+    return LOADER_FAMILIES[mt]
+
+
+def reference_model_config(lm: LoadedModel) -> dict:
+    """The reference's MODEL_CONFIG for ``lm``: its family's hook names and BOS rule, the path as ``name_or_path``.
+
+    Its functions choose per-family code by words in ``name_or_path``; a path without the family's word makes
+    them fail obscurely, so that is refused here with the fix.
+    """
+    fam = loader_family(lm)
+    name = str(lm.path)
+    hay = name.lower() if fam.any_case else name
+    if not any(w in hay for w in fam.path_words):
+        words = " or ".join(repr(w) for w in fam.path_words)
+        raise FVError(f"the reference picks its {lm.info.model_type} code paths by {words} in the model path; {name} lacks it. "
+                      "Rename or symlink the folder so its path contains it.")
+    n = lm.info.n_layers
+    layers, attn = [fam.layer_hook.format(i) for i in range(n)], [fam.attn_hook.format(i) for i in range(n)]
+    if layers != lm.info.layer_names or attn != lm.info.attn_out_names:
+        raise FVError(f"the reference hooks {attn[0]} and {layers[0]}, but this {lm.info.model_type} model has "
+                      f"{lm.info.attn_out_names[0]} and {lm.info.layer_names[0]}; its module tree is not the one the reference expects.")
+    return {"n_heads": lm.info.n_heads, "n_layers": n, "resid_dim": lm.info.d_model, "name_or_path": name,
+            "attn_hook_names": attn, "layer_hook_names": layers, "prepend_bos": fam.prepend_bos}
+
+
 class Reference:
     """The reference ``src/``, imported once per process, driven stage by stage."""
 
@@ -188,17 +243,35 @@ class Reference:
 
     # -- configuration -------------------------------------------------------------------------------------
     def model_config(self, lm: LoadedModel) -> dict:
-        """The reference's MODEL_CONFIG for a model loaded by fv (its own loader would pick its dtype)."""
-        name = str(lm.path)
-        if "llama" not in name.lower():
-            raise FVError(
-                f"the reference chooses its Llama code paths by the word 'llama' in the model path; "
-                f"{name} lacks it. Rename or symlink the folder so its path contains 'llama'."
-            )
-        info = lm.info
-        return {"n_heads": info.n_heads, "n_layers": info.n_layers, "resid_dim": info.d_model, "name_or_path": name,
-                "attn_hook_names": info.attn_out_names, "layer_hook_names": info.layer_names,
-                "prepend_bos": lm.prepend_bos}
+        """The MODEL_CONFIG the reference's own loader built (a model it loaded itself) or would build."""
+        return lm.reference_config if lm.reference_config is not None else reference_model_config(lm)
+
+    def load_own(self, name_or_path: str | Path, device: str = "cpu") -> LoadedModel:
+        """The model as the reference's own loader loads it (dtype, attention, placement, MODEL_CONFIG), for the
+        end-to-end mode in which each side loads its own copy. Names its loader cannot load fail in one line."""
+        from fv.model.tokenizers import tokenizer_prepends_bos
+        from fv.model.tree import inspect_model
+
+        name = str(name_or_path)
+        try:
+            mu = importlib.import_module("utils.model_utils")
+        except ImportError as exc:
+            raise ReferenceUnavailable(f"the reference's loader does not import: {exc}") from exc
+        try:
+            with contextlib.redirect_stdout(sys.stderr):
+                model, tok, config = mu.load_gpt_model_and_tokenizer(name, device=device)
+        except NotImplementedError as exc:
+            hint = (" Its GPT-2 branch matches only the exact name 'gpt2-xl': share fv's model instead (the shared mode)."
+                    if "gpt2" in name.lower() else " Keep the family's word (llama, gemma, olmo, gpt-j, gpt-neox, pythia) in the path.")
+            raise FVError(f"the reference's loader cannot load {name}: it picks a branch by substrings of the name and none matched.{hint}") from exc
+        except Exception as exc:
+            raise FVError(f"the reference's loader failed on {name}: {type(exc).__name__}: {exc}") from exc
+        model.eval()
+        torch.set_grad_enabled(False)
+        return LoadedModel(path=Path(name), model=model, tokenizer=tok, info=inspect_model(model), device=str(model.device),
+                           dtype=model.dtype, prepend_bos=tokenizer_prepends_bos(tok),
+                           loading_rule="the reference's own loader", attn_implementation=str(getattr(model.config, "_attn_implementation", "")),
+                           reference_config=config)
 
     # -- prompt and slot stage -----------------------------------------------------------------------------
     def prompt_data(self, trial_pd: dict, model_prepend_bos: bool, shuffle_to: Sequence[str] | None = None) -> dict:

@@ -2,7 +2,7 @@
 probability of the target's first token on a shuffled-label (corrupted) prompt.
 
 ``exact`` mode follows the reference operation for operation (one full forward per (layer, head), the patched
-projection recomputed as ``torch.matmul(input, weight.T)``), so on the same device and dtype every number is
+projection recomputed with the reference's per-family op, ``ModelInfo.project``), so on the same device and dtype every number is
 bit-identical to it. ``fast`` mode uses that a last-token patch cannot change earlier positions: it runs the
 prompt prefix once, keeps its key/value cache, and sends the last token alone through the model for every
 (layer, head) at once, batched in chunks, with an unpatched row as the baseline.
@@ -23,7 +23,6 @@ from fv.runtime.prepared import PreparedPrompt
 def _patch_fn(info: ModelInfo, layer: int, rows: Sequence[tuple[int, int]], mean_acts: torch.Tensor,
               slots: Sequence[int]) -> Callable:
     """Hook body: set (row, last token, head) to the head's mean activation, then recompute the projection."""
-    weight = info.attn_out[layer].weight
 
     def fn(x: torch.Tensor, _out: torch.Tensor) -> torch.Tensor:
         shape = x.shape
@@ -31,7 +30,7 @@ def _patch_fn(info: ModelInfo, layer: int, rows: Sequence[tuple[int, int]], mean
         for row, head in rows:
             for slot in slots:
                 x[row, -1, head] = mean_acts[layer, head, slot]
-        return torch.matmul(x.view(*shape), weight.T)
+        return info.project(layer, x.view(*shape))
 
     return fn
 
@@ -119,8 +118,7 @@ def effects_fast(model: Any, info: ModelInfo, prompts: Sequence[PreparedPrompt],
             if mine:
                 regs.append((info.attn_out[layer], _rows_patch(info, layer, mine, mean_acts, slots)))
             else:
-                w = info.attn_out[layer].weight
-                regs.append((info.attn_out[layer], lambda _m, inp, _o, w=w: torch.matmul(inp[0], w.T)))
+                regs.append((info.attn_out[layer], lambda _m, inp, _o, layer=layer: info.project(layer, inp[0])))
         with hooked(regs):
             logits = model(input_ids=last, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True).logits[:, -1, :]
         p = torch.softmax(logits, dim=-1)
@@ -148,7 +146,7 @@ def _rows_patch(info: ModelInfo, layer: int, mine: list[tuple[int, int, int]], m
         x = x.view(*shape[:-1], info.n_heads, info.head_dim)
         for v in values:
             x[r_idx, -1, h_idx] = v
-        return torch.matmul(x.view(*shape), weight.T)
+        return info.project(layer, x.view(*shape))
 
     return hook
 

@@ -3,6 +3,8 @@
 Top heads are the ``n`` largest trial-mean indirect effects (``torch.topk``, so ties break as the reference's
 do), scored to 4 decimals as the reference reports them. The FV is the sum, over those heads, of the
 attention output projection applied to a vector holding only that head's mean activation at the last slot.
+The projection module itself is called, as the reference calls it, so a biased projection (GPT-2's ``Conv1D``,
+GPT-NeoX's ``dense``) adds its bias once per top head.
 ``fv_by_layer`` keeps each layer's share of that sum, so injection can be studied per layer.
 """
 

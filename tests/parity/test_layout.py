@@ -98,6 +98,7 @@ def test_only_the_adapter_knows_reference_names():
     assert hits == []
 
 
+@pytest.mark.first_pair
 def test_each_prompt_is_prepared_once(parity_run, monkeypatch):
     """fv's side labels each trial's clean and corrupted prompt exactly once (plus the dummy prompt)."""
     import fv.parity.stages as stages
