@@ -84,7 +84,8 @@ def output_lock(folder: str | Path, command: str | None = None, note: Callable[[
     try:
         lock.acquire()
     except Timeout:
-        raise FVError(f"output folder {folder} is in use by {describe_holder(read_holder(folder))}; this command refuses "
+        holder = _wait_for_holder(folder)
+        raise FVError(f"output folder {folder} is in use by {describe_holder(holder)}; this command refuses "
                       f"to write beside it. Wait for it to finish, or choose another --out.") from None
     except OSError as exc:
         raise FVError(f"cannot lock output folder {folder}: {exc.strerror}. Choose a writable --out path.") from None
@@ -107,6 +108,17 @@ def output_lock(folder: str | Path, command: str | None = None, note: Callable[[
         lock.release()
         if created:
             _remove_if_only_lock(folder)
+
+
+def _wait_for_holder(folder: Path, seconds: float = 3.0) -> dict | None:
+    """The holder's record; a holder that took the lock a moment ago may not have written it yet, so wait a
+    little for it rather than refuse without naming who holds the folder."""
+    deadline = time.monotonic() + seconds
+    rec = read_holder(folder)
+    while rec is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+        rec = read_holder(folder)
+    return rec
 
 
 def _remove_if_only_lock(folder: Path) -> None:

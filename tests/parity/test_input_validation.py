@@ -156,8 +156,8 @@ def test_relation_trials_with_an_empty_q_is_refused():
         validate_trials(raw, "r.json")
 
 
-def test_the_users_file_and_every_file_fv_writes_still_load(tmp_path, shared_data):
-    assert len(load_trials(shared_data / "fixed_trials_antonym_t10_s10_seed0.json").trials) == 10
+def test_the_users_file_and_every_file_fv_writes_still_load(tmp_path, fixture_data):
+    assert len(load_trials(fixture_data / "fixed_trials_antonym_t10_s10_seed0.json").trials) == 10
     for kind in ("icl", "relation"):
         validate_trials(base_trials(kind), kind)
     # UTF-8 with a byte-order mark is UTF-8
