@@ -106,15 +106,17 @@ def run_m7_q(gc_dict: dict, q: str) -> dict:
     (qdir / "pytest.log").write_text(proc.stdout + proc.stderr)
     tests = junit_outcomes(junit, [q])[q] if junit.is_file() else {}
     res = {"q_id": q, "returncode": proc.returncode, "tests": tests, "outcome": q_outcome(tests), "log": str(qdir / "pytest.log")}
-    report = out / Path(gc.relation_csv).stem / q / "parity" / "parity_suite_report.json"
-    if report.is_file():
+    stem = Path(gc.relation_csv).stem
+    reports = sorted((out / stem).glob(f"fixed_trials_{stem}_{q}_*/parity_suite_report.json"))  # one per model
+    if reports:
         import json
 
-        rep = json.loads(report.read_text())
-        res["parity"] = rep.get("status")
-        if rep.get("status") != "PASS":
-            res["earliest_failed_stage"] = rep.get("earliest_failed_stage")
-            res["first_divergence"] = rep.get("first_divergence")
+        reps = [json.loads(r.read_text()) for r in reports]
+        failing = [r for r in reps if r.get("status") != "PASS"]
+        res["parity"] = "FAIL" if failing else "PASS"
+        if failing:
+            res["earliest_failed_stage"] = failing[0].get("earliest_failed_stage")
+            res["first_divergence"] = failing[0].get("first_divergence")
     if res["outcome"] == "failed" and not tests:
         res["error"] = (proc.stdout + proc.stderr).strip().splitlines()[-1:] or ["pytest wrote no report"]
     return res
@@ -208,8 +210,12 @@ def cmd_m7(a: argparse.Namespace) -> int:
 
         qs = sorted(load_relation_csv(a.relation_csv))
     a.executor = "local" if a.executor in (None, "inprocess") else a.executor
-    gc = GateConfig(qs=qs, relation_csv=a.relation_csv, out=a.out, model=a.model, n_trials_per_q=a.n_trials_per_q,
-                    device=a.device, dtype=a.dtype, src_root=a.src_root, baukit_root=a.baukit_root, src_compat=a.src_compat)
+    # every task runs pytest in the checkout's root: paths given relative to here must not change meaning there
+    absolute = lambda p: str(Path(p).resolve()) if p else p  # noqa: E731
+    model = absolute(a.model) if a.model and Path(a.model).exists() else a.model
+    gc = GateConfig(qs=qs, relation_csv=absolute(a.relation_csv), out=absolute(a.out), model=model,
+                    n_trials_per_q=a.n_trials_per_q, device=a.device, dtype=a.dtype, src_root=absolute(a.src_root),
+                    baukit_root=absolute(a.baukit_root), src_compat=a.src_compat)
     merged = run_gate(gc, cluster_from_args(a), log=log_to_stderr(a.quiet), quiet=a.quiet)
     print_table(merged)
     print(f"  merged result: {Path(a.out) / 'm7_gate.json'}")
