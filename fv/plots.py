@@ -158,7 +158,7 @@ def draw_small_multiples(path: str | Path, effects: dict[str, Any], title: str) 
             ax.set_xlabel("head")
     if im is not None:
         fig.colorbar(im, ax=axes.ravel().tolist(), label="mean indirect effect", shrink=0.8)
-    fig.suptitle(f"{title}: indirect effect per q", fontsize=10)
+    fig.suptitle(f"{title}: indirect effect per q (one colour scale for all qs)", fontsize=10, y=1.04)
     return Picture(_save(fig, Path(path)), {f"{q}.mean_indirect_effect": v for q, v in values.items()})
 
 
