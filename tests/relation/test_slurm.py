@@ -39,10 +39,13 @@ def slurm_cluster() -> str:
     return nodes[0][0]
 
 
-def _cfg(out: Path, qs=QS):
+def _cfg(out: Path, qs=QS, slow: bool = False):
+    """A small run; ``slow`` makes each q take several seconds (more trials, every edit layer), so a test can
+    cancel a task while its q is running rather than race a q that finishes in a second."""
     from fv.runtime.relation import RelationConfig
 
-    return RelationConfig(relation_csv=CSV, out=str(out), model="tiny-llama", device="cpu", n_trials_per_q=1, edit_layers="9", q_list=list(qs))
+    return RelationConfig(relation_csv=CSV, out=str(out), model="tiny-llama", device="cpu", n_trials_per_q=4 if slow else 1,
+                          edit_layers="all" if slow else "9", q_list=list(qs))
 
 
 def _cc(**kw):
@@ -85,7 +88,7 @@ def test_cancelled_task_is_reported_and_resubmission_runs_only_what_is_missing(s
     from fv.runtime.relation import read_status, relation_root
     from fv.runtime.relation_cluster import relation_state, run_relation_cluster
 
-    cfg = _cfg(tmp_path, ["Q1", "Q2"])
+    cfg = _cfg(tmp_path, ["Q1", "Q2"], slow=True)
     sub = run_relation_cluster(cfg, _cc(), wait=False)
     root = relation_root(cfg)
     tasks = json_of(root / "_jobs" / "submission.json")["tasks"]
