@@ -32,7 +32,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g = parser.getgroup("fv", "function-vector parity suite")
     g.addoption("--fv-model", default=None, help="local model folder or tiny model name; comma-separated for several (default: both tiny models)")
     g.addoption("--fv-device", default="auto", help="cpu, cuda, cuda:N or auto (cuda when available)")
-    g.addoption("--fv-dtype", default="float32", help="float32, bfloat16 or float16 (default float32)")
+    g.addoption("--fv-dtype", default="auto",
+                help="float32, bfloat16, float16 or auto (default auto: the dtype the reference's loader gives the model; docs/loading.md)")
+    g.addoption("--fv-attn-implementation", default="auto",
+                help="eager, sdpa, ... or auto (default auto: the transformers default, as the reference's loader)")
+    g.addoption("--src-model", default="own", choices=("own", "shared"),
+                help="own (default): the reference loads its own copy of the model with its own loader, from the same "
+                     "folder, and the gate compares the two pipelines as users run them; shared: the reference's functions "
+                     "are handed fv's model object (one copy in memory, for models too large for two)")
     g.addoption("--fv-mode", default="exact", choices=("exact", "fast"), help="fv runtime mode compared with the reference")
     g.addoption("--src-root", default=None, help="the reference's src/ (else $FV_SRC_ROOT, else ./src)")
     g.addoption("--baukit-root", default=None, help="folder holding baukit/nethook.py when baukit does not import (else $FV_BAUKIT_ROOT)")
@@ -136,6 +143,8 @@ class FVOptions:
     out_root: Path
     rootdir: Path
     allow_empty: bool = False
+    attn: str = "auto"
+    src_model: str = "own"
 
     @classmethod
     def of(cls, config: pytest.Config) -> "FVOptions":
@@ -151,7 +160,8 @@ class FVOptions:
         return cls(models, o("--fv-device"), o("--fv-dtype"), o("--fv-mode"), o("--src-root"), o("--baukit-root"),
                    o("--src-compat"), o("--require-src"), o("--fixed-trials"), o("--dataset"), o("--n-top-heads"),
                    o("--edit-layer"), o("--max-trials"), o("--q-list"), o("--relation-csv"), o("--n-trials-per-q"),
-                   Path(o("--fv-out")) if o("--fv-out") else invoked / "results_fv", root, o("--allow-empty"))
+                   Path(o("--fv-out")) if o("--fv-out") else invoked / "results_fv", root, o("--allow-empty"),
+                   o("--fv-attn-implementation"), o("--src-model"))
 
 
 def trial_sets(opts: FVOptions) -> list[str]:
@@ -222,7 +232,7 @@ def fixture_data() -> Path:
 def load_session_model(opts: FVOptions, name: str) -> Any:
     from fv.model.loading import load_model
 
-    key = (name, opts.device, opts.dtype)
+    key = (name, opts.device, opts.dtype, opts.attn)
     if key not in _MODELS:
         n_workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
         if n_workers > 1:  # share the CPU cores among xdist workers instead of oversubscribing them
@@ -230,7 +240,17 @@ def load_session_model(opts: FVOptions, name: str) -> Any:
 
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // n_workers))
         worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # gw0, gw1, ...: one GPU each when there are several
-        _MODELS[key] = load_model(name, opts.device, opts.dtype, int(worker[2:]) if worker[2:].isdigit() else None)
+        _MODELS[key] = load_model(name, opts.device, opts.dtype, int(worker[2:]) if worker[2:].isdigit() else None,
+                                  attn_implementation=opts.attn)
+    return _MODELS[key]
+
+
+def reference_own_model(ref: Any, lm: Any) -> Any:
+    """The reference's own copy of ``lm``'s model, loaded once per session by its own loader from the same folder
+    onto the same device (the end-to-end mode)."""
+    key = ("reference-own", str(lm.path), lm.device)
+    if key not in _MODELS:
+        _MODELS[key] = ref.load_own(lm.path, device=lm.device)
     return _MODELS[key]
 
 
@@ -287,8 +307,10 @@ def trials_for(opts: FVOptions, lm: Any, dataset: Path, n_trials: int = 10, n_sh
     key = (lm.name, str(dataset), n_trials, n_shots, seed, stem)
     if key not in _TRIALS:
         out = opts.out_root / "_trials" / f"fixed_trials_{stem}_t{n_trials}_s{n_shots}_seed{seed}_{lm.name}.json"
+        # the upstream reference's rule: the BOS text in the prompts exactly when the tokenizer adds no BOS
         raw = make_icl_trials(dataset, lm.tokenizer, n_trials, n_shots, seed, model_name_for_tokenizer=lm.name,
-                              model_prepend_bos=lm.prepend_bos, dataset_json_label=str(dataset.name))
+                              model_prepend_bos=lm.prepend_bos, prepend_bos_token_used=not lm.prepend_bos,
+                              dataset_json_label=str(dataset.name))
         save_trials(out, raw)
         _TRIALS[key] = load_trials(out)
     return _TRIALS[key]
@@ -330,11 +352,14 @@ def parity_for(opts: FVOptions, lm: Any, trials: Any, require_reference: bool = 
             pytest.skip(ref)
         ref = None
     params = fv_params(opts)
-    key = (lm.name, str(trials.path), trials.sha256, tuple(sorted(params.as_dict().items())), ref is not None)
+    key = (lm.name, str(trials.path), trials.sha256, tuple(sorted(params.as_dict().items())), ref is not None, opts.src_model)
     if key not in _PARITY:
         try:
             lm.info.check_edit_layer(params.edit_layer)
-            _PARITY[key] = run_parity(lm, trials, params, live_source(ref) if ref is not None else None,
+            source = None
+            if ref is not None:
+                source = live_source(ref, reference_own_model(ref, lm) if opts.src_model == "own" else None)
+            _PARITY[key] = run_parity(lm, trials, params, source,
                                       default_out_dir(opts.out_root, trials), stage_functions=STAGE_FUNCTIONS)
         except FileNotFoundError as exc:
             _PARITY[key] = (f"{EMPTY_GATE} {lm.name} x {trials.id}: no reference and {exc}. Pass --src-root PATH (the "
@@ -425,6 +450,7 @@ def _parity_summary(run: Any) -> dict:
     return {
         "model": run.lm.name, "trials": run.trials.id, "status": run.result.status, "other_side": run.other_side,
         "tolerance": run.tolerance.name,
+        "fv_side": f"{str(run.lm.dtype).replace('torch.', '')}, {run.lm.attn_implementation or '?'} attention",
         "first_divergence": fd and {k: str(v)[:200] for k, v in fd.items() if k in ("stage", "file", "key", "trial_id", "trial_idx", "pattern")},
         "reports": str(next(iter(run.report_paths.values())).parent) if run.report_paths else "",
         "stages": [[s.name, s.status, s.mismatch_count, repr(s.max_abs_diff), round(s.duration_sec, 2)] for s in run.result.stages],
@@ -487,7 +513,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     if ledger.runs:
         tr.section("fv parity", sep="-")
     for (_model, _trials), run in sorted(ledger.runs.items()):
-        head = f"{run['model']} x {run['trials']}: {run['status']} against {run['other_side']} (tolerance {run['tolerance']})"
+        head = (f"{run['model']} x {run['trials']}: {run['status']} against {run['other_side']} (tolerance {run['tolerance']}); "
+                f"fv: {run.get('fv_side', '?')}")
         tr.write_line(head)
         if verbose < 0:
             continue

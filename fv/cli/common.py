@@ -34,11 +34,10 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                         "tiny-gpt-j, tiny-gpt-neox, tiny-llama-mha, tiny-gemma, tiny-olmo (default: the embedded tiny-llama)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default auto: cuda when there is one)")
     p.add_argument("--dtype", default="auto",
-                   help="float32, bfloat16, float16 or auto (default auto: the dtype the reference's loader would use, "
-                        "or the one a tiny model declares; see docs/loading.md)")
+                   help="float32, bfloat16, float16 or auto (default auto: the dtype the reference's loader would use; "
+                        "see docs/loading.md)")
     p.add_argument("--attn-implementation", dest="attn_implementation", default="auto",
-                   help="eager, sdpa, ... or auto (default auto: the transformers default, as the reference's loader; "
-                        "tiny-llama and tiny-llama3tok declare eager)")
+                   help="eager, sdpa, ... or auto (default auto: the transformers default, as the reference's loader)")
 
 
 def add_reference_args(p: argparse.ArgumentParser) -> None:

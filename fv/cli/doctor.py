@@ -102,6 +102,14 @@ def run_doctor(src_root: str | None = None, model: str | None = None, fixed_tria
                     "run parity with --src-compat")
         except Exception as exc:  # the probe runs the reference's code; report, do not crash
             add("FAIL", "reference injection", f"probe failed: {type(exc).__name__}: {exc}")
+        from fv.reference.adapter import own_loader_refusal
+
+        refusal = own_loader_refusal(lm)
+        if refusal:
+            add("WARN", "reference loader", f"{refusal} Run the gates with --src-model shared.")
+        else:
+            add("OK", "reference loader", f"its {lm.info.model_type} branch takes {lm.path}: the gates' default mode lets it load "
+                f"its own copy. BOS text: {ref.bos_text_rule(lm)[1]}")
 
     if fixed_trials:
         try:
@@ -137,5 +145,5 @@ def register(sub) -> None:
     dr.add_argument("--fixed-trials", dest="fixed_trials", default=None, help="a fixed-trials JSON to validate against the model's tokenizer")
     dr.add_argument("--edit-layer", dest="edit_layer", type=int, default=9, help="the layer parity and runs will inject at (default 9)")
     dr.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default auto)")
-    dr.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16 (default float32)")
+    dr.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 or auto (default auto: the reference loader's rule, docs/loading.md)")
     dr.set_defaults(func=cmd_doctor)

@@ -32,7 +32,7 @@ class GateConfig:
     model: str | None = None
     n_trials_per_q: int = 3
     device: str = "auto"
-    dtype: str = "float32"
+    dtype: str = "auto"
     src_root: str | None = None
     baukit_root: str | None = None
     src_compat: bool = False

@@ -30,7 +30,8 @@ def cmd_reference(a: argparse.Namespace) -> int:
 def _reference_locked(a: argparse.Namespace, ref, root: Path, ft, out: Path, say) -> int:
     from fv.io import save_tensors, write_json
     from fv.meta import run_meta
-    from fv.model.loading import load_model
+    from fv.model.loading import load_model, pick_device
+    from fv.model.resolve import resolve_model_path
     from fv.parity.dump import build_dump
     from fv.parity.run import src_from_source
     from fv.parity.stages import Params
@@ -38,9 +39,19 @@ def _reference_locked(a: argparse.Namespace, ref, root: Path, ft, out: Path, say
     from fv.reference.stages import live_source
     from fv.runtime.trials import require_tokenizer_agrees
 
-    lm = load_model(a.model, a.device, a.dtype, attn_implementation=getattr(a, "attn_implementation", None))
+    if a.src_model == "own":
+        overrides = [f"--{k.replace('_', '-')} {v}" for k, v in (("dtype", a.dtype), ("attn_implementation", a.attn_implementation))
+                     if v not in (None, "", "auto")]
+        if overrides:
+            raise FVError(f"{' and '.join(overrides)} given, but the reference's own loader picks the dtype and attention "
+                          "itself. Drop them, or pass --src-model shared to run the reference on a model fv loads so.")
+        lm = ref.load_own(resolve_model_path(a.model), device=pick_device(a.device))
+    else:
+        lm = load_model(a.model, a.device, a.dtype, attn_implementation=getattr(a, "attn_implementation", None))
+    say(f"model {lm.name}: {lm.loading_rule} ({str(lm.dtype).replace('torch.', '')}, attention {lm.attn_implementation})")
     lm.info.check_edit_layer(a.edit_layer)
     require_tokenizer_agrees(ft, lm.tokenizer)
+    _bos, bos_rule = ref.require_trials_fit(lm, ft)
     if a.dump:
         try:
             ref.require_live_injection(lm, a.edit_layer)
@@ -52,7 +63,8 @@ def _reference_locked(a: argparse.Namespace, ref, root: Path, ft, out: Path, say
         say(f"note: {n}")
     sv, inj_error = src_from_source(live_source(ref), lm, ft, params)
     ds = ft.dataset_name
-    meta = run_meta(lm, ft, params.as_dict(), source="reference", src_root=str(root), src_notes=ref.notes, src_compat=ref.compat)
+    meta = run_meta(lm, ft, params.as_dict(), source="reference", src_root=str(root), src_notes=ref.notes, src_compat=ref.compat,
+                    src_model_mode=a.src_model, src_bos_rule=bos_rule)
     save_tensors(out / f"{ds}_mean_head_activations_FIXED.pt", sv.values["mean_activations"])
     write_json(out / f"{ds}_dummy_labels.json", sv.values["slot"]["dummy_labels"])
     save_tensors(out / f"{ds}_indirect_effect.pt", sv.values["indirect_effect"])
@@ -79,6 +91,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001 - argpars
     r.add_argument("--max-trials", "--max_trials", dest="max_trials", type=int, default=None, help="use only the first N trials")
     r.add_argument("--n-top-heads", "--n_top_heads", dest="n_top_heads", type=int, default=10, help="heads in the FV (default 10)")
     r.add_argument("--edit-layer", "--edit_layer", dest="edit_layer", type=int, default=9, help="FV injection layer (default 9)")
+    r.add_argument("--src-model", dest="src_model", default="own", choices=("own", "shared"),
+                   help="own (default): the reference's own loader loads the model, as its users run it (--dtype and "
+                        "--attn-implementation do not apply); shared: fv loads it (docs/loading.md) and the reference's "
+                        "functions run on that object")
     r.add_argument("--dump", action="store_true", help="also write src_reference_dump.json, src_fv.pt, top_heads_src.json (M3)")
     add_quiet(r)
     r.set_defaults(func=cmd_reference)

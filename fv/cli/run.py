@@ -36,7 +36,7 @@ def _run_locked(a: argparse.Namespace, ft, out: Path, log) -> int:
         path = out / f"fixed_trials_antonym_tiny_t10_s10_seed0_{lm.name}.json"
         save_trials(path, make_icl_trials(FIXTURES / "antonym_tiny.json", lm.tokenizer, 10, 10, 0,
                                           model_name_for_tokenizer=lm.name, model_prepend_bos=lm.prepend_bos,
-                                          dataset_json_label="antonym_tiny.json"))
+                                          prepend_bos_token_used=not lm.prepend_bos, dataset_json_label="antonym_tiny.json"))
         ft = load_trials(path)
         log(f"no --fixed-trials: made {path} from the embedded antonym data")
     require_tokenizer_agrees(ft, lm.tokenizer)

@@ -72,7 +72,8 @@ def load_model(model: str | None, device: str | None = None, dtype: str | None =
         config = AutoConfig.from_pretrained(str(path))
     except Exception as exc:
         raise FVError(f"cannot read the model config in {path}: {exc}") from exc
-    rule = pick_rule(config, str(model) if model else path.name, tiny_name_of_folder(path.name), dtype, attn_implementation)
+    # the reference's loader is handed the resolved folder (fv's end-to-end gate does so), so its size words count
+    rule = pick_rule(config, str(path), dtype, attn_implementation)
     if rule.quantization:
         raise FVError(f"{rule.describe()}: fv does not load quantized models. Pass --dtype float16 (or bfloat16) to load "
                       "it unquantized; results then differ from the reference's.")

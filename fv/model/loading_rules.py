@@ -3,9 +3,11 @@
 fv loads a model the way the reference does by default, so that "fv equals the reference" holds for the
 pipeline users run, not only for a model object fv built. The reference picks its branch by substrings of the
 model name; fv picks the family from ``config.model_type`` (a structural fact) and uses the name only where
-the reference's rule itself is about the name (Llama's size words). The table is written out in docs/loading.md.
-fv's own tiny models ``tiny-llama`` and ``tiny-llama3tok`` declare float32 and eager attention (their goldens
-were made so); the family tiny models follow the reference's rule like any other folder.
+the reference's rule itself is about the name (Llama's size words), reading the same string the reference's
+loader is handed (the resolved folder path). The table is written out in docs/loading.md. fv's tiny models have
+no rule of their own: they follow the reference's rule like any other folder (``tiny-llama`` and
+``tiny-llama3tok`` are stored in folders named ``*-8b-rule-*`` so that it gives them float32, as it gives
+Llama-3.1-8B).
 """
 
 from __future__ import annotations
@@ -36,10 +38,6 @@ class LoadingRule:
         return f"{self.source}: {d}{q}, attention {self.attn or 'transformers default'}"
 
 
-# tiny models whose goldens were made in float32 with eager attention
-DECLARED = {"tiny-llama": (torch.float32, "eager"), "tiny-llama3tok": (torch.float32, "eager")}
-
-
 def reference_rule(model_type: str, name: str) -> LoadingRule:
     """The reference loader's rule for a model of ``model_type`` named ``name`` (path or hub id)."""
     low = name.lower()
@@ -63,17 +61,15 @@ def reference_rule(model_type: str, name: str) -> LoadingRule:
                   f"{model_type!r}. Give --dtype and --attn-implementation to load it anyway.")
 
 
-def pick_rule(config: Any, name: str, tiny: str | None, dtype: str | None = None, attn: str | None = None) -> LoadingRule:
-    """The rule ``load_model`` applies: a tiny model's declaration or the reference's rule, then the overrides.
+def pick_rule(config: Any, name: str, dtype: str | None = None, attn: str | None = None) -> LoadingRule:
+    """The rule ``load_model`` applies: the reference's rule for ``name`` (the string its loader would be
+    handed), then the overrides.
 
     ``dtype`` / ``attn`` of None or ``auto`` keep the rule's choice; anything else overrides it and says so.
     """
     model_type = str(getattr(config, "model_type", "") or "")
     overridden = dtype not in (None, "", "auto") and attn not in (None, "", "auto")
-    if tiny in DECLARED:
-        dt, at = DECLARED[tiny]
-        rule = LoadingRule(model_type, dt, at, None, f"{tiny} declares")
-    elif overridden:
+    if overridden:
         rule = LoadingRule(model_type, None, None, None, "no rule")
     else:
         rule = reference_rule(model_type, name)

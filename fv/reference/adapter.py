@@ -216,6 +216,18 @@ def reference_model_config(lm: LoadedModel) -> dict:
             "attn_hook_names": attn, "layer_hook_names": layers, "prepend_bos": fam.prepend_bos}
 
 
+def own_loader_refusal(lm: LoadedModel) -> str | None:
+    """Why the reference's own loader would not load ``lm``'s folder (None when it would): it picks a branch by
+    substrings of the name, and its GPT-2 branch takes only the exact name ``gpt2-xl``."""
+    try:
+        reference_model_config(lm)
+    except FVError as exc:
+        return str(exc)
+    if lm.info.model_type == "gpt2" and str(lm.path) != "gpt2-xl":
+        return f"the reference's loader loads GPT-2 only under the exact name 'gpt2-xl', not {lm.path}."
+    return None
+
+
 class Reference:
     """The reference ``src/``, imported once per process, driven stage by stage."""
 
@@ -274,14 +286,15 @@ class Reference:
                            reference_config=config)
 
     # -- prompt and slot stage -----------------------------------------------------------------------------
-    def prompt_data(self, trial_pd: dict, model_prepend_bos: bool, shuffle_to: Sequence[str] | None = None) -> dict:
-        """The reference's prompt data for a trial, rebuilt from the dataset words as its loops build it."""
+    def prompt_data(self, trial_pd: dict, bos_text: bool, shuffle_to: Sequence[str] | None = None) -> dict:
+        """The reference's prompt data for a trial, rebuilt from the dataset words as its loops build it, with the
+        BOS text where this src puts it (``bos_text_rule``)."""
         pu = self.prompt_utils
         meta_prefixes = _without_bos_text(trial_pd["prefixes"])
         pairs = {"input": _raw([e["input"] for e in trial_pd["examples"]]), "output": _raw([e["output"] for e in trial_pd["examples"]])}
         q = trial_pd["query_target"]
         query = {"input": _raw([q["input"]]), "output": _raw([q["output"]])}
-        kwargs = dict(query_target_pair=query, prepend_bos_token=not model_prepend_bos, prefixes=meta_prefixes,
+        kwargs = dict(query_target_pair=query, prepend_bos_token=bos_text, prefixes=meta_prefixes,
                       separators=trial_pd["separators"])
         if shuffle_to is None:
             return pu.word_pairs_to_prompt_data(pairs, **kwargs)
@@ -292,6 +305,54 @@ class Reference:
         return self.prompt_utils.get_dummy_token_labels(n_shots, tokenizer=tokenizer, model_config=model_config,
                                                         prefixes=prefixes, separators=separators)
 
+    def bos_text_rule(self, lm: LoadedModel) -> tuple[bool, str]:
+        """Whether this src writes the BOS text into its prompts on ``lm``, and its rule in words.
+
+        Found by watching what ``get_dummy_token_labels`` asks the prompt builder for under both values of
+        MODEL_CONFIG's ``prepend_bos``: upstream asks for the BOS text exactly when it is false; a fork may never
+        ask. Behaviour, not source text, so any fork answers for itself."""
+        pu = self.prompt_utils
+        build = pu.word_pairs_to_prompt_data
+        asked: list[bool] = []
+
+        def spy(*args: Any, **kwargs: Any) -> dict:
+            asked.append(bool(kwargs.get("prepend_bos_token", False)))
+            return build(*args, **kwargs)
+
+        mc = self.model_config(lm)
+        answers = {}
+        for flag in (True, False):
+            asked.clear()
+            pu.word_pairs_to_prompt_data = spy
+            try:
+                pu.get_dummy_token_labels(1, tokenizer=lm.tokenizer, model_config={**mc, "prepend_bos": flag})
+            finally:
+                pu.word_pairs_to_prompt_data = build
+            answers[flag] = asked[0] if asked else False
+        if answers == {True: False, False: True}:
+            rule = "upstream rule: the BOS text exactly when MODEL_CONFIG['prepend_bos'] is false"
+        elif not any(answers.values()):
+            rule = "this src never writes the BOS text (a fork's prepend_bos = False)"
+        else:
+            rule = f"this src writes the BOS text for MODEL_CONFIG['prepend_bos'] true/false: {answers[True]}/{answers[False]}"
+        return answers[bool(mc["prepend_bos"])], rule
+
+    def require_trials_fit(self, lm: LoadedModel, trials: Any) -> tuple[bool, str]:
+        """Refuse, before any stage, trials whose prompts disagree with this src's BOS rule (upstream then fails
+        with a tensor shape error, a fork with a KeyError); returns the rule."""
+        from fv.runtime.prompts import has_bos_text
+
+        wants, rule = self.bos_text_rule(lm)
+        first = trials.trials[0].prompt_data_clean if trials.trials else {}
+        has = has_bos_text(first)
+        if has != wants:
+            raise FVError(
+                f"{self.src_root} {'writes' if wants else 'does not write'} the BOS text {BOS_TEXT!r} into its prompts on "
+                f"{lm.name} ({rule}), but the prompts of {trials.path} {'carry' if has else 'lack'} it "
+                f"(prepend_bos_token_used {str(has).lower()}). Each src needs its own trials: make them with `fv make-trials "
+                f"... --prepend-bos-token-used {str(wants).lower()}`.")
+        return wants, rule
+
     def slots(self, prompt_data: dict, tokenizer: Any, model_config: dict, dummy: list) -> dict:
         pu = self.prompt_utils
         token_labels, prompt_string = pu.get_token_meta_labels(prompt_data, tokenizer, prompt_data["query_target"]["input"],
@@ -300,12 +361,12 @@ class Reference:
         return {"prompt_string": prompt_string, "token_labels": token_labels, "idx_map": idx_map, "idx_avg": idx_avg,
                 "idx_map_full": pu.update_idx_map(idx_map, idx_avg)}
 
-    def zero_shot_prompt_data(self, prompt_data: dict, model_prepend_bos: bool) -> dict:
+    def zero_shot_prompt_data(self, prompt_data: dict, bos_text: bool) -> dict:
         """The reference's zero-shot prompt data for the query of ``prompt_data`` (no examples)."""
         q = prompt_data["query_target"]
         return self.prompt_utils.word_pairs_to_prompt_data(
             {"input": [], "output": []}, query_target_pair={k: v[1:] for k, v in q.items()},
-            prepend_bos_token=not model_prepend_bos, prefixes=_without_bos_text(prompt_data["prefixes"]),
+            prepend_bos_token=bos_text, prefixes=_without_bos_text(prompt_data["prefixes"]),
             separators=prompt_data["separators"])
 
     def answer_ids(self, tokenizer: Any, prompt: str, target: str) -> list[int]:

@@ -10,7 +10,8 @@ from fv.model.loading import LoadedModel
 from fv.parity.run import LiveSource
 from fv.parity.stages import Params, StageValues, Timer, prompt_entry, score_pair, slot_entry, trial_key
 from fv.reference.adapter import InjectionNoOp, Reference
-from fv.runtime.trials import Trial
+from fv.errors import FVError
+from fv.runtime.trials import FixedTrials, Trial
 
 
 # the reference function behind each parity stage, named in reports when a stage fails
@@ -33,12 +34,13 @@ def src_stage_values(ref: Reference, lm: LoadedModel, trials: Sequence[Trial], p
     sv = StageValues()
     d = sv.durations
     rebuilt = {}
+    bos, _rule = ref.bos_text_rule(lm)
     with Timer(d, "prompt"):
         create = ref.prompt_utils.create_prompt
         prompts = {}
         for tr in trials:
-            clean = ref.prompt_data(tr.prompt_data_clean, lm.prepend_bos)
-            corr = ref.prompt_data(tr.prompt_data_clean, lm.prepend_bos,
+            clean = ref.prompt_data(tr.prompt_data_clean, bos)
+            corr = ref.prompt_data(tr.prompt_data_clean, bos,
                                    shuffle_to=[e["output"] for e in tr.prompt_data_corrupted["examples"]])
             rebuilt[trial_key(tr)] = (clean, corr)
             cs, ks = create(clean), create(corr)
@@ -72,7 +74,7 @@ def src_stage_values(ref: Reference, lm: LoadedModel, trials: Sequence[Trial], p
             clean_pd, corr_pd = rebuilt[trial_key(tr)]
             q = clean_pd["query_target"]
             entry = {}
-            for name, pd_ in (("zero_shot", ref.zero_shot_prompt_data(clean_pd, lm.prepend_bos)), ("shuffled", corr_pd)):
+            for name, pd_ in (("zero_shot", ref.zero_shot_prompt_data(clean_pd, bos)), ("shuffled", corr_pd)):
                 sentence = ref.prompt_utils.create_prompt(pd_)
                 tid = ref.answer_ids(tok, sentence, q["output"])[0]
                 clean, edited = ref.intervene(lm, sentence, q["output"], params.edit_layer, fv)
@@ -93,8 +95,34 @@ def reference_stage_values(ref: Reference, lm: LoadedModel, trials: Sequence[Tri
     return src_stage_values(ref, lm, trials, params, prefixes, separators), error
 
 
-def live_source(ref: Reference) -> LiveSource:
-    """The reference as the parity engine's other side."""
+def require_same_loading(theirs: LoadedModel, mine: LoadedModel) -> None:
+    """Both sides must hold the same weights in the same dtype and attention implementation, or the end-to-end
+    gate compares two set-ups instead of two implementations."""
+    a = (str(theirs.dtype).replace("torch.", ""), theirs.attn_implementation)
+    b = (str(mine.dtype).replace("torch.", ""), mine.attn_implementation)
+    if a != b:
+        raise FVError(f"the two sides load {mine.name} differently: the reference's own loader gave {a[0]} with {a[1]} "
+                      f"attention, fv {b[0]} with {b[1]} ({mine.loading_rule}). Drop --fv-dtype/--fv-attn-implementation "
+                      "(fv then loads as the reference does), or pass --src-model shared to hand the reference fv's model.")
+
+
+def live_source(ref: Reference, own: LoadedModel | None = None) -> LiveSource:
+    """The reference as the parity engine's other side: on ``own``, the copy its own loader loaded (the
+    end-to-end mode), or on fv's model object when ``own`` is None (the shared mode)."""
+
+    def check(lm: LoadedModel, trials: FixedTrials) -> dict:
+        theirs = own or lm
+        if own is not None:
+            require_same_loading(own, lm)
+        _bos, rule = ref.require_trials_fit(theirs, trials)
+        return {"src_model_mode": "own" if own is not None else "shared", "src_dtype": str(theirs.dtype).replace("torch.", ""),
+                "src_attn_implementation": theirs.attn_implementation,
+                "src_loading": "the reference's own loader (utils/model_utils.py)" if own is not None else "fv's model object",
+                "src_bos_rule": rule}
+
+    where = (f"its own loader's model: {str(own.dtype).replace('torch.', '')}, {own.attn_implementation} attention"
+             if own is not None else "its functions on fv's model object")
     return LiveSource(
-        compute=lambda lm, trials, params, prefixes, separators: reference_stage_values(ref, lm, trials, params, prefixes, separators),
-        notes=list(ref.notes), compat=ref.compat, description=f"the live reference {ref.src_root} (its functions on fv's model object)")
+        compute=lambda lm, trials, params, prefixes, separators: reference_stage_values(ref, own or lm, trials, params, prefixes, separators),
+        notes=list(ref.notes) + (["the reference loaded its own model with its own loader"] if own is not None else []),
+        compat=ref.compat, description=f"the live reference {ref.src_root} ({where})", check=check)

@@ -24,7 +24,7 @@ from fv.runtime.activations import mean_head_activations
 from fv.runtime.effects import indirect_effects, pad_token_id
 from fv.runtime.evaluation import evaluate_layers, summarize
 from fv.runtime.prepared import PROMPT_SETS, PreparedTrial, prepare_trials
-from fv.runtime.prompts import dummy_labels
+from fv.runtime.prompts import dummy_labels, has_bos_text
 from fv.runtime.trials import FixedTrials
 from fv.runtime.vectors import function_vector, top_heads
 
@@ -111,7 +111,8 @@ def run_runtime(lm: LoadedModel, trials: FixedTrials, out_dir: str | Path, cfg: 
     base_key = [lm.config_hash, str(lm.dtype), lm.device, trials.sha256, len(subset), cfg.mode]
     params = {"n_top_heads": cfg.n_top_heads, "edit_layers": list(cfg.edit_layers), "max_trials": cfg.max_trials, "mode": cfg.mode}
     meta = lambda **kw: run_meta(lm, trials, params, **cfg.extra_meta, **kw)  # noqa: E731
-    dummy = dummy_labels(len(subset[0].prompt_data_clean["examples"]), lm.tokenizer, lm.prepend_bos, meta_p, sep)
+    dummy = dummy_labels(len(subset[0].prompt_data_clean["examples"]), lm.tokenizer, lm.prepend_bos, meta_p, sep,
+                         bos_text=has_bos_text(subset[0].prompt_data_clean))
     prepared = prepare_trials(lm.tokenizer, subset, dummy, lm.prepend_bos, lm.info.device)
     reused: list[str] = []
     computed: list[str] = []

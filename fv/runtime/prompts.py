@@ -143,17 +143,28 @@ def token_meta_labels(prompt_data: dict, tokenizer: Any, query: Any = None, prep
     return [(i, tok, lab) for i, (tok, lab) in enumerate(zip(tokens, meta))], text
 
 
+def has_bos_text(prompt_data: dict) -> bool:
+    """Whether these prompts carry the BOS text in their instructions prefix (``prepend_bos_token_used``)."""
+    return str(prompt_data.get("prefixes", {}).get("instructions", "")).startswith(BOS_TEXT)
+
+
 def dummy_labels(
     n_examples: int,
     tokenizer: Any,
     model_prepend_bos: bool,
     prefixes: dict | None = None,
     separators: dict | None = None,
+    bos_text: bool | None = None,
 ) -> list[tuple[int, str]]:
-    """Labels of a prompt whose every word is the single token ``a``: the slot layout activations are averaged into."""
+    """Labels of a prompt whose every word is the single token ``a``: the slot layout activations are averaged into.
+
+    ``bos_text``: whether the dummy prompt carries the BOS text, as the prompts it lays out do (pass
+    ``has_bos_text`` of them). None takes the upstream reference's rule, BOS text exactly when the tokenizer adds
+    no BOS; a fork of it that never prepends it needs trials without it, and then the dummy prompt lacks it too.
+    """
     data = make_prompt_data(
         [("a", "a")] * n_examples, ("a", "a"), prefixes=prefixes, separators=separators,
-        prepend_bos_token=not model_prepend_bos,
+        prepend_bos_token=(not model_prepend_bos) if bos_text is None else bos_text,
     )
     labels, _ = token_meta_labels(data, tokenizer, prepend_bos=model_prepend_bos)
     return [(pos, lab) for pos, _, lab in labels]

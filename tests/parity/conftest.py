@@ -35,7 +35,9 @@ def reference_dir(fv_options, fv_model, fixed_trials, reference, tmp_path_factor
         args = ["reference", "--src-root", str(reference.src_root), "--model", str(fv_model.path), "--fixed-trials",
                 str(fixed_trials.path), "--out", str(out), "--max-trials", str(fv_options.max_trials), "--n-top-heads",
                 str(fv_options.n_top_heads), "--edit-layer", str(fv_options.edit_layer), "--dump",
-                "--device", fv_options.device, "--dtype", fv_options.dtype]
+                "--device", fv_options.device, "--src-model", fv_options.src_model]
+        if fv_options.src_model == "shared":
+            args += ["--dtype", fv_options.dtype, "--attn-implementation", fv_options.attn]
         if fv_options.src_compat:
             args.append("--src-compat")
         if fv_options.baukit_root:

@@ -1,5 +1,6 @@
-"""M2 on every model family the reference supports: each family's tiny model, fv against the live reference
-(shared-model mode: the reference's functions handed fv's model object), every stage bit for bit.
+"""M2 on every model family the reference supports: each family's tiny model, fv against the live reference in
+both modes (own: the reference loads its own copy with its own loader, as its users run it; shared: its functions
+handed fv's model object), every stage bit for bit; without the reference, against the family's goldens (M1).
 
 The families differ where parity is easy to lose: GPT-2's projection is a ``Conv1D`` with a bias, GPT-NeoX's a
 biased ``Linear`` in a parallel-residual block (the reference's indirect-effect hook keeps both biases), the
@@ -10,6 +11,7 @@ the BOS text in its prompts and the fixed trials must say so (``prepend_bos_toke
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,37 +22,70 @@ from fv.model.tree import ADDMM_CONV1D, ADDMM_LINEAR, MATMUL
 from fv.parity.run import compare_with, run_parity
 from fv.parity.stages import STAGES, Params, fv_stage_values
 from fv.paths import FIXTURES
-from fv.pytest_plugin import load_session_model
+from fv.parity.compare import tolerance_for
+from fv.parity.golden import GOLDEN_ARTIFACTS
+from fv.pytest_plugin import assert_golden, load_session_model
+from fv.runtime.prompts import has_bos_text
 from fv.runtime.trials import load_trials, make_icl_trials, save_trials
 
 pytestmark = [pytest.mark.m2, pytest.mark.tiny]  # the plugin adds `src` to the tests that need the reference
 
 N_TRIALS, N_SHOTS, EDIT_LAYER, N_TOP = 2, 5, 3, 5
 _RUNS: dict = {}
+# (model, mode): the end-to-end mode ("own": the reference loads its own copy with its own loader) and the shared
+# mode (its functions on fv's model object). The reference's loader cannot load GPT-2 unless it is named exactly
+# 'gpt2-xl' (test_own_loader_refuses_gpt2_in_one_line), so GPT-2 runs shared only.
+FAMILY_MODES = [(n, m) for n in FAMILY_TINY for m in ("own", "shared") if not (n == "tiny-gpt2" and m == "own")]
 
 
-def family_trials(lm, folder):
-    """Fixed trials for this model: with the BOS text in the prompts exactly where its tokenizer adds no BOS."""
+def family_trials(lm, folder, bos_text: bool | None = None):
+    """Fixed trials for this model, with the BOS text in the prompts when ``bos_text`` (default: the upstream
+    reference's rule, exactly where the tokenizer adds no BOS). Trials for another rule get another id."""
+    upstream = not lm.prepend_bos
+    bos = upstream if bos_text is None else bos_text
     raw = make_icl_trials(FIXTURES / "antonym_tiny.json", lm.tokenizer, N_TRIALS, N_SHOTS, seed=0,
                           model_name_for_tokenizer=lm.name, model_prepend_bos=lm.prepend_bos,
-                          prepend_bos_token_used=not lm.prepend_bos, dataset_json_label="antonym_tiny.json")
-    path = folder / f"fixed_trials_antonym_tiny_{lm.name}.json"
+                          prepend_bos_token_used=bos, dataset_json_label="antonym_tiny.json")
+    path = Path(folder) / f"fixed_trials_antonym_tiny_{lm.name}{'' if bos == upstream else '_bostext' if bos else '_nobostext'}.json"
     save_trials(path, raw)
     return load_trials(path)
 
 
-@pytest.fixture(scope="module", params=FAMILY_TINY)
-def family_run(request, fv_options, reference, tmp_path_factory):
+def family_params(mode: str) -> Params:
+    return Params(n_top_heads=N_TOP, edit_layer=EDIT_LAYER, max_trials=N_TRIALS, mode=mode)
+
+
+@pytest.fixture(scope="module", params=FAMILY_MODES, ids=lambda p: f"{p[0]}-{p[1]}")
+def family_run(request, fv_options, tmp_path_factory):
+    """fv (loaded by its default rule, the reference's) against the live reference in one of the two modes, or,
+    without the reference, against the family's goldens (the shared runs only: goldens hold one reference run)."""
+    from fv.pytest_plugin import get_reference, reference_own_model
     from fv.reference.stages import STAGE_FUNCTIONS, live_source
 
-    name = request.param
-    if name not in _RUNS:
+    name, mode = request.param
+    ref = get_reference(fv_options)
+    if isinstance(ref, str) and (mode == "own" or fv_options.require_src):
+        pytest.fail(ref, pytrace=False) if fv_options.require_src else pytest.skip(ref)
+    if (name, mode) not in _RUNS:
         lm = load_session_model(fv_options, name)
-        out = tmp_path_factory.mktemp(f"family-{name}")
-        trials = family_trials(lm, out)
-        params = Params(n_top_heads=N_TOP, edit_layer=EDIT_LAYER, max_trials=N_TRIALS, mode=fv_options.mode)
-        _RUNS[name] = run_parity(lm, trials, params, live_source(reference), out / "reports", stage_functions=STAGE_FUNCTIONS)
-    return _RUNS[name]
+        out = tmp_path_factory.mktemp(f"family-{name}-{mode}")
+        theirs = None if isinstance(ref, str) else reference_own_model(ref, lm) if mode == "own" else lm
+        # trials made for the BOS rule of the src in use (upstream's, or a fork's)
+        trials = family_trials(lm, out, None if theirs is None else ref.bos_text_rule(theirs)[0])
+        source = None if theirs is None else live_source(ref, theirs if mode == "own" else None)
+        _RUNS[(name, mode)] = run_parity(lm, trials, family_params(fv_options.mode), source, out / "reports",
+                                         stage_functions=STAGE_FUNCTIONS)
+    return _RUNS[(name, mode)]
+
+
+@pytest.mark.m1
+@pytest.mark.parametrize("artifact", list(GOLDEN_ARTIFACTS))
+def test_family_golden(family_run, snapshot, request, artifact):
+    """Each family's goldens, written from the live reference by ``--snapshot-update`` (the shared run: the same
+    numbers as the own run, which the stage tests prove)."""
+    if family_run.result.meta.get("src_model_mode") == "own":
+        pytest.skip("goldens are kept from the shared run of the same model and trials")
+    assert_golden(family_run, artifact, snapshot, request.config.option.update_snapshots)
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -60,25 +95,53 @@ def test_family_stage(family_run, stage):
     if stage == "injection" and run.injection_error:
         pytest.skip(f"{run.injection_error} (run with --src-compat)")
     table = "\n".join(f"  {s.name}: {s.status}, {s.mismatch_count} mismatches, max_abs_diff {s.max_abs_diff}" for s in run.result.stages)
-    where = f"{run.lm.name} ({run.lm.info.model_type}, projection {run.lm.info.projection}), stage {stage}:\n{table}"
+    where = (f"{run.lm.name} ({run.lm.info.model_type}, projection {run.lm.info.projection}; fv {run.lm.dtype}, "
+             f"{run.lm.attn_implementation}; against {run.other_side}), stage {stage}:\n{table}")
     assert result.mismatch_count == 0, where
     if run.tolerance.name == "exact":
         assert result.max_abs_diff == 0.0, where
 
 
-def test_family_trials_follow_bos_rule(family_run):
-    """The BOS text is in the prompts exactly when the tokenizer adds no BOS, and the meta records it."""
+def test_family_bos_rule_recorded(family_run):
+    """The report records the src's BOS rule, which the trials follow: upstream's (the BOS text exactly where the
+    tokenizer adds none) or a fork's (never)."""
     run = family_run
     meta = run.trials.meta
     assert meta["model_prepend_bos"] == run.lm.prepend_bos
-    assert meta["prepend_bos_token_used"] is (not run.lm.prepend_bos)
     assert run.result.meta["tokenizer_prepends_bos"] == run.lm.prepend_bos
+    if run.source != "reference":
+        pytest.skip("the BOS rule is the live src's")
+    rule = run.result.meta["src_bos_rule"]
+    expected = (not run.lm.prepend_bos) if rule.startswith("upstream") else False if "never" in rule else None
+    assert expected is not None, rule
+    assert meta["prepend_bos_token_used"] is expected and has_bos_text(run.trials.trials[0].prompt_data_clean) is expected
+
+
+def test_family_wrong_bos_trials_refused(family_run, fv_options, tmp_path):
+    """Trials made for the other BOS rule are refused before any stage runs, in one line naming the fix."""
+    from fv.errors import FVError
+    from fv.pytest_plugin import get_reference, reference_own_model
+    from fv.reference.stages import live_source
+
+    run = family_run
+    if run.source != "reference":
+        pytest.skip("needs the live src")
+    ref = get_reference(fv_options)
+    own = run.result.meta["src_model_mode"] == "own"
+    source = live_source(ref, reference_own_model(ref, run.lm) if own else None)
+    wrong = family_trials(run.lm, tmp_path, bos_text=not run.trials.meta["prepend_bos_token_used"])
+    with pytest.raises(FVError) as exc:
+        source.check(run.lm, wrong)
+    msg = str(exc.value)
+    assert "\n" not in msg and "--prepend-bos-token-used" in msg and str(wrong.path) in msg, msg
 
 
 def test_family_bias_is_needed(family_run):
     """Where the reference keeps the projection bias, recomputing without it is caught by the gate."""
     run = family_run
     info = run.lm.info
+    if run.source != "reference" or run.result.meta.get("src_model_mode") == "own":
+        pytest.skip("checked once per family, against the live reference on the shared model")
     if info.projection == MATMUL:
         pytest.skip(f"{info.model_type}: the reference recomputes a plain matmul")
     if run.params.mode != "exact":
@@ -93,11 +156,14 @@ def test_family_bias_is_needed(family_run):
 def test_family_fast_mode_agrees(family_run):
     """fast mode (key/value cache, batched last-token patches) uses the same per-family recompute."""
     run = family_run
+    if run.result.meta.get("src_model_mode") == "own":
+        pytest.skip("fv's side of the own run is the same as of the shared run")
     subset = run.trials.subset(run.params.max_trials)
     params = dataclasses.replace(run.params, mode="fast")
     fast = fv_stage_values(run.lm, subset, params, run.trials.meta.get("prefixes"), run.trials.meta.get("separators"))
     exact = run.fv.values["indirect_effect"]
-    assert torch.allclose(fast.values["indirect_effect"], exact, atol=1e-5, rtol=0), (fast.values["indirect_effect"] - exact).abs().max()
+    tol = tolerance_for(run.lm.dtype, exact=False)  # the fast path sums in another order: rounding of the model's dtype
+    assert torch.allclose(fast.values["indirect_effect"], exact, atol=tol.atol, rtol=tol.rtol), (fast.values["indirect_effect"] - exact).abs().max()
 
 
 EXPECTED_TREE = {  # model_type: (projection module class, recompute op, tokenizer adds BOS)
@@ -133,53 +199,20 @@ def test_loading_rules_table():
 
 def test_loading_rule_overrides_are_recorded():
     cfg = type("Cfg", (), {"model_type": "gpt_neox"})()
-    assert pick_rule(cfg, "tiny-gpt-neox", None).dtype == torch.float16
-    rule = pick_rule(cfg, "tiny-gpt-neox", None, dtype="float32", attn="eager")
+    assert pick_rule(cfg, "tiny-gpt-neox").dtype == torch.float16
+    rule = pick_rule(cfg, "tiny-gpt-neox", dtype="float32", attn="eager")
     assert (rule.dtype, rule.attn) == (torch.float32, "eager") and "--dtype float32" in rule.describe()
-    declared = pick_rule(type("Cfg", (), {"model_type": "llama"})(), "tiny-llama", "tiny-llama")
-    assert (declared.dtype, declared.attn) == (torch.float32, "eager")
 
 
-# ---- end to end: the reference loads its own copy with its own loader; fv loads with its default rule ------------
-_OWN: dict = {}
-OWN_FAMILIES = [n for n in FAMILY_TINY if n != "tiny-gpt2"]  # the reference's loader only loads GPT-2 named 'gpt2-xl'
-
-
-@pytest.fixture(scope="module", params=OWN_FAMILIES)
-def own_run(request, fv_options, reference, tmp_path_factory):
-    from fv.model.loading import load_model
-    from fv.model.loading_rules import DECLARED
-    from fv.model.resolve import resolve_model_path
-    from fv.parity.run import LiveSource
-    from fv.reference.stages import STAGE_FUNCTIONS, reference_stage_values
-
-    name = request.param
-    if name not in _OWN:
-        theirs = reference.load_own(resolve_model_path(name), device="cpu")
-        # fv's default rule; a tiny model that declares its own dtype is told the reference's choice instead
-        over = dict(dtype="float16" if theirs.dtype == torch.float16 else "float32", attn_implementation=theirs.attn_implementation) if name in DECLARED else {}
-        mine = load_model(name, "cpu", over.get("dtype"), attn_implementation=over.get("attn_implementation"))
-        out = tmp_path_factory.mktemp(f"own-{name}")
-        trials = family_trials(mine, out)
-        source = LiveSource(
-            compute=lambda _lm, tr, params, prefixes, separators: reference_stage_values(reference, theirs, tr, params, prefixes, separators),
-            notes=list(reference.notes) + ["the reference loaded its own model with its own loader"], compat=reference.compat,
-            description=f"live reference {reference.src_root}, own model")
-        params = Params(n_top_heads=N_TOP, edit_layer=EDIT_LAYER, max_trials=N_TRIALS, mode="exact")
-        _OWN[name] = (run_parity(mine, trials, params, source, out / "reports", stage_functions=STAGE_FUNCTIONS), theirs)
-    return _OWN[name]
-
-
-@pytest.mark.parametrize("stage", STAGES)
-def test_own_loader_stage(own_run, stage):
-    run, theirs = own_run
-    assert (run.lm.dtype, run.lm.attn_implementation) == (theirs.dtype, theirs.attn_implementation)
-    if stage == "injection" and run.injection_error:
-        pytest.skip(f"{run.injection_error} (run with --src-compat)")
-    result = run.result.stage(stage)
-    table = "\n".join(f"  {s.name}: {s.status}, {s.mismatch_count} mismatches, max_abs_diff {s.max_abs_diff}" for s in run.result.stages)
-    where = f"{run.lm.name} ({run.lm.dtype}, {run.lm.attn_implementation}; {run.lm.loading_rule}), stage {stage}:\n{table}"
-    assert result.mismatch_count == 0 and result.max_abs_diff == 0.0, where
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-llama3tok"])
+def test_tiny_llama_loads_as_the_reference_loads_an_8b(fv_options, name):
+    """The default tiny models follow the reference's Llama rule like any folder: float32 (their folders carry
+    '8b', as Llama-3.1-8B's name does) and the transformers default attention."""
+    lm = load_session_model(fv_options, name)
+    if fv_options.dtype not in ("auto", "") or fv_options.attn not in ("auto", ""):
+        pytest.skip("--fv-dtype/--fv-attn-implementation override the rule")
+    assert "8b" in lm.path.name and lm.dtype == torch.float32
+    assert lm.attn_implementation == "sdpa" and "reference rule for Llama with '7b'/'8b'" in lm.loading_rule
 
 
 def test_own_loader_refuses_gpt2_in_one_line(reference):

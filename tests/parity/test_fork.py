@@ -1,0 +1,126 @@
+"""The gate against a fork of the reference's ``src/``, as users run it: their own copy with local changes.
+
+The fork is built at run time from the reference in use (``--src-root``), in a temporary folder, by applying the
+changes a real fork carries (nothing of the reference is committed here):
+
+(a) dummy labels, activation gathering, indirect effects and evaluation never write the BOS text into prompts
+    (``prepend_bos = False`` always, where upstream writes it exactly when MODEL_CONFIG's ``prepend_bos`` is false);
+(b) the FV injection handles tensor layer outputs, so it is live without ``--src-compat``;
+(c) ``compute_duplicated_labels`` asserts that every slot is filled;
+(d) ``activation_replacement_per_class_intervention`` takes a ``token_id_of_interest``;
+(e) an extra helper function.
+
+The reference's modules are imported under fixed names (``utils``, ``compute_indirect_effect``), so one process
+holds one src: the fork's gate runs in a pytest subprocess, the family gate of ``test_families.py`` unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+import torch
+
+from fv.paths import REPO_ROOT
+
+pytestmark = [pytest.mark.m2, pytest.mark.tiny, pytest.mark.slow]
+
+# (file, pattern, replacement, how many times it must match at least)
+FORK_CHANGES = [
+    # (a) the BOS rule: every place upstream derives it from MODEL_CONFIG
+    ("utils/prompt_utils.py", r"prepend_bos\s*=\s*False if model_config\['prepend_bos'\] else True", "prepend_bos = False", 1),
+    ("utils/extract_utils.py", r"(prepend_bos|add_bos)\s*=\s*False if model_config\['prepend_bos'\] else True", r"\1 = False", 3),
+    ("compute_indirect_effect.py", r"prepend_bos\s*=\s*False if model_config\['prepend_bos'\] else True", "prepend_bos = False", 1),
+    ("utils/eval_utils.py", r"prepend_bos\s*=\s*False if model_config\['prepend_bos'\] else True", "prepend_bos = False", 2),
+    # (b) the injection edits tensor outputs too
+    ("utils/intervention_utils.py",
+     r"(output\[0\]\[:, idx\] \+= fv_vector\.to\(device\)\n\s*return output\n\s*else:\n)(\s*)return output",
+     r"\1\2output[:, idx] += fv_vector.to(device)\n\2return output", 1),
+    # (c) every slot filled
+    ("utils/prompt_utils.py", r"(\n(\s*)return index_map, dup_label_ranges)",
+     r"\n\2assert len(index_map) == len(gt_labels), 'a dummy slot was left unfilled'\1", 1),
+    # (d) the token of interest as a parameter
+    ("compute_indirect_effect.py", r"(def activation_replacement_per_class_intervention\([^)]*last_token_only=True)\)",
+     r"\1, token_id_of_interest=None)", 1),
+    ("compute_indirect_effect.py", r"\n(\s*)token_id_of_interest = get_answer_id\(",
+     r"\n\1if token_id_of_interest is None:\n\1    token_id_of_interest = get_answer_id(", 1),
+    # (e) an extra helper
+    ("utils/prompt_utils.py", r"\Z", "\n\ndef fork_only_helper(prompt_data):\n    return len(prompt_data['examples'])\n", 1),
+]
+
+
+def build_fork(upstream: Path, dest: Path) -> Path:
+    """A copy of ``upstream`` (a ``src/`` folder) with ``FORK_CHANGES`` applied; each must apply, or the
+    reference changed and this fork no longer means what it says."""
+    src = dest / "src"
+    shutil.copytree(upstream, src, ignore=shutil.ignore_patterns("__pycache__"))
+    for rel, pattern, repl, at_least in FORK_CHANGES:
+        f = src / rel
+        text, n = re.subn(pattern, repl, f.read_text())
+        assert n >= at_least, f"fork change {pattern!r} matched {n} times in {rel}, expected at least {at_least}"
+        f.write_text(text)
+    return src
+
+
+@pytest.fixture(scope="module")
+def fork_root(reference, tmp_path_factory) -> Path:
+    return build_fork(reference.src_root, tmp_path_factory.mktemp("fork"))
+
+
+def run_family_gate(src: Path, out: Path, fv_options, *extra: str) -> tuple[dict, str]:
+    """``pytest tests/parity/test_families.py`` in a fresh process against ``src``; per-test outcomes and output."""
+    junit = out / "junit.xml"
+    cmd = [sys.executable, "-m", "pytest", str(REPO_ROOT / "tests" / "parity" / "test_families.py"), "-p", "no:cacheprovider",
+           "-p", "no:xdist", "-q", "--src-root", str(src), "--require-src", f"--junitxml={junit}", "--fv-out", str(out / "results"),
+           "--fv-device", fv_options.device, *extra]
+    if fv_options.baukit_root:
+        cmd += ["--baukit-root", fv_options.baukit_root]
+    env = {k: v for k, v in os.environ.items() if k not in ("FV_SRC_ROOT", "PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT")}
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=out, env=env, timeout=1500)
+    outcomes = {}
+    if junit.is_file():
+        for case in ET.parse(junit).getroot().iter("testcase"):
+            kind = next((c.tag for c in case if c.tag in ("failure", "error", "skipped")), "passed")
+            outcomes[case.get("name")] = kind
+    return outcomes, proc.stdout[-4000:] + proc.stderr[-2000:]
+
+
+def test_fork_gate_passes_on_every_family(fork_root, fv_options, tmp_path):
+    """Every stage of every family, in both modes, bit for bit against the fork, with its injection live without
+    --src-compat and trials made for its BOS rule; and trials made for the other rule refused in one line."""
+    outcomes, output = run_family_gate(fork_root, tmp_path, fv_options, "-k", "family_stage or wrong_bos or bos_rule")
+    stage = {k: v for k, v in outcomes.items() if k.startswith("test_family_stage")}
+    assert stage, f"the fork's gate ran no stage test:\n{output}"
+    bad = {k: v for k, v in outcomes.items() if v != "passed"}
+    assert not bad, f"against the fork: {bad}\n{output}"
+    # 6 families own + 7 shared, 7 stages each: nothing skipped, the injection included
+    assert len(stage) == 13 * 7, sorted(stage)
+    assert any(k.startswith("test_family_wrong_bos_trials_refused") for k in outcomes)
+
+
+def test_fork_and_upstream_want_different_trials_on_a_no_bos_tokenizer(fv_options):
+    """Where the tokenizer adds no BOS, upstream writes the BOS text into its prompts and the fork does not: the
+    two srcs compute different numbers, and fv, matching each (the gates above), follows the trials it is given."""
+    from fv.parity.stages import Params, fv_stage_values
+    from fv.pytest_plugin import load_session_model
+
+    from tests.parity.test_families import family_trials
+
+    lm = load_session_model(fv_options, "tiny-gpt-j")
+    assert not lm.prepend_bos
+    params = Params(n_top_heads=5, edit_layer=3, max_trials=2, mode="exact")
+    values = {}
+    for bos in (True, False):
+        trials = family_trials(lm, Path(fv_options.out_root) / "_trials" / f"bos-{bos}", bos_text=bos)
+        subset = trials.subset(2)
+        values[bos] = fv_stage_values(lm, subset, params, trials.meta.get("prefixes"), trials.meta.get("separators"))
+    up, fork = values[True].values, values[False].values
+    assert len(up["slot"]["dummy_labels"]) > len(fork["slot"]["dummy_labels"])
+    assert up["mean_activations"].shape[2] > fork["mean_activations"].shape[2]
+    assert not torch.equal(up["fv"], fork["fv"])
