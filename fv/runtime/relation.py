@@ -34,6 +34,7 @@ from fv.lock import LOCK_NAME, held_by, output_lock, state_lock
 from fv.meta import now_iso
 
 STATES = ("pending", "running", "completed", "failed", "skipped")
+SUMMARY = "relation_summary.json"
 
 
 @dataclass
@@ -67,9 +68,6 @@ class RelationConfig:
 
 def relation_root(cfg: RelationConfig) -> Path:
     return Path(cfg.out) / Path(cfg.relation_csv).stem
-
-
-SUMMARY = "relation_summary.json"
 
 
 def _status_path(root: Path, q: str) -> Path:

@@ -154,6 +154,17 @@ print(lost)
 """
 
 
+def _race(script: str, args: dict[str, list[str]], go: Path) -> dict[str, str]:
+    """``script`` in one process per tag, all let go at once by ``go``; what each printed, once all succeeded."""
+    procs = {t: subprocess.Popen([sys.executable, "-c", script, *a, str(go)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True, env=_env()) for t, a in args.items()}
+    time.sleep(0.5)
+    go.touch()
+    out = {t: p.communicate(timeout=300) for t, p in procs.items()}
+    assert all(p.returncode == 0 for p in procs.values()), {t: err for t, (_, err) in out.items()}
+    return {t: o.strip() for t, (o, _) in out.items()}
+
+
 def _relation_cli(out: Path, *extra: str) -> subprocess.Popen:
     from fv.paths import FIXTURES
 
@@ -169,14 +180,8 @@ def test_tasks_updating_the_summary_and_status_files_at_once_lose_no_update(tmp_
     mine = {"A": [f"Q{i}" for i in range(0, 8, 2)], "B": [f"Q{i}" for i in range(1, 8, 2)]}
     qs = sorted(mine["A"] + mine["B"])
     write_summary("rel.csv", root, qs, [], {q: "pending" for q in qs})
-    procs = {t: subprocess.Popen([sys.executable, "-c", UPDATER, str(root), ",".join(m), str(n), str(go)],
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env()) for t, m in mine.items()}
-    time.sleep(0.5)
-    go.touch()
-    for t, p in procs.items():
-        out, err = p.communicate(timeout=300)
-        assert p.returncode == 0, err
-        assert out.strip() == "0", f"process {t} saw {out.strip()} of its updates undone by the other"
+    undone = _race(UPDATER, {t: [str(root), ",".join(m), str(n)] for t, m in mine.items()}, go)
+    assert undone == {"A": "0", "B": "0"}, f"updates of one process undone by the other: {undone}"
     summary = json.loads((root / SUMMARY).read_text())
     assert summary["status"] == {q: "completed" for q in qs}
     assert summary["best_layer"] == {q: n - 1 for q in qs}
@@ -275,13 +280,7 @@ print(mixed)
 
 
 def test_two_writers_of_one_report_folder_take_turns_and_never_mix_it(tmp_path):
-    folder, go, n = tmp_path / "reports", tmp_path / "go", 15
-    procs = {t: subprocess.Popen([sys.executable, "-c", REPORTER, str(folder), t, str(n), str(go)], stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True, env=_env()) for t in ("A", "B")}
-    time.sleep(0.5)
-    go.touch()
-    for t, p in procs.items():
-        out, err = p.communicate(timeout=300)
-        assert p.returncode == 0, err
-        assert out.strip() == "0", f"writer {t} found the folder's reports from two runs {out.strip()} times"
+    folder, go = tmp_path / "reports", tmp_path / "go"
+    mixed = _race(REPORTER, {t: [str(folder), t, "15"] for t in ("A", "B")}, go)
+    assert mixed == {"A": "0", "B": "0"}, f"times each writer found the folder's reports from two runs: {mixed}"
     assert read_holder(folder) is None
