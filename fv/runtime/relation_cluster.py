@@ -20,6 +20,7 @@ import submitit
 
 from fv.errors import FVError
 from fv.io import read_json, sha256_file
+from fv.lock import held_by
 from fv.runtime.cluster import ClusterConfig, array_id, job_record, job_state, make_executor, save_submission, wait_jobs
 from fv.runtime.relation import RelationConfig, q_trials_path, read_status, start_run, update_status, write_summary
 
@@ -70,7 +71,8 @@ def _is_done(cfg: RelationConfig, root: Path, q: str, ident: dict) -> bool:
 
 def _record_lost(root: Path, qs: list[str], rec: dict, error: BaseException | str) -> list[str]:
     """The qs of a task that ended without finishing them: failed, with the task's id and log. Decided and
-    written in one step under the state lock, so a q the task completed a moment ago stays completed."""
+    written in one step under the state lock, so a q the task completed a moment ago stays completed; a q
+    whose folder a live process holds (the task left it to that process) is that process's to record."""
     lost = []
 
     def fail(st: dict) -> dict | None:
@@ -82,7 +84,8 @@ def _record_lost(root: Path, qs: list[str], rec: dict, error: BaseException | st
                 "job_id": rec["job_id"], "scheduler_log": rec["stderr"]}
 
     for q in qs:
-        update_status(root, q, fail)
+        if held_by(root / q) is None:
+            update_status(root, q, fail)
     return lost
 
 

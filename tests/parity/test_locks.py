@@ -279,6 +279,7 @@ print(mixed)
 """
 
 
+@pytest.mark.slow  # two processes importing torch: about 15 s on 2 busy CPUs
 def test_two_writers_of_one_report_folder_take_turns_and_never_mix_it(tmp_path):
     folder, go = tmp_path / "reports", tmp_path / "go"
     mixed = _race(REPORTER, {t: [str(folder), t, "15"] for t in ("A", "B")}, go)
