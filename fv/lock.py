@@ -1,10 +1,15 @@
 """One writer per output folder: a ``filelock`` lock plus a small JSON record of who holds it.
 
-Two ``fv run`` (or ``fv reference``, or later relation tasks) writing into one folder would interleave their
-artifacts: a mean-activation file from one run beside the indirect effects of the other, each with a meta
+Two ``fv run`` (or ``fv reference``, ``fv relation``, ``fv gate m7``) writing into one folder would interleave
+their artifacts: a mean-activation file from one run beside the indirect effects of the other, each with a meta
 that looks right. So a writer takes the folder's lock first, and a second writer **refuses at once**, in one
 line that names the holder (pid, host, command, since when) — waiting would only hide that two jobs were
-pointed at one folder.
+pointed at one folder. Writers whose turn is seconds away by design (parity reports of one (model, trials)
+written by two pytest workers) pass ``wait_s`` and wait that long before refusing.
+
+Files that several legitimate writers share (a relation run's summary and ``qid_status.json`` files, updated by
+every array task of the run) are not owned by anyone: each update is a short read-modify-write under
+:func:`state_lock`, so concurrent updates never lose one another.
 
 The lock itself is ``filelock``'s (an OS lock on ``.fv.lock``, released by the kernel when its process dies,
 however it dies). Beside it, ``.fv.lock.json`` records the holder; it is written after the lock is taken and
@@ -29,9 +34,12 @@ from filelock import FileLock, Timeout
 from fv.errors import FVError
 
 LOCK_NAME = ".fv.lock"
-HELP = ("One writer per output folder: a second `fv run` or `fv reference` on the same --out refuses at once, in one line "
+HELP = ("One writer per output folder: a second `fv run`, `fv reference` or `fv relation` on the same --out refuses at once, in one line "
         "naming the holder (pid, host, command); a lock left by a killed process is taken over with a one-line note.")
 HOLDER_NAME = ".fv.lock.json"
+STATE_LOCK_NAME = ".fv.state.lock"
+# a state update holds the lock for milliseconds; a minute of waiting means a stuck filesystem, not a busy one
+STATE_WAIT_S = 60.0
 
 
 def _pid_alive(pid: int) -> bool:
@@ -67,8 +75,10 @@ def _is_stale(rec: dict) -> bool:
 
 
 @contextmanager
-def output_lock(folder: str | Path, command: str | None = None, note: Callable[[str], None] | None = None) -> Iterator[Path]:
-    """Hold ``folder``'s writer lock for the body; refuse in one FVError line if another process holds it.
+def output_lock(folder: str | Path, command: str | None = None, note: Callable[[str], None] | None = None,
+                wait_s: float = 0.0) -> Iterator[Path]:
+    """Hold ``folder``'s writer lock for the body; refuse in one FVError line if another process holds it
+    (after waiting ``wait_s`` seconds for it, when given).
 
     ``command`` is recorded for whoever is refused (default: this process's argv). ``note`` receives the one
     line said when a stale lock left by a killed process is taken over (default: stderr).
@@ -80,13 +90,14 @@ def output_lock(folder: str | Path, command: str | None = None, note: Callable[[
     except OSError as exc:
         raise FVError(f"cannot create output folder {folder}: {exc.strerror}. Choose a writable --out path.") from None
     say = note or (lambda s: print(s, file=sys.stderr))
-    lock = FileLock(str(folder / LOCK_NAME), timeout=0)
+    lock = FileLock(str(folder / LOCK_NAME), timeout=wait_s)
     try:
         lock.acquire()
     except Timeout:
         holder = _wait_for_holder(folder)
+        waited = f" after waiting {wait_s:g} s" if wait_s > 0 else ""
         raise FVError(f"output folder {folder} is in use by {describe_holder(holder)}; this command refuses "
-                      f"to write beside it. Wait for it to finish, or choose another --out.") from None
+                      f"to write beside it{waited}. Wait for it to finish, or choose another --out.") from None
     except OSError as exc:
         raise FVError(f"cannot lock output folder {folder}: {exc.strerror}. Choose a writable --out path.") from None
     try:
@@ -108,6 +119,47 @@ def output_lock(folder: str | Path, command: str | None = None, note: Callable[[
         lock.release()
         if created:
             _remove_if_only_lock(folder)
+
+
+def held_by(folder: str | Path) -> str | None:
+    """Who holds ``folder``'s writer lock now (as :func:`describe_holder` says it), or None when it is free or
+    the folder does not exist. For a process that must not start beside a live holder of a folder it does not
+    itself lock (a relation run checking its q folders)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    lock = FileLock(str(folder / LOCK_NAME), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        return describe_holder(_wait_for_holder(folder))
+    except OSError:
+        return None
+    lock.release()
+    return None
+
+
+@contextmanager
+def state_lock(folder: str | Path) -> Iterator[None]:
+    """Hold ``folder``'s state lock for a short read-modify-write of files several processes update.
+
+    Unlike :func:`output_lock` it waits (up to ``STATE_WAIT_S``) instead of refusing, records no holder, and
+    is re-entrant within a thread (one ``filelock`` instance per path), so a helper that updates two shared
+    files may call another that takes it too.
+    """
+    path = Path(folder).resolve() / STATE_LOCK_NAME
+    lock = FileLock(str(path), timeout=STATE_WAIT_S, is_singleton=True)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise FVError(f"could not update the shared files of {folder} within {STATE_WAIT_S:g} s: its {STATE_LOCK_NAME} "
+                      f"stays held by another process. Check that the filesystem supports locks, or stop the stuck process.") from None
+    except OSError as exc:
+        raise FVError(f"cannot lock {path}: {exc.strerror}. Choose a writable --out path.") from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _wait_for_holder(folder: Path, seconds: float = 3.0) -> dict | None:

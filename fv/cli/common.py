@@ -49,5 +49,13 @@ def add_reference_args(p: argparse.ArgumentParser) -> None:
                         "transformers 5.x otherwise); recorded in every report")
 
 
+def add_stage_args(p: argparse.ArgumentParser) -> None:
+    """The stage parameters `fv run` and `fv reference` share: one spelling (and the reference scripts' own
+    spelling) and one default each, so the two sides of a parity comparison are asked for the same thing."""
+    p.add_argument("--max-trials", "--max_trials", dest="max_trials", type=int, default=None, help="use only the first N trials")
+    p.add_argument("--n-top-heads", "--n_top_heads", dest="n_top_heads", type=int, default=10, help="heads in the FV (default 10)")
+    p.add_argument("--edit-layer", "--edit_layer", dest="edit_layer", type=int, default=9, help="FV injection layer (default 9)")
+
+
 def add_quiet(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars and no log lines on stderr")

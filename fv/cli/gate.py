@@ -5,6 +5,11 @@ process, exactly as a user would by hand, with a JUnit file and the parity repor
 merges them into a per-q table with the first divergence of every failing q; the exit code is 0 only when every
 q passes (a q skipped by the trials rule counts as passing, as it does in pytest; a parity test skipped for want of
 the reference does not). Why a command and not a pytest option: docs/cluster.md, "The M7 gate on a cluster".
+
+Two gates on one ``--out`` would mix their per-q logs and merged verdicts: the driver holds ``--out``'s writer
+lock (fv.lock) for the whole gate, so a second refuses at once, naming the first. The tasks' pytest sessions
+write their parity reports into per-(model, trials) folders below it, each under that folder's own lock
+(fv.parity.report), as any pytest session with the same ``--fv-out`` does.
 """
 
 from __future__ import annotations
@@ -97,13 +102,15 @@ def q_outcome(tests: dict[str, str]) -> str:
 
 def run_m7_q(gc_dict: dict, q: str) -> dict:
     """One array task: the q's M7 tests in a fresh pytest process; returns its outcome and first divergence."""
+    from fv.io import write_text
+
     gc = GateConfig(**gc_dict)
     out = Path(gc.out)
     qdir = out / "_gate" / q
     qdir.mkdir(parents=True, exist_ok=True)
     junit = qdir / "junit.xml"
     proc = subprocess.run(gc.pytest_command([q], junit, out), cwd=_repo_root(), capture_output=True, text=True)
-    (qdir / "pytest.log").write_text(proc.stdout + proc.stderr)
+    write_text(qdir / "pytest.log", proc.stdout + proc.stderr)
     tests = junit_outcomes(junit, [q])[q] if junit.is_file() else {}
     res = {"q_id": q, "returncode": proc.returncode, "tests": tests, "outcome": q_outcome(tests), "log": str(qdir / "pytest.log")}
     stem = Path(gc.relation_csv).stem
@@ -129,7 +136,16 @@ def passes(r: dict) -> bool:
 
 
 def run_gate(gc: GateConfig, cc: Any, log=lambda s: None, quiet: bool = True) -> dict:
-    """Submit one task per q, wait, merge; writes ``<out>/m7_gate.json``."""
+    """Submit one task per q, wait, merge; writes ``<out>/m7_gate.json``. Refuses, in one line naming the
+    holder, when another gate (or any fv writer) holds ``--out``."""
+    from fv.lock import output_lock
+
+    _repo_root()
+    with output_lock(gc.out, command=f"fv gate m7 --out {gc.out}", note=log):
+        return _run_gate_locked(gc, cc, log, quiet)
+
+
+def _run_gate_locked(gc: GateConfig, cc: Any, log, quiet: bool) -> dict:
     from fv.io import write_json
     from fv.progress import stage_bar
     from fv.runtime.cluster import array_id, job_record, make_executor, wait_jobs
@@ -137,7 +153,6 @@ def run_gate(gc: GateConfig, cc: Any, log=lambda s: None, quiet: bool = True) ->
     from fv.runtime.datasets import load_relation_csv
     from fv.runtime.trials import plan_relation_qs
 
-    _repo_root()
     out = Path(gc.out)
     # A q too small for the trials rule is skipped without a task: pytest skips it within an all-q run, but
     # `pytest -m m7 --q-list Qk` on such a q alone errors (its all-q trials file would be empty).

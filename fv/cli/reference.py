@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from fv.cli.common import add_model_args, add_quiet, add_reference_args
+from fv.cli.common import add_model_args, add_quiet, add_reference_args, add_stage_args
 from fv.errors import FVError
 from fv.lock import HELP as LOCK_HELP
 
@@ -88,9 +88,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001 - argpars
     add_model_args(r)
     r.add_argument("--fixed-trials", "--fixed_trials_path", dest="fixed_trials", required=True, help="fixed-trials JSON")
     r.add_argument("--out", "--save_path_root", dest="out", required=True, help="output folder")
-    r.add_argument("--max-trials", "--max_trials", dest="max_trials", type=int, default=None, help="use only the first N trials")
-    r.add_argument("--n-top-heads", "--n_top_heads", dest="n_top_heads", type=int, default=10, help="heads in the FV (default 10)")
-    r.add_argument("--edit-layer", "--edit_layer", dest="edit_layer", type=int, default=9, help="FV injection layer (default 9)")
+    add_stage_args(r)
     r.add_argument("--src-model", dest="src_model", default="own", choices=("own", "shared"),
                    help="own (default): the reference's own loader loads the model, as its users run it (--dtype and "
                         "--attn-implementation do not apply); shared: fv loads it (docs/loading.md) and the reference's "

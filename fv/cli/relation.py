@@ -6,13 +6,15 @@ from __future__ import annotations
 import argparse
 
 from fv.cli.common import add_quiet, parse_q_list
+from fv.lock import HELP as LOCK_HELP
 
 
 def cmd_relation(a: argparse.Namespace) -> int:
     from fv.errors import FVError
+    from fv.lock import output_lock
     from fv.progress import log_to_stderr
     from fv.runtime.cluster import load_cluster_file
-    from fv.runtime.relation import RelationConfig, run_relation
+    from fv.runtime.relation import RelationConfig, relation_root
 
     if not a.relation_csv:
         raise FVError("expected --relation-csv CSV (or `fv relation status OUT` to read a run submitted earlier)")
@@ -21,13 +23,23 @@ def cmd_relation(a: argparse.Namespace) -> int:
                          seed=a.seed, edit_layers=a.edit_layers, mode=a.mode, workers=a.workers,
                          stop_on_error=a.stop_on_error, cpu_threads=a.cpu_threads)
     executor = a.executor or (load_cluster_file(a.cluster_config).get("executor") if a.cluster_config else None) or "inprocess"
+    log = log_to_stderr(a.quiet)
+    # before the model loads: a second command on this relation's folder is refused at once (with --no-wait the
+    # lock ends at submission; each task then holds its own q's folder)
+    with output_lock(relation_root(cfg), note=log):
+        return _relation_locked(a, cfg, executor, log)
+
+
+def _relation_locked(a: argparse.Namespace, cfg, executor: str, log) -> int:
+    from fv.runtime.relation import run_relation
+
     if executor == "inprocess":
-        summary = run_relation(cfg, log=log_to_stderr(a.quiet), quiet=a.quiet)
+        summary = run_relation(cfg, log=log, quiet=a.quiet)
     else:
         from fv.runtime.relation_cluster import run_relation_cluster
 
         a.executor = executor
-        summary = run_relation_cluster(cfg, cluster_from_args(a), wait=not a.no_wait, log=log_to_stderr(a.quiet), quiet=a.quiet)
+        summary = run_relation_cluster(cfg, cluster_from_args(a), wait=not a.no_wait, log=log, quiet=a.quiet)
         if a.no_wait:
             print(f"submitted {len(summary['submitted'])} qs as job {summary['job_id'] or '(none: every q completed)'}; "
                   f"read the state with: fv relation status {summary['root']}")
@@ -38,7 +50,7 @@ def cmd_relation(a: argparse.Namespace) -> int:
         try:
             draw_relation(summary["root"])
         except PlotsUnavailable as exc:
-            log_to_stderr(a.quiet)(str(exc))
+            log(str(exc))
     print_summary(summary)
     return 1 if summary["failed"] else 0
 
@@ -117,7 +129,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001 - argpars
                        description="For each eligible q of a relation CSV: q-wise fixed trials, mean activations, the indirect-effect sweep, top-k heads, the FV, and zero-shot injection at every edit layer. Resumes where a previous run stopped.")
     r.add_argument("--relation-csv", "--relation_csv", dest="relation_csv", default=None, help="CSV with columns id, ex_A, ex_B (required)")
     r.add_argument("--model", default=None, help="model folder or tiny model name (default tiny-llama)")
-    r.add_argument("--out", default="results_fv", help="output root; results go to <out>/<relation>/<q_id>/ (default results_fv)")
+    r.add_argument("--out", default="results_fv", help="output root; results go to <out>/<relation>/<q_id>/ (default "
+                   "results_fv). " + LOCK_HELP.replace("--out", "<out>/<relation>"))
     r.add_argument("--q-list", "--q_list", dest="q_list", default=None, help="comma-separated q ids, or all (default all)")
     r.add_argument("--n-trials-per-q", "--n_trials_per_q", dest="n_trials_per_q", type=int, default=25, help="trials per q (default 25)")
     r.add_argument("--n-demos", "--n_demos", dest="n_demos", type=int, default=9, help="demonstrations per prompt (default 9)")

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from fv.cli.common import add_model_args, add_quiet
+from fv.cli.common import add_model_args, add_quiet, add_stage_args
 from fv.lock import HELP as LOCK_HELP
 
 
@@ -68,10 +68,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001 - argpars
     add_model_args(u)
     u.add_argument("--fixed-trials", "--fixed_trials_path", dest="fixed_trials", default=None, help="fixed-trials JSON (default: made from the embedded antonym data)")
     u.add_argument("--out", default="results_fv/run", help="output folder (default results_fv/run)")
-    u.add_argument("--n-top-heads", "--n_top_heads", dest="n_top_heads", type=int, default=10, help="heads in the FV (default 10)")
-    u.add_argument("--edit-layer", "--edit_layer", dest="edit_layer", type=int, default=9, help="FV injection layer (default 9)")
+    add_stage_args(u)
     u.add_argument("--edit-layers", dest="edit_layers", default=None, help="several layers: A-B, a comma list, or all (overrides --edit-layer)")
-    u.add_argument("--max-trials", "--max_trials", dest="max_trials", type=int, default=None, help="use only the first N trials")
     u.add_argument("--mode", choices=("exact", "fast"), default="exact", help="exact follows the reference bit for bit; fast reuses the clean pass")
     u.add_argument("--resume", action="store_true", help="skip stages whose outputs and meta already match the inputs")
     u.add_argument("--no-plots", dest="no_plots", action="store_true", help="write no pictures (they need matplotlib: pip install 'fv[plots]')")

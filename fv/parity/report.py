@@ -5,11 +5,18 @@ from __future__ import annotations
 import csv
 import io
 import math
+import sys
 from pathlib import Path
 
 from fv.parity.compare import ParityResult
 from fv.io import write_json, write_text
+from fv.lock import output_lock
 from fv.parity.stages import PROMPT_SETS
+
+# Writing the four reports takes milliseconds; two writers of one folder are pytest workers (or gate tasks)
+# that computed the same (model, trials) at once, and the second's turn is that far away. Longer means a
+# process stuck while holding the folder: refuse then, naming it.
+REPORT_LOCK_WAIT_S = 120.0
 
 
 def _num(x: float) -> float | str:
@@ -60,6 +67,9 @@ def _csv(rows: list[dict]) -> str:
 
 
 def write_parity_reports(out_dir: Path, result: ParityResult, src_inj: dict, fv_inj: dict) -> dict[str, Path]:
+    """The four report files of one parity run, written together under ``out_dir``'s lock: a second writer of
+    the same folder (another xdist worker, another session with the same ``--fv-out``) waits its turn, so the
+    folder always holds one run's four files, never two runs' mixed."""
     out = Path(out_dir)
     report = {
         "status": result.status, "earliest_failed_stage": result.earliest_failed_stage,
@@ -75,10 +85,10 @@ def write_parity_reports(out_dir: Path, result: ParityResult, src_inj: dict, fv_
     inj_report = {"status": inj.status, "mismatch_count": inj.mismatch_count, "max_abs_diff": _num(inj.max_abs_diff),
                   "n_rows": len(rows), "all_logits_identical": all(r.get("base_logits_identical") and r.get("with_logits_identical") for r in rows),
                   "trials": rows, "meta": result.meta}
-    paths = {
-        "parity_suite_report.json": write_json(out / "parity_suite_report.json", report),
-        "parity_suite_stages.csv": write_text(out / "parity_suite_stages.csv", _csv([s.as_row() for s in result.stages])),
-        "injection_parity_trials.csv": write_text(out / "injection_parity_trials.csv", _csv(rows)),
-        "injection_parity_report.json": write_json(out / "injection_parity_report.json", inj_report),
-    }
-    return paths
+    with output_lock(out, command=f"{Path(sys.argv[0]).name} writing parity reports", wait_s=REPORT_LOCK_WAIT_S):
+        return {
+            "parity_suite_report.json": write_json(out / "parity_suite_report.json", report),
+            "parity_suite_stages.csv": write_text(out / "parity_suite_stages.csv", _csv([s.as_row() for s in result.stages])),
+            "injection_parity_trials.csv": write_text(out / "injection_parity_trials.csv", _csv(rows)),
+            "injection_parity_report.json": write_json(out / "injection_parity_report.json", inj_report),
+        }

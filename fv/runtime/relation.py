@@ -7,10 +7,18 @@ folder per layer, ``step6_all_layers_summary.json`` naming the best). Each q's `
 through pending, running, completed, failed or skipped, so a run killed in the middle redoes only what is
 not completed. qs are independent: ``workers`` processes each load the model once and take their share, or
 a scheduler's job array runs them (fv.runtime.relation_cluster).
+
+Who writes what, when several processes share a relation's folder (fv.lock): the command (``fv relation``,
+the in-process run or the job array's driver) holds the folder's writer lock, so a second command on it
+refuses; whoever runs a q holds that q folder's lock for its duration, so no two processes ever write one
+q's files; and the files every process updates (each ``qid_status.json``, and ``relation_summary.json``,
+which lists every q's state as it changes) are changed only by read-modify-write under the folder's short
+state lock, so tasks finishing at once never lose an update.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -22,9 +30,11 @@ from typing import Any, Callable, Sequence
 
 from fv.errors import FVError
 from fv.io import ensure_dir, load_tensor_file, read_json, sha256_file, write_json, write_text
+from fv.lock import LOCK_NAME, held_by, output_lock, state_lock
 from fv.meta import now_iso
 
 STATES = ("pending", "running", "completed", "failed", "skipped")
+SUMMARY = "relation_summary.json"
 
 
 @dataclass
@@ -71,7 +81,32 @@ def read_status(root: Path, q: str) -> dict:
 
 def _set_status(root: Path, q: str, status: str, inputs: dict, **extra: Any) -> None:
     assert status in STATES
-    write_json(_status_path(root, q), {"q_id": q, "status": status, "inputs": inputs, **extra})
+    _write_status(root, q, {"q_id": q, "status": status, "inputs": inputs, **extra})
+
+
+def update_status(root: Path, q: str, change: Callable[[dict], dict | None]) -> dict:
+    """Read-modify-write of ``q``'s status under the state lock: ``change(current)`` returns the new record,
+    or None to leave it. For a writer that decides from what is there (the driver marking a task's qs, which
+    the task may be moving on at the same moment); returns the record as it stands afterwards."""
+    with state_lock(root):
+        st = read_status(root, q)
+        new = change(st)
+        if new is None:
+            return st
+        assert new.get("status") in STATES
+        _write_status(root, q, new)
+        return new
+
+
+def _write_status(root: Path, q: str, record: dict) -> None:
+    """The q's ``qid_status.json`` and its entry in the summary, together under the state lock."""
+    with state_lock(root):
+        write_json(_status_path(root, q), record)
+        path = root / SUMMARY
+        if path.is_file():
+            summary = json.loads(path.read_text())
+            if q in summary.get("q_ids", []):
+                write_json(path, _with_q(summary, record))
 
 
 def prepare_trials(cfg: RelationConfig, tokenizer: Any, model_name: str, prepend_bos: bool) -> tuple[list[str], list[dict], Path]:
@@ -106,6 +141,17 @@ def _aie_csv(ie) -> str:
         for head in range(mean.shape[1]):
             w.writerow([layer, head, repr(float(mean[layer, head])), ie.shape[0]])
     return buf.getvalue()
+
+
+def q_folders_in_use(root: Path) -> None:
+    """Refuse, in one line naming the holder, when a process still runs a q in ``root`` (a task of an array
+    submitted earlier with --no-wait, or a run on another --executor): taking its qs over would write beside it."""
+    if not root.is_dir():
+        return
+    for d in sorted(root.iterdir()):
+        if (d / LOCK_NAME).is_file() and (who := held_by(d)):
+            raise FVError(f"q {d.name} of {root} is being run by {who}; this run refuses to take its qs over. Wait for "
+                          f"it to finish (`fv relation status {root}`), or choose another --out.")
 
 
 def run_q(lm: Any, cfg: RelationConfig, root: Path, q: str, log: Callable[[str], None] = lambda _s: None) -> dict:
@@ -143,6 +189,20 @@ def _worker(cfg_dict: dict, qs: list[str], root: str, index: int | None, extra: 
 
 def _run_one(lm: Any, cfg: RelationConfig, root: Path, q: str, after_q: Callable[[str], None] | None = None,
              log: Callable[[str], None] = lambda _s: None, extra: dict | None = None) -> str:
+    """Run ``q`` holding its folder's lock; a q whose folder another live process holds is left to it
+    (``refused``, its status untouched)."""
+    job = f" (job {extra['job_id']})" if extra and extra.get("job_id") else ""
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(output_lock(root / q, command=f"fv relation: q {q}{job}", note=log))
+        except FVError as exc:
+            log(f"{q}: refused: {exc}")
+            return "refused"
+        return _run_one_locked(lm, cfg, root, q, after_q, log, extra)
+
+
+def _run_one_locked(lm: Any, cfg: RelationConfig, root: Path, q: str, after_q: Callable[[str], None] | None,
+                    log: Callable[[str], None], extra: dict | None) -> str:
     import torch
 
     inputs = cfg.q_key(lm, sha256_file(q_trials_path(root, q)))
@@ -202,37 +262,61 @@ def run_relation(cfg: RelationConfig, after_q: Callable[[str], None] | None = No
                     results[q] = status
                     log(f"{q}: {status}")
                     tick(1)
-    status = {q: ("completed" if results.get(q) == "reused" else results.get(q)) for q in qs}
-    summary = write_summary(cfg.relation_csv, root, qs, skipped, status)
+    # from the status files, not from ``results``: a q refused here is reported as its holder left it
+    summary = write_summary(cfg.relation_csv, root, qs, skipped, {q: read_status(root, q).get("status") for q in qs})
     return {**summary, "reused": [q for q in qs if results.get(q) == "reused"]}
 
 
 def start_run(cfg: RelationConfig, tokenizer: Any, model_name: str, prepend_bos: bool,
               log: Callable[[str], None] = lambda _s: None) -> tuple[list[str], list[dict], Path]:
     """Trials made, skipped qs recorded, and every q not completed set back to pending (a q left running by a
-    process that is gone is taken over); returns (qs, skipped, root)."""
+    process that is gone is taken over; one a live process holds is refused), and the summary written with
+    every q's state; returns (qs, skipped, root)."""
+    q_folders_in_use(relation_root(cfg))
     qs, skipped, root = prepare_trials(cfg, tokenizer, model_name, prepend_bos)
     for s in skipped:
         _set_status(root, s["q_id"], "skipped", {}, reason=s["reason"], n_rows=s["n_rows"])
         log(f"skipped {s['q_id']}: {s['n_rows']} rows ({s['reason']})")
+
+    def reset(st: dict) -> dict | None:
+        if st.get("status") == "running":  # its process is gone (its q folder is not held): this run takes it over
+            return {"q_id": st["q_id"], "status": "pending", "inputs": st.get("inputs", {}), "resumed_from": "running"}
+        if st.get("status") != "completed":
+            return {"q_id": st["q_id"], "status": "pending", "inputs": st.get("inputs", {})}
+        return None
+
     for q in qs:
-        st = read_status(root, q)
-        if st.get("status") == "running":  # its process is gone: this run takes it over
-            _set_status(root, q, "pending", st.get("inputs", {}), resumed_from="running")
-        elif st.get("status") != "completed":
-            _set_status(root, q, "pending", st.get("inputs", {}))
+        update_status(root, q, reset)
+    write_summary(cfg.relation_csv, root, qs, skipped, {q: read_status(root, q).get("status") for q in qs})
     return qs, skipped, root
 
 
 def write_summary(relation_csv: str, root: Path, qs: list[str], skipped: list[dict], status: dict[str, str | None]) -> dict:
     """The merged all-q summary, ``relation_summary.json``: per q its status and best layer. The same bytes
-    whichever executor ran the qs."""
-    best = {}
-    for q in qs:
-        st = read_status(root, q)
-        if st.get("status") == "completed":
-            best[q] = st.get("best_layer")
-    summary = {"relation_csv": relation_csv, "root": str(root), "q_ids": qs, "skipped": skipped, "status": status,
-               "best_layer": best, "failed": [q for q in qs if status.get(q) == "failed"]}
-    write_json(root / "relation_summary.json", summary)
+    whichever executor ran the qs. Written under the state lock, so it never overwrites a newer q state
+    with an older one."""
+    with state_lock(root):
+        best = {}
+        for q in qs:
+            st = read_status(root, q)
+            if st.get("status") == "completed":
+                best[q] = st.get("best_layer")
+        summary = _summary(relation_csv, str(root), qs, skipped, status, best)
+        write_json(root / SUMMARY, summary)
     return summary
+
+
+def _summary(relation_csv: str, root: str, qs: list[str], skipped: list[dict], status: dict[str, str | None],
+             best: dict[str, Any]) -> dict:
+    return {"relation_csv": relation_csv, "root": root, "q_ids": qs, "skipped": skipped, "status": {q: status.get(q) for q in qs},
+            "best_layer": {q: best[q] for q in qs if q in best}, "failed": [q for q in qs if status.get(q) == "failed"]}
+
+
+def _with_q(summary: dict, record: dict) -> dict:
+    """``summary`` with one q's entry as ``record`` (its new ``qid_status.json``) says."""
+    q = record["q_id"]
+    status = {**summary.get("status", {}), q: record["status"]}
+    best = {k: v for k, v in summary.get("best_layer", {}).items() if k != q}
+    if record["status"] == "completed":
+        best[q] = record.get("best_layer")
+    return _summary(summary["relation_csv"], summary["root"], summary["q_ids"], summary.get("skipped", []), status, best)

@@ -20,9 +20,9 @@ import submitit
 
 from fv.errors import FVError
 from fv.io import read_json, sha256_file
+from fv.lock import held_by
 from fv.runtime.cluster import ClusterConfig, array_id, job_record, job_state, make_executor, save_submission, wait_jobs
-from fv.runtime.relation import (RelationConfig, _set_status, q_trials_path, read_status, relation_root, start_run,
-                                 write_summary)
+from fv.runtime.relation import RelationConfig, q_trials_path, read_status, start_run, update_status, write_summary
 
 JOBS_DIR = "_jobs"
 SUBMISSION = "submission.json"
@@ -70,15 +70,22 @@ def _is_done(cfg: RelationConfig, root: Path, q: str, ident: dict) -> bool:
 
 
 def _record_lost(root: Path, qs: list[str], rec: dict, error: BaseException | str) -> list[str]:
-    """The qs of a task that ended without finishing them: failed, with the task's id and log."""
+    """The qs of a task that ended without finishing them: failed, with the task's id and log. Decided and
+    written in one step under the state lock, so a q the task completed a moment ago stays completed; a q
+    whose folder a live process holds (the task left it to that process) is that process's to record."""
     lost = []
-    for q in qs:
-        st = read_status(root, q)
+
+    def fail(st: dict) -> dict | None:
         if st.get("status") in ("completed", "failed"):
-            continue
-        _set_status(root, q, "failed", st.get("inputs", {}), error=f"task {rec['job_id']} ended without finishing {q}: {error}",
-                    job_id=rec["job_id"], scheduler_log=rec["stderr"])
-        lost.append(q)
+            return None
+        lost.append(st["q_id"])
+        return {"q_id": st["q_id"], "status": "failed", "inputs": st.get("inputs", {}),
+                "error": f"task {rec['job_id']} ended without finishing {st['q_id']}: {error}",
+                "job_id": rec["job_id"], "scheduler_log": rec["stderr"]}
+
+    for q in qs:
+        if held_by(root / q) is None:
+            update_status(root, q, fail)
     return lost
 
 
@@ -104,10 +111,9 @@ def run_relation_cluster(cfg: RelationConfig, cc: ClusterConfig, wait: bool = Tr
         jobs = ex.map_array(RelationTask(), [task_cfg] * len(groups), [str(root)] * len(groups), groups)
         tasks = [{**job_record(j), "qs": g} for j, g in zip(jobs, groups)]
         for t in tasks:
-            for q in t["qs"]:
-                st = read_status(root, q)
-                _set_status(root, q, "pending", st.get("inputs", {}), job_id=t["job_id"], scheduler_log=t["stderr"],
-                            **({"resumed_from": st["resumed_from"]} if "resumed_from" in st else {}))
+            for q in t["qs"]:  # its task may have started (and moved the q on) already: only a pending q gets the job
+                update_status(root, q, lambda st, t=t: {**st, "job_id": t["job_id"], "scheduler_log": t["stderr"]}
+                              if st.get("status") == "pending" else None)
         log(f"submitted {len(todo)} qs as {len(groups)} {cc.executor} tasks, job {array_id(jobs)}; logs in {folder}")
     save_submission(folder / SUBMISSION, cc.executor, cc, tasks,
                     {"relation_csv": cfg.relation_csv, "q_ids": qs, "skipped": skipped, "array_id": array_id(jobs) if jobs else None})

@@ -9,11 +9,12 @@ fails before the model loads on every invalid file, and a run that must succeed 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
@@ -80,16 +81,7 @@ def mutated_json(draw, base: Any, duplicate_path: tuple, q_path: tuple | None) -
     if op == "empty_q" and q_path:
         item = items[draw(st.integers(0, len(items) - 1))]
         _parent(item, q_path)[q_path[-1]] = draw(st.sampled_from(["", " "]))
-    text = json.dumps(doc, ensure_ascii=False)
-    if op == "encoding":
-        return _encode(text, draw(st.sampled_from(ENCODINGS)))
-    data = text.encode("utf-8")
-    if op == "truncate":
-        return data[: draw(st.integers(0, len(data) - 1))]
-    if op == "bytes":
-        at = draw(st.integers(0, len(data)))
-        return data[:at] + draw(st.binary(min_size=1, max_size=6)) + data[at:]
-    return data
+    return _as_bytes(draw, json.dumps(doc, ensure_ascii=False), op)
 
 
 @st.composite
@@ -110,7 +102,11 @@ def mutated_csv(draw) -> bytes:
         rows.append(list(rows[r]))
     elif op == "quote":
         rows[r][c] = '"' + rows[r][c]
-    text = "\n".join(",".join(row) for row in rows) + "\n"
+    return _as_bytes(draw, "\n".join(",".join(row) for row in rows) + "\n", op)
+
+
+def _as_bytes(draw: Any, text: str, op: str) -> bytes:
+    """``text`` as the file's bytes, with the byte-level mutations (another encoding, cut short, stray bytes)."""
     if op == "encoding":
         return _encode(text, draw(st.sampled_from(ENCODINGS)))
     data = text.encode("utf-8")
@@ -133,6 +129,15 @@ def _dataset_strategy():
     return mutated_json(rows, (), ("input",))
 
 
+@contextlib.contextmanager
+def _fuzzed_file(name: str, data: bytes) -> Iterator[Path]:
+    """``data`` written as ``name`` in a fresh temporary folder (beside it, room for the command's output)."""
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / name
+        path.write_bytes(data)
+        yield path
+
+
 def _assert_nothing_written(out: Path) -> None:
     assert not out.exists() or not any(out.iterdir()), f"a failed command left {sorted(p.name for p in out.iterdir())}"
 
@@ -140,9 +145,7 @@ def _assert_nothing_written(out: Path) -> None:
 @FUZZ
 @given(data=_trials_strategy())
 def test_verify_trials_answers_any_trials_file_in_one_line(data):
-    with tempfile.TemporaryDirectory() as d:
-        p = Path(d) / "trials.json"
-        p.write_bytes(data)
+    with _fuzzed_file("trials.json", data) as p:
         rc, out, err = run_cli(["verify-trials", str(p), "--tokenizer", "tiny-llama"])
         if rc == 0 or (rc == 1 and "mismatch_count=" in out and not err.strip()):
             event("accepted")
@@ -157,10 +160,8 @@ def test_verify_trials_answers_any_trials_file_in_one_line(data):
 @given(data=st.one_of(_dataset_strategy().map(lambda b: ("dataset", b)), mutated_csv().map(lambda b: ("csv", b))))
 def test_make_trials_answers_any_dataset_or_csv_in_one_line(data):
     kind, raw = data
-    with tempfile.TemporaryDirectory() as d:
-        src = Path(d) / ("data.json" if kind == "dataset" else "rel.csv")
-        src.write_bytes(raw)
-        out_dir = Path(d) / "out"
+    with _fuzzed_file("data.json" if kind == "dataset" else "rel.csv", raw) as src:
+        out_dir = src.parent / "out"
         args = ["--dataset", str(src), "--n-trials", "2", "--n-shots", "2"] if kind == "dataset" else \
             ["--relation-csv", str(src), "--n-trials-per-q", "1", "--n-demos", "2"]
         rc, _, err = run_cli(["make-trials", *args, "--out", str(out_dir / "t.json"), "--tokenizer", "tiny-llama"])
@@ -176,10 +177,8 @@ def test_make_trials_answers_any_dataset_or_csv_in_one_line(data):
 @FUZZ_RUN
 @given(data=_trials_strategy())
 def test_run_answers_any_trials_file_in_one_line(data):
-    with tempfile.TemporaryDirectory() as d:
-        p = Path(d) / "trials.json"
-        p.write_bytes(data)
-        out_dir = Path(d) / "out"
+    with _fuzzed_file("trials.json", data) as p:
+        out_dir = p.parent / "out"
         try:
             first = json.dumps(load_trials(p).raw["trials"][0], sort_keys=True)
         except FVError:

@@ -1,6 +1,7 @@
 """Issue 15, concurrent runs: one writer per output folder. Two real processes started on one folder at once: one
 writes all its files, the other refuses in one line naming the holder, and no file of the folder is from the
-loser. A lock left by a killed process is detected and taken over with a note. ``fv run`` takes the same lock."""
+loser. A lock left by a killed process is detected and taken over with a note. ``fv run`` and ``fv relation``
+take the same lock; the files a relation run's tasks share are updated without losing one another's updates."""
 
 from __future__ import annotations
 
@@ -127,3 +128,160 @@ def test_a_failed_command_leaves_no_lock_in_a_folder_it_created(tmp_path):
         with output_lock(folder):
             raise RuntimeError("stage failed")
     assert not folder.exists()
+
+
+# ---- fv relation: one command per relation folder, one process per q folder, shared files never lose an update --
+
+REL_ARGS = ["--q-list", "Q1", "--n-trials-per-q", "1", "--model", "tiny-llama", "--device", "cpu", "--no-plots"]
+# One process of a relation run's array: updates its own qs' status many times, each a read-modify-write of the
+# status file and of the all-q summary under the state lock; after each round it checks that the summary still
+# says what it wrote for its qs (another process's stale read-modify-write would have put an older value back).
+UPDATER = r"""
+import json, sys, time
+from pathlib import Path
+from fv.runtime.relation import SUMMARY, update_status
+root, qs, n, go = Path(sys.argv[1]), sys.argv[2].split(","), int(sys.argv[3]), Path(sys.argv[4])
+while not go.exists():
+    time.sleep(0.01)
+lost = 0
+for i in range(n):
+    state = "completed" if i % 2 else "running"
+    for q in qs:
+        update_status(root, q, lambda st: {"q_id": st["q_id"], "status": state, "inputs": {}, "best_layer": i})
+    s = json.loads((root / SUMMARY).read_text())
+    lost += sum(s["status"][q] != state or (state == "completed" and s["best_layer"].get(q) != i) for q in qs)
+print(lost)
+"""
+
+
+def _race(script: str, args: dict[str, list[str]], go: Path) -> dict[str, str]:
+    """``script`` in one process per tag, all let go at once by ``go``; what each printed, once all succeeded."""
+    procs = {t: subprocess.Popen([sys.executable, "-c", script, *a, str(go)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True, env=_env()) for t, a in args.items()}
+    time.sleep(0.5)
+    go.touch()
+    out = {t: p.communicate(timeout=300) for t, p in procs.items()}
+    assert all(p.returncode == 0 for p in procs.values()), {t: err for t, (_, err) in out.items()}
+    return {t: o.strip() for t, (o, _) in out.items()}
+
+
+def _relation_cli(out: Path, *extra: str) -> subprocess.Popen:
+    from fv.paths import FIXTURES
+
+    return subprocess.Popen([sys.executable, "-m", "fv", "relation", "--relation-csv", str(FIXTURES / "relation_tiny.csv"),
+                             "--out", str(out), *REL_ARGS, "--quiet", *extra], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=_env())
+
+
+def test_tasks_updating_the_summary_and_status_files_at_once_lose_no_update(tmp_path):
+    from fv.runtime.relation import SUMMARY, read_status, write_summary
+
+    root, go, n = tmp_path / "rel", tmp_path / "go", 30
+    mine = {"A": [f"Q{i}" for i in range(0, 8, 2)], "B": [f"Q{i}" for i in range(1, 8, 2)]}
+    qs = sorted(mine["A"] + mine["B"])
+    write_summary("rel.csv", root, qs, [], {q: "pending" for q in qs})
+    undone = _race(UPDATER, {t: [str(root), ",".join(m), str(n)] for t, m in mine.items()}, go)
+    assert undone == {"A": "0", "B": "0"}, f"updates of one process undone by the other: {undone}"
+    summary = json.loads((root / SUMMARY).read_text())
+    assert summary["status"] == {q: "completed" for q in qs}
+    assert summary["best_layer"] == {q: n - 1 for q in qs}
+    assert all(read_status(root, q)["best_layer"] == n - 1 for q in qs)
+    # and the summary is exactly the merge of the status files: nothing lost on either side
+    assert write_summary("rel.csv", root, qs, [], {q: read_status(root, q)["status"] for q in qs}) == summary
+
+
+@pytest.mark.slow  # two fv processes on the tiny model: about 20 s on 2 CPUs
+def test_two_fv_relation_on_one_folder_one_runs_the_other_refuses_naming_it(tmp_path):
+    """Edit layer 8 for one, 9 for the other: every file of the folder shows whose it is."""
+    out = tmp_path / "out"
+    layer = {"A": "8", "B": "9"}
+    procs = {t: _relation_cli(out, "--edit-layers", L) for t, L in layer.items()}
+    results = {t: (p.wait(timeout=300), p.stdout.read(), p.stderr.read()) for t, p in procs.items()}
+    winners = [t for t, (rc, _, _) in results.items() if rc == 0]
+    assert len(winners) == 1, results
+    win, lose = winners[0], ({"A", "B"} - set(winners)).pop()
+    root = out / "relation_tiny"
+    assert_one_line_failure(results[lose][0], results[lose][2], f"output folder {root} is in use by pid {procs[win].pid}",
+                            "`fv relation", "choose another --out")
+    q1 = root / "Q1"
+    assert json.loads((q1 / "qid_status.json").read_text())["inputs"]["edit_layers"] == layer[win]
+    assert (q1 / f"layer_{layer[win]}").is_dir() and not (q1 / f"layer_{layer[lose]}").exists(), sorted(os.listdir(q1))
+    assert json.loads((root / "relation_summary.json").read_text())["status"] == {"Q1": "completed"}
+    assert read_holder(root) is None and read_holder(q1) is None
+
+
+@pytest.mark.slow  # two fv processes on the tiny model: about 20 s on 2 CPUs
+def test_a_killed_fv_relation_is_detected_and_its_q_resumed(tmp_path):
+    from fv.paths import FIXTURES
+    from fv.runtime.relation import read_status
+
+    out = tmp_path / "out"
+    root = out / "relation_tiny"
+    p = _relation_cli(out, "--edit-layers", "0-9")
+    try:
+        deadline = time.monotonic() + 120
+        while read_status(root, "Q1")["status"] != "running":
+            assert p.poll() is None and time.monotonic() < deadline, p.stderr.read() if p.poll() is not None else "timed out"
+            time.sleep(0.05)
+    finally:
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait(timeout=30)
+    assert read_holder(root)["pid"] == p.pid and read_holder(root / "Q1")["pid"] == p.pid
+    assert read_holder(root / "Q1")["command"] == "fv relation: q Q1"
+    rc, stdout, err = run_cli(["relation", "--relation-csv", str(FIXTURES / "relation_tiny.csv"),
+                               "--out", str(out), *REL_ARGS, "--edit-layers", "9"])
+    assert rc == 0, err
+    for folder in (root, root / "Q1"):
+        assert f"took over the lock on {folder} left by pid {p.pid}" in err and "no longer running" in err, err
+    assert "Q1: resumed" in err
+    assert read_status(root, "Q1")["status"] == "completed" and "1 of 1 qs completed" in stdout
+
+
+def test_fv_relation_refuses_to_take_over_a_q_a_live_process_runs(tmp_path):
+    """A task of an earlier --no-wait array still running Q1: a new run on the folder refuses, naming it."""
+    from fv.paths import FIXTURES
+
+    out, go = tmp_path / "out", tmp_path / "go"
+    go.touch()
+    q1 = out / "relation_tiny" / "Q1"
+    p = _writer(q1, "task", go, hold=60)
+    try:
+        _wait_locked(p)
+        rc, _, err = run_cli(["relation", "--relation-csv", str(FIXTURES / "relation_tiny.csv"), "--out", str(out), *REL_ARGS])
+        assert_one_line_failure(rc, err, f"q Q1 of {q1.parent} is being run by pid {p.pid}", "`writer task`",
+                                "fv relation status")
+        assert read_holder(q1.parent) is None  # the refused run let its own lock go
+    finally:
+        p.kill()
+        p.wait(timeout=30)
+
+
+# Two pytest workers (or gate tasks) that computed one (model, trials): each writes the folder's four parity
+# reports many times, and after each writes reads the two that carry its meta, under the folder's lock, to see
+# whether they are one run's.
+REPORTER = r"""
+import json, sys, time
+from pathlib import Path
+from fv.lock import output_lock
+from fv.parity.compare import ParityResult, StageResult
+from fv.parity.report import write_parity_reports
+from fv.parity.stages import STAGES
+folder, tag, n, go = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), Path(sys.argv[4])
+while not go.exists():
+    time.sleep(0.01)
+mixed = 0
+for i in range(n):
+    write_parity_reports(folder, ParityResult([StageResult(s, "PASS", 0, 0.0) for s in STAGES], {"writer": f"{tag}{i}"}), {}, {})
+    with output_lock(folder, command=f"checker {tag}", wait_s=60):
+        metas = {json.loads((folder / f).read_text())["meta"]["writer"] for f in ("parity_suite_report.json", "injection_parity_report.json")}
+    mixed += len(metas) != 1
+print(mixed)
+"""
+
+
+@pytest.mark.slow  # two processes importing torch: about 15 s on 2 busy CPUs
+def test_two_writers_of_one_report_folder_take_turns_and_never_mix_it(tmp_path):
+    folder, go = tmp_path / "reports", tmp_path / "go"
+    mixed = _race(REPORTER, {t: [str(folder), t, "15"] for t in ("A", "B")}, go)
+    assert mixed == {"A": "0", "B": "0"}, f"times each writer found the folder's reports from two runs: {mixed}"
+    assert read_holder(folder) is None
