@@ -21,16 +21,17 @@ def parse_q_list(spec: str | None) -> list[str] | None:
 
 
 def tokenizer_for(spec: str | None) -> Any:
-    """The tokenizer of a model folder or tiny model name (default: the embedded tiny model)."""
-    from fv.model.resolve import resolve_model_path
+    """The tokenizer of a model or tokenizer folder, a hub id in the local cache, a cache snapshot path or a tiny
+    model name (default: the embedded tiny model)."""
+    from fv.model.resolve import resolve_tokenizer_path
     from fv.model.tokenizers import load_tokenizer
 
-    return load_tokenizer(resolve_model_path(spec))
+    return load_tokenizer(resolve_tokenizer_path(spec))
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", "--model_name", dest="model", default=None,
-                   help="local model folder, or a tiny model: tiny-llama, tiny-llama3tok, or one per family: tiny-gpt2, "
+                   help="local model folder, Hugging Face hub id in the local cache (works offline), cache snapshot path, or a tiny model: tiny-llama, tiny-llama3tok, or one per family: tiny-gpt2, "
                         "tiny-gpt-j, tiny-gpt-neox, tiny-llama-mha, tiny-gemma, tiny-olmo (default: the embedded tiny-llama)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default auto: cuda when there is one)")
     p.add_argument("--dtype", default="auto",

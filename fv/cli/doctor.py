@@ -25,6 +25,25 @@ def _version(mod: str) -> str | None:
         return None
 
 
+class _TokenizerOnly(Exception):
+    """--model names a tokenizer-only folder: only the fixed trials' token ids can be checked."""
+
+
+def _tokenizer_only(model: str | None):  # -> Path | None
+    """The folder of ``model`` when it resolves as a tokenizer but not as a whole model, else None."""
+    from fv.errors import FVError
+    from fv.model.resolve import resolve_model_path, resolve_tokenizer_path
+
+    try:
+        resolve_model_path(model)
+        return None
+    except FVError:
+        try:
+            return resolve_tokenizer_path(model)
+        except FVError:
+            return None
+
+
 def run_doctor(src_root: str | None = None, model: str | None = None, fixed_trials: str | None = None,
                edit_layer: int = 9, baukit_root: str | None = None, device: str = "auto", dtype: str = "float32",
                emit: Callable[[Check], None] = lambda c: print(c.line())) -> list[Check]:
@@ -79,9 +98,12 @@ def run_doctor(src_root: str | None = None, model: str | None = None, fixed_tria
     lm = None
     from fv.errors import FVError
 
+    tokenizer_only = _tokenizer_only(model) if fixed_trials else None
     try:
         from fv.model.loading import load_model
 
+        if tokenizer_only is not None:
+            raise _TokenizerOnly()
         lm = load_model(model, device, dtype)
         info = lm.info
         add("OK", "model", f"{lm.path}: {info.n_layers} layers, {info.n_heads} heads of {info.head_dim}, width {info.d_model}, "
@@ -90,6 +112,8 @@ def run_doctor(src_root: str | None = None, model: str | None = None, fixed_tria
             add("OK", "edit layer", f"--edit-layer {edit_layer} fits ({info.n_layers} layers)")
         else:
             add("FAIL", "edit layer", f"--edit-layer {edit_layer} is outside 0..{info.n_layers - 1}: pick a layer in range")
+    except _TokenizerOnly:
+        add("WARN", "model", f"{tokenizer_only} holds a tokenizer only: the model checks are skipped, the trials' token ids are checked with it")
     except FVError as exc:
         add("FAIL", "model", str(exc))
 
@@ -117,13 +141,18 @@ def run_doctor(src_root: str | None = None, model: str | None = None, fixed_tria
 
             ft = load_trials(fixed_trials)
             add("OK", "fixed trials", f"{ft.path}: {len(ft.trials)} trials, {ft.n_shots} shots, valid schema")
-            if lm is not None:
-                bad = verify_token_ids(ft, lm.tokenizer)
+            tok = lm.tokenizer if lm is not None else None
+            if tokenizer_only is not None:
+                from fv.model.tokenizers import load_tokenizer
+
+                tok = load_tokenizer(tokenizer_only)
+            if tok is not None:
+                bad = verify_token_ids(ft, tok)
                 if bad:
                     add("FAIL", "trial token ids", f"{len(bad)} of {len(ft.trials)} disagree with this tokenizer; first: {bad[0]}. "
                         "Remake the file with `fv make-trials --tokenizer <model>`")
                 else:
-                    add("OK", "trial token ids", f"all {len(ft.trials)} match this model's tokenizer")
+                    add("OK", "trial token ids", f"all {len(ft.trials)} match this tokenizer")
         except FVError as exc:
             add("FAIL", "fixed trials", str(exc))
     return checks
@@ -141,7 +170,7 @@ def register(sub) -> None:
                         description="One line per check, OK/WARN/FAIL with what to do; exit 1 on any FAIL.")
     dr.add_argument("--src-root", dest="src_root", default=None, help="the reference's src/ (else $FV_SRC_ROOT, else ./src)")
     dr.add_argument("--baukit-root", dest="baukit_root", default=None, help="folder with baukit/nethook.py when the baukit package does not import")
-    dr.add_argument("--model", default=None, help="model folder or tiny model name (default tiny-llama)")
+    dr.add_argument("--model", default=None, help="model folder, Hugging Face hub id in the local cache, cache snapshot path or tiny model name (default tiny-llama); with --fixed-trials a tokenizer-only folder checks the token ids alone")
     dr.add_argument("--fixed-trials", dest="fixed_trials", default=None, help="a fixed-trials JSON to validate against the model's tokenizer")
     dr.add_argument("--edit-layer", dest="edit_layer", type=int, default=9, help="the layer parity and runs will inject at (default 9)")
     dr.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default auto)")

@@ -35,7 +35,14 @@ def cmd_verify_trials(a: argparse.Namespace) -> int:
     from fv.runtime.trials import load_trials, verify_token_ids
 
     ft = load_trials(a.path)
-    tok = tokenizer_for(a.tokenizer or ft.meta.get("model_name_for_tokenizer") or None)
+    spec = a.tokenizer or ft.meta.get("model_name_for_tokenizer") or None
+    try:
+        tok = tokenizer_for(spec)
+    except FVError as exc:
+        if a.tokenizer or not spec:
+            raise
+        raise FVError(f"{ft.path}: its meta.model_name_for_tokenizer does not resolve on this machine ({exc}) "
+                      "Pass --tokenizer with a model or tokenizer folder, or a hub id in the local cache.") from None
     bad = verify_token_ids(ft, tok, a.verify_n)
     n = len(ft.subset(a.verify_n))
     for m in bad:
@@ -53,7 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001 - argpars
     m.add_argument("--n-shots", "--n_shots", dest="n_shots", type=int, default=10, help="demonstrations per prompt (ICL; default 10)")
     m.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     m.add_argument("--test-split", "--test_split", dest="test_split", type=float, default=0.3, help="test fraction of the split (default 0.3)")
-    m.add_argument("--tokenizer", "--model_name_for_tokenizer", dest="tokenizer", default=None, help="model or tokenizer folder, or a tiny model name (default tiny-llama)")
+    m.add_argument("--tokenizer", "--model_name_for_tokenizer", dest="tokenizer", default=None, help="model or tokenizer folder, Hugging Face hub id in the local cache, cache snapshot path, or a tiny model name (default tiny-llama)")
     m.add_argument("--model-prepend-bos", "--model_prepend_bos", dest="model_prepend_bos", type=parse_bool, default=None, help="true|false: the tokenizer adds BOS itself (default: detected)")
     m.add_argument("--prepend-bos-token-used", "--prepend_bos_token_used", dest="prepend_bos_token_used", type=parse_bool, default=False, help="true|false: write BOS text into prompts (default false)")
     m.add_argument("--q-list", "--q_list", dest="q_list", default=None, help="relation: comma-separated q ids, or all (default all)")
@@ -63,6 +70,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001 - argpars
 
     v = sub.add_parser("verify-trials", help="recompute a trials file's token ids (M0)", description="Recompute every trial's answer ids with a tokenizer and list each disagreement; exit 1 on any.")
     v.add_argument("path", help="fixed-trials JSON")
-    v.add_argument("--tokenizer", "--model_name_for_tokenizer", "--tokenizer_name", dest="tokenizer", default=None, help="model or tokenizer folder, or a tiny model name (default: the file's model_name_for_tokenizer)")
+    v.add_argument("--tokenizer", "--model_name_for_tokenizer", "--tokenizer_name", dest="tokenizer", default=None, help="model or tokenizer folder, Hugging Face hub id in the local cache, cache snapshot path, or a tiny model name (default: the file's meta.model_name_for_tokenizer)")
     v.add_argument("--verify-n", "--verify_n", dest="verify_n", type=int, default=None, help="check only the first N trials")
     v.set_defaults(func=cmd_verify_trials)

@@ -12,7 +12,7 @@ import torch
 from fv.errors import FVError
 from fv.model.tree import ModelInfo, inspect_model
 from fv.model.loading_rules import pick_rule
-from fv.model.resolve import resolve_model_path
+from fv.model.resolve import display_name, resolve_model_path
 from fv.model.tiny import tiny_name_of_folder
 from fv.model.tokenizers import load_tokenizer, tokenizer_prepends_bos
 
@@ -49,8 +49,9 @@ class LoadedModel:
 
     @property
     def name(self) -> str:
-        """A tiny model's name for its cache folder (``<stem>-<fingerprint>``), else the folder name."""
-        return tiny_name_of_folder(self.path.name) or self.path.name
+        """A tiny model's name for its cache folder (``<stem>-<fingerprint>``), a cache snapshot's repository name,
+        else the folder name."""
+        return tiny_name_of_folder(self.path.name) or display_name(self.path)
 
     @property
     def config_hash(self) -> str:

@@ -9,12 +9,13 @@ from fv.errors import FVError
 
 
 def load_tokenizer(path: str | Path) -> Any:
+    """The tokenizer in ``path`` (a model folder or a tokenizer-only folder), as the reference loads it."""
     from transformers import AutoTokenizer
 
     try:
         return AutoTokenizer.from_pretrained(str(path))
     except Exception as exc:
-        raise FVError(f"cannot load a tokenizer from {path}: {exc}. Give a model folder or a tiny model name.") from exc
+        raise FVError(f"cannot load a tokenizer from {path}: {exc}. Give a model folder, a tokenizer folder, a cached hub id or a tiny model name.") from exc
 
 
 def tokenizer_prepends_bos(tokenizer: Any) -> bool:

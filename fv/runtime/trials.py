@@ -98,10 +98,13 @@ def _trial_body(head: dict, demos, corrupted, query, tokenizer, prefixes, separa
     corr = make_prompt_data(corrupted, query, prefixes, separators, prepend_bos_token=bos_text)
     clean_str, corr_str = prompt_string(clean), prompt_string(corr)
     target = clean["query_target"]["output"]
-    body = {
-        "demos_clean": _pairs(clean["examples"]), "demos_corrupted": _pairs(corr["examples"]),
-        "query": dict(clean["query_target"]),
-    }
+    if relation:  # the user's relation files hold the CSV cells as written; the prompt's space lives in the prompt data
+        body = {"demos_clean": _pairs([{"input": a, "output": b} for a, b in demos]),
+                "demos_corrupted": _pairs([{"input": a, "output": b} for a, b in corrupted]),
+                "query": {"input": query[0], "output": query[1]}}
+    else:  # ICL files restate the prompt data, leading space included
+        body = {"demos_clean": _pairs(clean["examples"]), "demos_corrupted": _pairs(corr["examples"]),
+                "query": dict(clean["query_target"])}
     if relation:
         return {**head, **body, "clean_prompt_str": clean_str, "corrupted_prompt_str": corr_str,
                 "prompt_data_clean": clean, "prompt_data_corrupted": corr, "target_str": target,

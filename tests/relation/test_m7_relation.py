@@ -63,11 +63,12 @@ def test_q_trials_follow_the_rule(relation_trials, q_id, fv_options):
         assert qi not in demos and len(demos) == N_DEMOS == len(set(demos))
         assert sorted(t["demo_order"]) == sorted(i for i in range(len(rows)) if i != qi)
         assert t["demo_order"][:N_DEMOS] == demos
-        assert [(d["input"], d["output"]) for d in t["demos_clean"]] == [(" " + rows[i][0], " " + rows[i][1]) for i in demos]
+        assert [(d["input"], d["output"]) for d in t["demos_clean"]] == [rows[i] for i in demos]
         clean_out = [d["output"] for d in t["demos_clean"]]
         corr_out = [d["output"] for d in t["demos_corrupted"]]
         assert sorted(corr_out) == sorted(clean_out)
-        assert t["query"] == {"input": " " + rows[qi][0], "output": " " + rows[qi][1]}
+        assert t["query"] == {"input": rows[qi][0], "output": rows[qi][1]}
+        assert t["prompt_data_clean"]["query_target"] == {"input": " " + rows[qi][0], "output": " " + rows[qi][1]}
 
 
 def test_small_qs_are_skipped_and_listed(relation_trials):
