@@ -54,6 +54,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--relation-csv", default=None, help="M7: relation CSV (default fixtures/relation_tiny.csv; the real fixtures/data/relationA_ex.csv is a good next step)")
     g.addoption("--n-trials-per-q", type=int, default=3, help="M7: trials per q (default 3)")
     g.addoption("--fv-out", default=None, help="where reports go (default results_fv/ under the directory pytest runs in)")
+    g.addoption("--golden-dir", default=None,
+                help="M1/M2: a user's golden folder as src wrote it (results/<dataset>/<fixed_trials_id>/ with "
+                     "<dataset>_mean_head_activations_FIXED.pt, _dummy_labels.json, _indirect_effect.pt); fv is compared "
+                     "with it within its dtype's tolerance, on the --fixed-trials it was made from")
     g.addoption("--allow-empty", action="store_true",
                 help="let a gate pass that compared nothing for a (model, trials) pair (no reference and no goldens); "
                      "without it such a session fails")
@@ -93,8 +97,15 @@ def check_options(opts: "FVOptions") -> None:
             n_layers = cfg.get("num_hidden_layers", cfg.get("n_layer"))
         if isinstance(n_layers, int) and not 0 <= opts.edit_layer < n_layers:
             raise FVError(f"--edit-layer {opts.edit_layer} is outside {name}: it has {n_layers} layers (0..{n_layers - 1}).")
+    relation_file = False
     if opts.fixed_trials:
-        load_trials(opts.fixed_trials)
+        relation_file = any(t.q_id is not None for t in load_trials(opts.fixed_trials).trials)
+    if opts.golden_dir:
+        from fv.parity.user_goldens import load_user_goldens
+
+        if not opts.fixed_trials:
+            raise FVError(f"--golden-dir {opts.golden_dir} needs --fixed-trials FILE: the trials src made those goldens from.")
+        load_user_goldens(opts.golden_dir)
     if opts.dataset and not Path(opts.dataset).is_file():
         raise FVError(f"--dataset {opts.dataset} not found. Give an ICL dataset JSON.")
     if opts.src_root or os.environ.get("FV_SRC_ROOT"):
@@ -102,7 +113,7 @@ def check_options(opts: "FVOptions") -> None:
             find_src_root(opts.src_root)
         except ReferenceUnavailable as exc:
             raise FVError(str(exc)) from None
-    if opts.relation_csv or opts.q_list:
+    if opts.relation_csv or (opts.q_list and not relation_file):
         from fv.runtime.datasets import load_relation_csv
 
         csv = Path(opts.relation_csv) if opts.relation_csv else default_relation_csv()
@@ -145,6 +156,7 @@ class FVOptions:
     allow_empty: bool = False
     attn: str = "auto"
     src_model: str = "own"
+    golden_dir: str | None = None
 
     @classmethod
     def of(cls, config: pytest.Config) -> "FVOptions":
@@ -161,7 +173,7 @@ class FVOptions:
                    o("--src-compat"), o("--require-src"), o("--fixed-trials"), o("--dataset"), o("--n-top-heads"),
                    o("--edit-layer"), o("--max-trials"), o("--q-list"), o("--relation-csv"), o("--n-trials-per-q"),
                    Path(o("--fv-out")) if o("--fv-out") else invoked / "results_fv", root, o("--allow-empty"),
-                   o("--fv-attn-implementation"), o("--src-model"))
+                   o("--fv-attn-implementation"), o("--src-model"), o("--golden-dir"))
 
 
 def trial_sets(opts: FVOptions) -> list[str]:
@@ -344,15 +356,26 @@ def parity_for(opts: FVOptions, lm: Any, trials: Any, require_reference: bool = 
     from fv.parity.run import default_out_dir, run_parity
     from fv.reference.stages import STAGE_FUNCTIONS, live_source
 
-    ref = get_reference(opts)
+    golden = None
+    if opts.golden_dir:  # the user's goldens are the other side, even where the reference is present
+        from dataclasses import replace
+
+        from fv.parity.user_goldens import golden_source
+
+        try:
+            golden = golden_source(opts.golden_dir, lm, trials)
+        except FVError as exc:
+            pytest.fail(str(exc), pytrace=False)
+    ref = get_reference(opts) if golden is None else None
     if isinstance(ref, str):
         if opts.require_src:
             pytest.fail(ref, pytrace=False)
         if require_reference:
             pytest.skip(ref)
         ref = None
-    params = fv_params(opts)
-    key = (lm.name, str(trials.path), trials.sha256, tuple(sorted(params.as_dict().items())), ref is not None, opts.src_model)
+    params = fv_params(opts) if golden is None else replace(fv_params(opts), max_trials=golden.n_trials)
+    key = (lm.name, str(trials.path), trials.sha256, tuple(sorted(params.as_dict().items())), ref is not None, opts.src_model,
+           opts.golden_dir)
     if key not in _PARITY:
         try:
             lm.info.check_edit_layer(params.edit_layer)
@@ -360,7 +383,7 @@ def parity_for(opts: FVOptions, lm: Any, trials: Any, require_reference: bool = 
             if ref is not None:
                 source = live_source(ref, reference_own_model(ref, lm) if opts.src_model == "own" else None)
             _PARITY[key] = run_parity(lm, trials, params, source,
-                                      default_out_dir(opts.out_root, trials), stage_functions=STAGE_FUNCTIONS)
+                                      default_out_dir(opts.out_root, trials), stage_functions=STAGE_FUNCTIONS, golden=golden)
         except FileNotFoundError as exc:
             _PARITY[key] = (f"{EMPTY_GATE} {lm.name} x {trials.id}: no reference and {exc}. Pass --src-root PATH (the "
                             f"reference's src/) to compare live, or make goldens with `pytest -m m1 --snapshot-update --src-root PATH`")
@@ -404,6 +427,17 @@ def assert_golden(run: Any, artifact: str, snapshot: Any, update: bool) -> None:
     from fv.parity.snapshot import golden_extension
     from fv.paths import SNAPSHOT_ROOT
 
+    from fv.parity.user_goldens import USER_GOLDENS, artifact_problems, imported_from
+
+    if run.source == USER_GOLDENS:  # --golden-dir: the user's files, not the snapshots
+        if update:
+            pytest.fail("--snapshot-update writes goldens from the live reference; drop --golden-dir (or make snapshots of "
+                        "a user's goldens with `fv golden import`).", pytrace=False)
+        problems = artifact_problems(run, artifact)
+        if problems is None:
+            pytest.skip(f"{run.other_side} hold no {artifact} (src writes mean activations, dummy labels, indirect effects)")
+        assert not problems, f"{artifact} differs from {run.other_side}:\n" + "\n".join(problems)
+        return
     folder = golden_dir(SNAPSHOT_ROOT, run.lm.name, run.trials.id, len(run.trial_keys))
     kind = GOLDEN_ARTIFACTS[artifact][0]
     ext = golden_extension(folder, kind, tolerance_for(run.lm.dtype, exact=False))
@@ -418,6 +452,8 @@ def assert_golden(run: Any, artifact: str, snapshot: Any, update: bool) -> None:
         return
     value = artifact_value(run.fv, artifact)
     _check_shape(run, artifact, value)
+    if not (folder / f"{artifact}.{ext._file_extension}").is_file() and imported_from(folder):
+        pytest.skip(f"{folder} holds goldens imported from {imported_from(folder)}, which have no {artifact}")
     assert (folder / f"{artifact}.{ext._file_extension}").is_file(), f"golden {artifact} missing in {folder}"
     assert value == snapshot.use_extension(ext)(name=artifact)
 

@@ -16,10 +16,16 @@ def cmd_relation(a: argparse.Namespace) -> int:
     from fv.runtime.cluster import load_cluster_file
     from fv.runtime.relation import RelationConfig, relation_root
 
-    if not a.relation_csv:
-        raise FVError("expected --relation-csv CSV (or `fv relation status OUT` to read a run submitted earlier)")
-    cfg = RelationConfig(relation_csv=a.relation_csv, out=a.out, model=a.model, device=a.device, dtype=a.dtype,
-                         q_list=parse_q_list(a.q_list), n_trials_per_q=a.n_trials_per_q, n_demos=a.n_demos, topk=a.topk,
+    if bool(a.relation_csv) == bool(a.fixed_trials):
+        raise FVError("expected exactly one of --relation-csv CSV or --fixed-trials FILE (a sampled-trials file); found "
+                      + ("both" if a.relation_csv else "neither") + " (or `fv relation status OUT` to read a run submitted earlier)")
+    n_demos = a.n_demos
+    if a.fixed_trials:  # the file decides the demos; the q key records them
+        from fv.runtime.relation import read_relation_trials
+
+        n_demos = read_relation_trials(a.fixed_trials, parse_q_list(a.q_list))["meta"]["n_demos"]
+    cfg = RelationConfig(relation_csv=a.relation_csv or "", fixed_trials=a.fixed_trials, out=a.out, model=a.model, device=a.device, dtype=a.dtype,
+                         q_list=parse_q_list(a.q_list), n_trials_per_q=a.n_trials_per_q, n_demos=n_demos, topk=a.topk,
                          seed=a.seed, edit_layers=a.edit_layers, mode=a.mode, workers=a.workers,
                          stop_on_error=a.stop_on_error, cpu_threads=a.cpu_threads)
     executor = a.executor or (load_cluster_file(a.cluster_config).get("executor") if a.cluster_config else None) or "inprocess"
@@ -127,8 +133,11 @@ def cmd_status(a: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001 - argparse exposes no public type
     r = sub.add_parser("relation", help="the per-q relation pipeline (M7)",
                        description="For each eligible q of a relation CSV: q-wise fixed trials, mean activations, the indirect-effect sweep, top-k heads, the FV, and zero-shot injection at every edit layer. Resumes where a previous run stopped.")
-    r.add_argument("--relation-csv", "--relation_csv", dest="relation_csv", default=None, help="CSV with columns id, ex_A, ex_B (required)")
-    r.add_argument("--model", default=None, help="model folder or tiny model name (default tiny-llama)")
+    r.add_argument("--relation-csv", "--relation_csv", dest="relation_csv", default=None, help="CSV with columns id, ex_A, ex_B (this or --fixed-trials)")
+    r.add_argument("--fixed-trials", "--fixed_trials", dest="fixed_trials", default=None,
+                   help="an all-q sampled-trials JSON (relation trials with q_id, e.g. from `fv make-trials --relation-csv` or "
+                        "the user's own sampler): run on exactly its trials instead of drawing them from --relation-csv")
+    r.add_argument("--model", default=None, help="model folder, Hugging Face hub id in the local cache, cache snapshot path, or tiny model name (default tiny-llama)")
     r.add_argument("--out", default="results_fv", help="output root; results go to <out>/<relation>/<q_id>/ (default "
                    "results_fv). " + LOCK_HELP.replace("--out", "<out>/<relation>"))
     r.add_argument("--q-list", "--q_list", dest="q_list", default=None, help="comma-separated q ids, or all (default all)")

@@ -61,19 +61,21 @@ def deserialize(kind: str, data: bytes | str) -> Any:
 
 
 def load_goldens(folder: Path) -> StageValues | None:
-    """Stage values from a golden folder, or None when any artifact is missing."""
+    """Stage values from a golden folder, or None when it holds none. A folder imported from a user's goldens
+    (``fv golden import``) holds only some artifacts: the stages it lacks are left out and not compared."""
     vals: dict[str, Any] = {}
     for name, (kind, _stage) in GOLDEN_ARTIFACTS.items():
         f = Path(folder) / f"{name}.{EXTENSIONS[kind]}"
-        if not f.is_file():
-            return None
-        vals[name] = deserialize(kind, f.read_bytes())
+        if f.is_file():
+            vals[name] = deserialize(kind, f.read_bytes())
+    if not vals:
+        return None
     sv = StageValues()
-    sv.values = {
-        "prompt": vals["prompt"], "slot": {"dummy_labels": vals["dummy_labels"], "trials": vals["slot"]},
-        "mean_activations": vals["mean_activations"], "indirect_effect": vals["indirect_effect"],
-        "top_heads": vals["top_heads"], "fv": vals["fv"], "injection": vals["injection"],
-    }
+    if "dummy_labels" in vals:
+        sv.values["slot"] = {"dummy_labels": vals["dummy_labels"], **({"trials": vals["slot"]} if "slot" in vals else {})}
+    for name in ("prompt", "mean_activations", "indirect_effect", "top_heads", "fv", "injection"):
+        if name in vals:
+            sv.values[GOLDEN_ARTIFACTS[name][1]] = vals[name]
     return sv
 
 

@@ -6,7 +6,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
+
+import torch
 
 from fv.meta import run_meta
 from fv.model.loading import LoadedModel
@@ -16,6 +18,9 @@ from fv.parity.report import write_parity_reports
 from fv.parity.stages import STAGES, Params, StageValues, fv_stage_values, trial_key
 from fv.paths import SNAPSHOT_ROOT
 from fv.runtime.trials import FixedTrials, Trial
+
+if TYPE_CHECKING:
+    from fv.parity.user_goldens import GoldenSource
 
 
 @dataclass
@@ -40,12 +45,19 @@ def _normalize(sv: StageValues) -> StageValues:
     return out
 
 
+def _as_held(src: StageValues, fvv: StageValues) -> StageValues:
+    """fv's values cut to what the goldens hold: a user's slot golden is the dummy labels alone."""
+    if "slot" in src.values and "trials" not in src.values["slot"]:
+        fvv.values["slot"] = {"dummy_labels": fvv.values["slot"]["dummy_labels"]}
+    return fvv
+
+
 @dataclass
 class ParityRun:
     lm: LoadedModel
     trials: FixedTrials
     params: Params
-    source: str  # "reference" or "golden"
+    source: str  # "reference", "golden" (the snapshots) or "user goldens" (--golden-dir)
     src: StageValues
     fv: StageValues
     tolerance: Tolerance
@@ -71,8 +83,9 @@ def src_from_source(source: LiveSource, lm: LoadedModel, trials: FixedTrials, pa
 
 def run_parity(lm: LoadedModel, trials: FixedTrials, params: Params, ref: LiveSource | None, out_dir: Path | None,
                snapshot_root: Path = SNAPSHOT_ROOT, fv_values: StageValues | None = None,
-               stage_functions: dict[str, str] | None = None) -> ParityRun:
-    """Compare every stage. With ``ref`` the gate is exact; from goldens it uses the dtype's tolerance."""
+               stage_functions: dict[str, str] | None = None, golden: GoldenSource | None = None) -> ParityRun:
+    """Compare every stage. With ``ref`` the gate is exact; from goldens (``golden``: a user's golden folder, else
+    the snapshot folder) it uses the goldens' dtype's tolerance. Stages the goldens do not hold are not compared."""
     subset = trials.subset(params.max_trials)
     side_facts = ref.check(lm, trials) if ref is not None and ref.check is not None else {}
     if ref is not None:
@@ -80,17 +93,23 @@ def run_parity(lm: LoadedModel, trials: FixedTrials, params: Params, ref: LiveSo
         source, tol = "reference", EXACT if params.mode == "exact" else tolerance_for(lm.dtype, exact=False)
         notes = list(ref.notes) + (["--src-compat: the reference's FV addition applied to tensor outputs"] if ref.compat else [])
         other = ref.description
+    elif golden is not None:
+        src, inj_error, source, tol, notes, other = golden.values, None, golden.kind, golden.tolerance, golden.notes, golden.description
     else:
         folder = golden_dir(snapshot_root, lm.name, trials.id, len(subset))
         src = load_goldens(folder)
         if src is None:
             raise FileNotFoundError(f"no goldens in {folder}")
         inj_error = None
-        source, tol = "golden", tolerance_for(lm.dtype, exact=False)
-        prov = folder.parent / f"{folder.name}.meta.json"
-        notes = json.loads(prov.read_text()).get("notes", []) if prov.is_file() else []
-        other = f"goldens in {folder}"
+        prov_path = folder.parent / f"{folder.name}.meta.json"
+        prov = json.loads(prov_path.read_text()) if prov_path.is_file() else {}
+        # imported goldens record the dtype they were made in; the reference's own were made in the model's
+        dtype = getattr(torch, prov["golden_dtype"]) if prov.get("golden_dtype") else lm.dtype
+        source, tol = "golden", tolerance_for(dtype, exact=False)
+        notes = prov.get("notes", [])
+        other = f"goldens in {folder}" + (f" (imported from {prov['imported_from']})" if prov.get("imported_from") else "")
     fvv = _normalize(fv_values if fv_values is not None else fv_stage_values(lm, subset, params, trials.meta.get("prefixes"), trials.meta.get("separators")))
+    fvv = _as_held(src, fvv)
     keys = [trial_key(t) for t in subset]
     meta = run_meta(lm, trials, params.as_dict(), source=source, other_side=other, tolerance=tol.__dict__, src_notes=notes,
                     src_compat=bool(ref.compat) if ref is not None else any("src-compat" in n for n in notes), **side_facts)
@@ -100,11 +119,11 @@ def run_parity(lm: LoadedModel, trials: FixedTrials, params: Params, ref: LiveSo
         result.stages[i] = StageResult("injection", "FAIL", 2 * len(keys), float("inf"), detail=[inj_error])
     run = ParityRun(lm, trials, params, source, src, fvv, tol, result, injection_error=inj_error, other_side=other)
     if out_dir is not None:
-        run.report_paths = write_parity_reports(out_dir, result, src.values["injection"], fvv.values["injection"])
+        run.report_paths = write_parity_reports(out_dir, result, src.values.get("injection", {}), fvv.values["injection"])
     return run
 
 
 def compare_with(run: ParityRun, fv_values: StageValues) -> ParityResult:
     """Compare another fv computation with the same source values (used to prove a perturbation is caught)."""
-    return compare_all(run.src, _normalize(fv_values), run.tolerance, run.trial_keys, {},
+    return compare_all(run.src, _as_held(run.src, _normalize(fv_values)), run.tolerance, run.trial_keys, {},
                        {s.name: s.reference_function for s in run.result.stages})

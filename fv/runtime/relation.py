@@ -53,6 +53,8 @@ class RelationConfig:
     mode: str = "exact"
     workers: int = 1
     stop_on_error: bool = False
+    # a user's existing all-q sampled-trials file, run on exactly its trials instead of drawing new ones
+    fixed_trials: str | None = None
     # CPU matrix kernels sum in an order that depends on their thread count; a fixed count per q keeps results
     # independent of how many workers share the machine. Parallelism on the CPU comes from --workers.
     cpu_threads: int = 1
@@ -67,7 +69,36 @@ class RelationConfig:
 
 
 def relation_root(cfg: RelationConfig) -> Path:
-    return Path(cfg.out) / Path(cfg.relation_csv).stem
+    """``<out>/<relation CSV stem>``, or ``<out>/<trials file stem>`` for a run on a user's trials file."""
+    return Path(cfg.out) / Path(cfg.fixed_trials or cfg.relation_csv).stem
+
+
+def read_relation_trials(path: str | Path, q_list: Sequence[str] | None = None) -> dict:
+    """A user's all-q sampled-trials file as ``make_relation_trials`` returns one: its trials untouched and in file
+    order, ``meta.q_ids`` the qs it holds (or those of ``q_list``), ``meta.skipped_qs`` as the file says."""
+    from fv.runtime.trials import load_trials
+
+    ft = load_trials(path)
+    if any(t.q_id is None for t in ft.trials):
+        raise FVError(f"fixed-trials file {path}: expected relation trials (each with q_id), found ICL trials (trial_id). "
+                      "Give an all-q sampled-trials file, or run ICL trials with `fv run --fixed-trials`.")
+    meta = dict(ft.raw.get("meta") or {})
+    present = list(dict.fromkeys(t.q_id for t in ft.trials))
+    qs = [q for q in meta.get("q_ids") or [] if q in present] or sorted(present)
+    if q_list:
+        missing = [q for q in q_list if q not in present]
+        if missing:
+            raise FVError(f"--q-list names {missing}, which {path} has no trials for; it has {sorted(present)}.")
+        qs = list(q_list)
+    trials = [t for t in ft.raw["trials"] if t["q_id"] in qs]
+    n_demos = len(trials[0]["demos_clean"])
+    return {"meta": {**meta, "q_ids": qs, "skipped_qs": meta.get("skipped_qs", []), "n_demos": n_demos}, "trials": trials}
+
+
+def per_q_trials_name(cfg: RelationConfig, q: str) -> str:
+    if cfg.fixed_trials:
+        return f"fixed_trials_{Path(cfg.fixed_trials).stem}_{q}.json"
+    return f"fixed_trials_{Path(cfg.relation_csv).stem}_{q}_t{cfg.n_trials_per_q}_d{cfg.n_demos}_seed{cfg.seed}.json"
 
 
 def _status_path(root: Path, q: str) -> Path:
@@ -110,16 +141,23 @@ def _write_status(root: Path, q: str, record: dict) -> None:
 
 
 def prepare_trials(cfg: RelationConfig, tokenizer: Any, model_name: str, prepend_bos: bool) -> tuple[list[str], list[dict], Path]:
-    """Make the all-q trials file once, split it into one trials file per q; returns (qs, skipped, root)."""
+    """Make the all-q trials file once (or take the user's, ``cfg.fixed_trials``), split it into one trials file
+    per q; returns (qs, skipped, root)."""
     from fv.runtime.trials import make_relation_trials, save_trials
 
     root = ensure_dir(relation_root(cfg))
-    raw = make_relation_trials(cfg.relation_csv, tokenizer, cfg.n_trials_per_q, cfg.n_demos, cfg.seed, cfg.q_list,
-                               model_name_for_tokenizer=model_name, model_prepend_bos=prepend_bos)
+    if cfg.fixed_trials:
+        from fv.runtime.trials import load_trials, require_tokenizer_agrees
+
+        raw = read_relation_trials(cfg.fixed_trials, cfg.q_list)
+        require_tokenizer_agrees(load_trials(cfg.fixed_trials), tokenizer)
+    else:
+        raw = make_relation_trials(cfg.relation_csv, tokenizer, cfg.n_trials_per_q, cfg.n_demos, cfg.seed, cfg.q_list,
+                                   model_name_for_tokenizer=model_name, model_prepend_bos=prepend_bos)
     save_trials(root / "fixed_trials_all_q.json", raw)
     for q in raw["meta"]["q_ids"]:
         mine = [t for t in raw["trials"] if t["q_id"] == q]
-        path = root / q / f"fixed_trials_{Path(cfg.relation_csv).stem}_{q}_t{cfg.n_trials_per_q}_d{cfg.n_demos}_seed{cfg.seed}.json"
+        path = root / q / per_q_trials_name(cfg, q)
         if not path.is_file() or json.loads(path.read_text())["trials"] != mine:
             save_trials(path, {"meta": {**raw["meta"], "q_id": q}, "trials": mine})
     return raw["meta"]["q_ids"], raw["meta"]["skipped_qs"], root

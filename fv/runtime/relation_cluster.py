@@ -106,7 +106,7 @@ def run_relation_cluster(cfg: RelationConfig, cc: ClusterConfig, wait: bool = Tr
     tasks: list[dict] = []
     folder = root / JOBS_DIR
     if groups:
-        ex = make_executor(cc, folder / "%j", name=f"fv-relation-{Path(cfg.relation_csv).stem}")
+        ex = make_executor(cc, folder / "%j", name=f"fv-relation-{relation_root(cfg).name}")
         task_cfg = {**asdict(cfg), "workers": 1, "q_list": list(cfg.q_list) if cfg.q_list else None}
         jobs = ex.map_array(RelationTask(), [task_cfg] * len(groups), [str(root)] * len(groups), groups)
         tasks = [{**job_record(j), "qs": g} for j, g in zip(jobs, groups)]

@@ -14,7 +14,7 @@ import pytest
 from fv.parity.golden import GOLDEN_ARTIFACTS
 from fv.pytest_plugin import assert_golden, parity_for
 from fv.runtime.trials import load_trials, make_relation_trials, plan_relation_qs, save_trials
-from tests.relation.conftest import relation_csv
+from tests.relation.conftest import relation_csv, relation_trials_file
 
 pytestmark = pytest.mark.m7
 N_DEMOS = 9
@@ -25,21 +25,31 @@ _CACHE: dict = {}
 def relation_trials(fv_options, fv_model):
     """The all-q trials file, made once per model, and one trials file per q."""
 
-    key = (fv_model.name, str(relation_csv(fv_options)), fv_options.n_trials_per_q)
+    users = relation_trials_file(fv_options)
+    key = (fv_model.name, str(users or relation_csv(fv_options)), fv_options.n_trials_per_q)
     if key not in _CACHE:
         from fv.runtime.datasets import load_relation_csv
 
-        csv = relation_csv(fv_options)
-        groups = load_relation_csv(csv)
-        # trials are drawn for every q of the file, whichever qs are selected: one q's draws depend on the qs
-        # drawn before it, so a q's trials (and goldens) must not change with --q-list
-        raw = make_relation_trials(csv, fv_model.tokenizer, fv_options.n_trials_per_q, N_DEMOS, 0, None,
-                                   model_name_for_tokenizer=fv_model.name, model_prepend_bos=fv_model.prepend_bos)
-        root = fv_options.out_root / csv.stem / "_m7_trials" / fv_model.name
+        if users:  # a user's sampled-trials file: exactly its trials; its draws are checked when a CSV is given
+            from fv.runtime.relation import read_relation_trials
+
+            raw = read_relation_trials(users)
+            csv, stem = (relation_csv(fv_options) if fv_options.relation_csv else None), users.stem
+            name = lambda q: f"fixed_trials_{stem}_{q}_{fv_model.name}.json"  # noqa: E731
+        else:
+            csv = relation_csv(fv_options)
+            stem = csv.stem
+            # trials are drawn for every q of the file, whichever qs are selected: one q's draws depend on the qs
+            # drawn before it, so a q's trials (and goldens) must not change with --q-list
+            raw = make_relation_trials(csv, fv_model.tokenizer, fv_options.n_trials_per_q, N_DEMOS, 0, None,
+                                       model_name_for_tokenizer=fv_model.name, model_prepend_bos=fv_model.prepend_bos)
+            name = lambda q: f"fixed_trials_{stem}_{q}_t{fv_options.n_trials_per_q}_d{N_DEMOS}_seed0_{fv_model.name}.json"  # noqa: E731
+        groups = load_relation_csv(csv) if csv else None
+        root = fv_options.out_root / stem / "_m7_trials" / fv_model.name
         save_trials(root / "fixed_trials_all_q.json", raw)
         per_q = {}
         for q in raw["meta"]["q_ids"]:
-            p = root / f"fixed_trials_{csv.stem}_{q}_t{fv_options.n_trials_per_q}_d{N_DEMOS}_seed0_{fv_model.name}.json"
+            p = root / name(q)
             save_trials(p, {"meta": {**raw["meta"], "q_id": q}, "trials": [t for t in raw["trials"] if t["q_id"] == q]})
             per_q[q] = load_trials(p)
         _CACHE[key] = (raw, per_q, groups)
@@ -51,12 +61,17 @@ def _q(relation_trials, q_id):
     skipped = {s["q_id"]: s for s in raw["meta"]["skipped_qs"]}
     if q_id in skipped:
         pytest.skip(f"{q_id} skipped by the trials rule: {skipped[q_id]['n_rows']} rows, {skipped[q_id]['reason']}")
-    return per_q[q_id], groups[q_id]
+    if q_id not in per_q:
+        pytest.fail(f"{q_id} has no trials in {raw['meta'].get('relation_csv') or 'the trials file'}; it has {sorted(per_q)}",
+                    pytrace=False)
+    return per_q[q_id], (groups or {}).get(q_id)
 
 
 def test_q_trials_follow_the_rule(relation_trials, q_id, fv_options):
     ft, rows = _q(relation_trials, q_id)
-    assert len(ft.trials) == fv_options.n_trials_per_q
+    if rows is None:
+        pytest.skip("a user's trials file without --relation-csv: nothing to check its draws against")
+    assert len(ft.trials) == relation_trials[0]["meta"].get("n_trials_per_q", fv_options.n_trials_per_q)
     for t in ft.raw["trials"]:
         assert t["q_id"] == q_id
         qi, demos = t["query_source_index"], t["demo_source_indices"]
@@ -73,6 +88,8 @@ def test_q_trials_follow_the_rule(relation_trials, q_id, fv_options):
 
 def test_small_qs_are_skipped_and_listed(relation_trials):
     raw, _, groups = relation_trials
+    if groups is None:
+        pytest.skip("a user's trials file without --relation-csv: nothing to check its skipped qs against")
     for s in raw["meta"]["skipped_qs"]:
         assert s["n_rows"] == len(groups[s["q_id"]]) < N_DEMOS + 1
     assert not {s["q_id"] for s in raw["meta"]["skipped_qs"]} & set(raw["meta"]["q_ids"])

@@ -1,0 +1,192 @@
+"""A user's own goldens: the files src wrote on their GPU under ``results/<dataset>/<fixed_trials_id>/``
+(docs/reference.md, "Artifacts"): ``<dataset>_mean_head_activations_FIXED.pt``, ``<dataset>_dummy_labels.json`` and
+``<dataset>_indirect_effect.pt``.
+
+They drive M1/M2 directly (``pytest --golden-dir DIR``), compared within the tolerance of the dtype they were made
+in, or become snapshots under ``snapshots/`` with their provenance (``fv golden import``). Either way they are
+first checked against the model and the trials: a file that does not fit says which file, what was expected and
+what was found.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fv.errors import FVError
+from fv.io import read_json, sha256_file, write_bytes, write_json
+from fv.parity.compare import Tolerance, diff_tensors, tolerance_for
+from fv.parity.golden import EXTENSIONS, GOLDEN_ARTIFACTS, golden_dir, serialize
+from fv.parity.stages import StageValues, fv_dummy_labels
+
+USER_GOLDENS = "user goldens"  # ParityRun.source for a run against --golden-dir
+# golden artifact -> the file src writes for it, by dataset name
+USER_FILES = {
+    "mean_activations": "{dataset}_mean_head_activations_FIXED.pt",
+    "dummy_labels": "{dataset}_dummy_labels.json",
+    "indirect_effect": "{dataset}_indirect_effect.pt",
+}
+_FIX = "Check that --golden-dir, the model and the fixed trials are the ones src used."
+
+
+@dataclass
+class GoldenSource:
+    """Golden stage values from somewhere other than the snapshot folder, and how to tell and compare them."""
+
+    values: StageValues
+    description: str
+    tolerance: Tolerance
+    notes: list[str] = field(default_factory=list)
+    kind: str = USER_GOLDENS
+    n_trials: int = 0
+
+
+@dataclass
+class UserGoldens:
+    folder: Path
+    dataset: str
+    files: dict[str, Path]
+    mean_activations: torch.Tensor
+    dummy_labels: list
+    indirect_effect: torch.Tensor
+
+    @property
+    def n_trials(self) -> int:
+        return int(self.indirect_effect.shape[0])
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.mean_activations.dtype
+
+    def stage_values(self) -> StageValues:
+        return StageValues(values={"slot": {"dummy_labels": self.dummy_labels}, "mean_activations": self.mean_activations,
+                                   "indirect_effect": self.indirect_effect})
+
+
+def _dataset_of(folder: Path) -> str:
+    suffix = USER_FILES["mean_activations"].format(dataset="")
+    hits = sorted(p.name[: -len(suffix)] for p in folder.glob(f"*{suffix}"))
+    if len(hits) != 1:
+        found = sorted(p.name for p in folder.iterdir() if p.is_file())[:8]
+        raise FVError(f"golden folder {folder}: expected one <dataset>{suffix} (src writes it under results/<dataset>/"
+                      f"<fixed_trials_id>/), found {len(hits)} ({', '.join(hits) or 'files: ' + (', '.join(found) or 'none')}). "
+                      "Give the folder that holds one dataset's goldens.")
+    return hits[0]
+
+
+def _tensor(path: Path, ndim: int, what: str) -> torch.Tensor:
+    from fv.io import load_tensor_file
+
+    t = load_tensor_file(path)
+    if not isinstance(t, torch.Tensor) or t.ndim != ndim:
+        found = f"a {t.ndim}-D tensor {tuple(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
+        raise FVError(f"{path}: expected a {ndim}-D tensor ({what}), found {found}. {_FIX}")
+    return t
+
+
+def load_user_goldens(folder: str | Path) -> UserGoldens:
+    """Read the three files of a user's golden folder (tensors with weights_only=True)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FVError(f"golden folder {folder} not found. Give results/<dataset>/<fixed_trials_id>/ as src wrote it.")
+    dataset = _dataset_of(folder)
+    files = {k: folder / v.format(dataset=dataset) for k, v in USER_FILES.items()}
+    missing = [p.name for p in files.values() if not p.is_file()]
+    if missing:
+        raise FVError(f"golden folder {folder}: expected {', '.join(p.name for p in files.values())}; "
+                      f"{', '.join(missing)} missing. Copy the whole folder src wrote.")
+    raw = read_json(files["dummy_labels"], "dummy labels file")
+    labels = raw.get("labels") if isinstance(raw, dict) else None
+    if not isinstance(labels, list) or not all(isinstance(x, list) and len(x) == 2 for x in labels):
+        raise FVError(f"{files['dummy_labels']}: expected {{\"labels\": [[0, \"bos_token\"], ...]}}, found "
+                      f"{type(raw).__name__} with keys {sorted(raw) if isinstance(raw, dict) else '-'}. {_FIX}")
+    return UserGoldens(folder, dataset, files,
+                       _tensor(files["mean_activations"], 4, "layers, heads, slots, head_dim"),
+                       [[int(p), str(l)] for p, l in labels],
+                       _tensor(files["indirect_effect"], 3, "trials, layers, heads"))
+
+
+def check_fit(ug: UserGoldens, lm: Any, trials: Any) -> None:
+    """The goldens fit this model and these trials: layers, heads, head size, slot count, trial count."""
+    info = lm.info
+    n_shots = trials.n_shots
+    dummy = fv_dummy_labels(lm, trials.trials, trials.meta.get("prefixes"), trials.meta.get("separators"))
+    n_slots = len(dummy)
+    if len(ug.dummy_labels) != n_slots:
+        raise FVError(f"{ug.files['dummy_labels']}: expected {n_slots} slots ({n_shots} shots of {trials.id} on {lm.name}'s "
+                      f"tokenizer), found {len(ug.dummy_labels)}. {_FIX}")
+    want = (info.n_layers, info.n_heads, n_slots, info.head_dim)
+    if tuple(ug.mean_activations.shape) != want:
+        raise FVError(f"{ug.files['mean_activations']}: expected shape {want} (layers, heads, slots, head_dim of {lm.name} "
+                      f"with {n_slots} slots), found {tuple(ug.mean_activations.shape)}. {_FIX}")
+    ie = tuple(ug.indirect_effect.shape)
+    if ie[1:] != (info.n_layers, info.n_heads):
+        raise FVError(f"{ug.files['indirect_effect']}: expected shape (trials, {info.n_layers}, {info.n_heads}) (layers and "
+                      f"heads of {lm.name}), found {ie}. {_FIX}")
+    if not 0 < ie[0] <= len(trials.trials):
+        raise FVError(f"{ug.files['indirect_effect']}: expected at most {len(trials.trials)} trials (those of {trials.path}), "
+                      f"found {ie[0]}. {_FIX}")
+
+
+def golden_source(folder: str | Path, lm: Any, trials: Any) -> GoldenSource:
+    """A user's golden folder as the other side of a parity run, checked against the model and trials."""
+    ug = load_user_goldens(folder)
+    check_fit(ug, lm, trials)
+    dt = str(ug.dtype).replace("torch.", "")
+    return GoldenSource(ug.stage_values(), f"user goldens in {ug.folder} ({dt})", tolerance_for(ug.dtype, exact=False),
+                        [f"golden source: {ug.folder} ({', '.join(p.name for p in ug.files.values())})"], USER_GOLDENS,
+                        ug.n_trials)
+
+
+def artifact_problems(run: Any, artifact: str) -> list[str] | None:
+    """For one golden artifact of a run against user goldens: the differences from fv (empty when within the
+    tolerance), or None when user goldens do not hold that artifact."""
+    from fv.parity.golden import artifact_value
+
+    if artifact not in USER_FILES:
+        return None
+    src, fv = artifact_value(run.src, artifact), artifact_value(run.fv, artifact)
+    if isinstance(src, torch.Tensor):
+        d = diff_tensors(src, fv, run.tolerance)
+        return d.lines(run.tolerance) if d.shapes_differ or d.n_mismatch else []
+    return [] if src == fv else [f"{artifact}: golden {src!r:.200} fv {fv!r:.200}"]
+
+
+def imported_from(folder: Path) -> str | None:
+    """The user's golden folder a snapshot folder was imported from, or None (made by the reference)."""
+    prov = Path(folder).parent / f"{Path(folder).name}.meta.json"
+    if not prov.is_file():
+        return None
+    return read_json(prov, "golden provenance").get("imported_from")
+
+
+def import_goldens(folder: str | Path, lm: Any, trials: Any, snapshot_root: Path, force: bool = False) -> Path:
+    """Write a user's goldens as snapshots ``<root>/<model>/<trials id>/t<n>/`` with a provenance file beside
+    them; returns the folder. Refuses to mix them into a folder that already holds goldens unless ``force``."""
+    from fv.meta import run_meta
+
+    ug = load_user_goldens(folder)
+    check_fit(ug, lm, trials)
+    dest = golden_dir(snapshot_root, lm.name, trials.id, ug.n_trials)
+    held = sorted(p.name for p in dest.glob("*")) if dest.is_dir() else []
+    if held and not force:
+        raise FVError(f"{dest} already holds goldens ({', '.join(held)}); expected an empty folder. Pass --force to replace "
+                      "them with the user's, or import for another model or trials.")
+    values = {"mean_activations": ug.mean_activations, "dummy_labels": ug.dummy_labels, "indirect_effect": ug.indirect_effect}
+    for name, value in values.items():
+        kind = GOLDEN_ARTIFACTS[name][0]
+        write_bytes(dest / f"{name}.{EXTENSIONS[kind]}", serialize(kind, value))
+    for stale in (p for p in dest.glob("*") if p.stem not in values):  # a forced import leaves no mixed set
+        stale.unlink()
+    dt = str(ug.dtype).replace("torch.", "")
+    write_json(dest.parent / f"{dest.name}.meta.json", {
+        **run_meta(lm, trials), "source": USER_GOLDENS, "imported_from": str(ug.folder.resolve()), "dataset": ug.dataset,
+        "golden_dtype": dt, "n_trials": ug.n_trials,
+        "files": {name: {"file": p.name, "sha256": sha256_file(p)} for name, p in ug.files.items()},
+        "notes": [f"imported by `fv golden import` from {ug.folder.resolve()}: made by src on the user's machine ({dt}); "
+                  "holds mean activations, dummy labels and indirect effects only"],
+    })
+    return dest
