@@ -66,7 +66,7 @@ def _reference_locked(a: argparse.Namespace, ref, root: Path, ft, out: Path, say
     meta = run_meta(lm, ft, params.as_dict(), source="reference", src_root=str(root), src_notes=ref.notes, src_compat=ref.compat,
                     src_model_mode=a.src_model, src_bos_rule=bos_rule)
     save_tensors(out / f"{ds}_mean_head_activations_FIXED.pt", sv.values["mean_activations"])
-    write_json(out / f"{ds}_dummy_labels.json", sv.values["slot"]["dummy_labels"])
+    write_json(out / f"{ds}_dummy_labels.json", {"labels": sv.values["slot"]["dummy_labels"]})  # src's form
     save_tensors(out / f"{ds}_indirect_effect.pt", sv.values["indirect_effect"])
     write_json(out / "reference_meta.json", meta)
     if a.dump:

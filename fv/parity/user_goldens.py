@@ -99,7 +99,7 @@ def load_user_goldens(folder: str | Path) -> UserGoldens:
         raise FVError(f"golden folder {folder}: expected {', '.join(p.name for p in files.values())}; "
                       f"{', '.join(missing)} missing. Copy the whole folder src wrote.")
     raw = read_json(files["dummy_labels"], "dummy labels file")
-    labels = raw.get("labels") if isinstance(raw, dict) else None
+    labels = raw.get("labels") if isinstance(raw, dict) else raw  # src writes {"labels": [...]}; a bare list is read too
     if not isinstance(labels, list) or not all(isinstance(x, list) and len(x) == 2 for x in labels):
         raise FVError(f"{files['dummy_labels']}: expected {{\"labels\": [[0, \"bos_token\"], ...]}}, found "
                       f"{type(raw).__name__} with keys {sorted(raw) if isinstance(raw, dict) else '-'}. {_FIX}")

@@ -2,7 +2,7 @@
 model, and every `pytest` command shown there is collected with its options and selects tests.
 
 Commands are taken from fenced ``bash`` blocks. Placeholders users replace (``$MODEL``, ``$SRC``, ``$FT``,
-``/path/to/...``, ``REF_DIR``) become the tiny model, the reference beside the checkout when there is one,
+``/path/to/...``, ``REF_DIR``, ``GOLDEN_DIR``, ``DATASET.json``) become the tiny model, the reference beside the checkout when there is one,
 and files made in a temporary folder. A command that needs the reference is skipped without one.
 """
 
@@ -67,6 +67,7 @@ def _substitute(cmd: str, p: dict) -> str:
         "/path/to/function_vectors/src": str(p["src"] or "/no/reference"), "/path/to/baukit": p["baukit"] or "/no/baukit",
         "REF_DIR": str(tmp / "ref"), "FV_DIR": str(tmp / "fv"), "DIFF_DIR": str(tmp / "diff"), "RESULTS_DIR": str(tmp / "fv"),
         "REL.csv": str(FIXTURES / "relation_tiny.csv"), "DIR": str(tmp / "out"), "CLUSTER.toml": str(p["cluster"]),
+        "GOLDEN_DIR": str(tmp / "results" / "antonym_tiny" / "ft"), "DATASET.json": str(FIXTURES / "antonym_tiny.json"),
     }
     for k in sorted(subs, key=len, reverse=True):
         cmd = cmd.replace(f'"{k}"', subs[k]).replace(k, subs[k])
@@ -75,6 +76,9 @@ def _substitute(cmd: str, p: dict) -> str:
 
 @pytest.mark.parametrize("doc,cmd", COMMANDS, ids=[f"{d}:{c[:60]}" for d, c in COMMANDS])
 def test_documented_command_runs(doc, cmd, places, fv_options):
+    if "GOLDEN_DIR" in cmd and "--golden-dir" in cmd or cmd.startswith("fv golden"):
+        if not (places["tmp"] / "results" / "antonym_tiny" / "ft").is_dir():
+            pytest.skip("needs the golden folder of `fv reference --out GOLDEN_DIR` above")
     cmd = _substitute(cmd, places)
     argv = shlex.split(cmd)
     needs_ref = any(a.startswith("--src-root") for a in argv) or argv[:2] == ["fv", "reference"]
@@ -96,6 +100,8 @@ def test_documented_command_runs(doc, cmd, places, fv_options):
         argv += ["--max-trials", "1"]
     if argv[:2] == ["fv", "relation"] and "status" not in argv:
         argv += ["--n-trials-per-q", "1", "--edit-layers", "9"] + ([] if "--q-list" in argv else ["--q-list", "Q1"])
+    if argv[:3] == ["fv", "golden", "import"]:  # into the test's folder, never the checkout's snapshots/
+        argv += ["--snapshots", str(places["tmp"] / "snapshots")]
     if argv[:3] == ["fv", "gate", "m7"]:
         argv += ["--q-list", "Q1"]
     if argv[:2] == ["fv", "diff"] and not (places["tmp"] / "ref").is_dir():

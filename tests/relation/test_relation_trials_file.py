@@ -5,6 +5,7 @@ query hold the CSV cells as written, the prompt's leading space lives only in th
 from __future__ import annotations
 
 import csv
+import json
 import random
 
 import pytest
@@ -83,3 +84,39 @@ def test_relation_file_equals_the_users_rule_field_for_field():
     # the cells as written: no demo or query field starts with the prompt's space, every prompt-data field does
     t = made["trials"][0]
     assert not t["query"]["input"].startswith(" ") and t["prompt_data_clean"]["query_target"]["input"].startswith(" ")
+
+
+def _users_file(path, tokenizer, seed: int = 7, n_trials_per_q: int = 2) -> dict:
+    """A user's all-q sampled-trials file, made by their own sampler (another seed than fv's default)."""
+    raw = {"meta": {"relation_csv": "relationA_ex.csv", "seed": seed, "n_trials_per_q": n_trials_per_q, "n_demos": 9},
+           "trials": users_rule(FIXTURES / "data" / "relationA_ex.csv", tokenizer, n_trials_per_q, 9, seed)}
+    path.write_text(json.dumps(raw, indent=1))
+    return raw
+
+
+def test_relation_runs_exactly_a_users_trials_file(tmp_path, capsys):
+    from fv.cli import main
+    from fv.runtime.relation import read_status
+
+    raw = _users_file(tmp_path / "sampled_trials_all_q.json", load_tokenizer(ensure_tiny_model("tiny-llama")))
+    out = tmp_path / "out"
+    assert main(["relation", "--fixed-trials", str(tmp_path / "sampled_trials_all_q.json"), "--q-list", "Q3", "--model",
+                 "tiny-llama", "--device", "cpu", "--out", str(out), "--edit-layers", "9", "--no-plots", "--quiet"]) == 0
+    root = out / "sampled_trials_all_q"
+    mine = [t for t in raw["trials"] if t["q_id"] == "Q3"]
+    ran = json.loads((root / "Q3" / "fixed_trials_sampled_trials_all_q_Q3.json").read_text())
+    assert ran["trials"] == mine and len(mine) == 2
+    assert read_status(root, "Q3")["status"] == "completed" and read_status(root, "Q3")["n_trials"] == 2
+    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == ["Q3"]
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--relation-csv", "x.csv", "--fixed-trials", "y.json"], "expected exactly one of --relation-csv CSV or --fixed-trials FILE"),
+    (["--fixed-trials", str(FIXTURES / "data" / "fixed_trials_antonym_t10_s10_seed0.json")], "expected relation trials (each with q_id)"),
+])
+def test_relation_trials_file_errors_are_one_line(args, needle, capsys):
+    from fv.cli import main
+
+    assert main(["relation", *args, "--no-plots"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and needle in err
