@@ -26,7 +26,7 @@ def test_ok_on_tiny_model(capsys, fixed_trials, fv_model):
 
 def test_fail_paths(capsys, tmp_path, fv_model):
     rc, out = _run(capsys, "--model", str(tmp_path / "no-such-model"))
-    assert rc == 1 and "FAIL model:" in out and "has no config.json" in out
+    assert rc == 1 and "FAIL model:" in out and "not found: no local folder" in out
     rc, out = _run(capsys, "--model", str(fv_model.path), "--edit-layer", "99")
     assert rc == 1 and "FAIL edit layer: --edit-layer 99 is outside" in out
     bad = tmp_path / "bad.json"
