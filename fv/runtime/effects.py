@@ -83,50 +83,166 @@ def _prefix_cache(model: Any, prompts: Sequence[PreparedPrompt], pad_id: int) ->
     return cache, lengths
 
 
+def _rows_of(info: ModelInfo, n_trials: int) -> list[tuple[int, int, int]]:
+    """(start layer, trial, head) of every patched row, layer-major so the rows a layer runs are a prefix."""
+    return [(layer, k, head) for layer in range(info.n_layers) for k in range(n_trials) for head in range(info.n_heads)]
+
+
+def _take(value: Any, n: int, batch: int) -> Any:
+    """``value`` cut to its first ``n`` rows where its first dimension is the batch (tensors, in tuples/dicts)."""
+    if isinstance(value, torch.Tensor):
+        return value[:n] if value.dim() > 0 and value.shape[0] == batch and n < batch else value
+    if isinstance(value, tuple):
+        return tuple(_take(v, n, batch) for v in value)
+    if isinstance(value, list):
+        return [_take(v, n, batch) for v in value]
+    if isinstance(value, dict):
+        return {k: _take(v, n, batch) for k, v in value.items()}
+    return value
+
+
 def effects_fast(model: Any, info: ModelInfo, prompts: Sequence[PreparedPrompt], mean_acts: torch.Tensor,
-                 chunk_rows: int = 256, pad_id: int = 0) -> torch.Tensor:
+                 chunk_rows: int | None = None, pad_id: int = 0) -> torch.Tensor:
     """(len(prompts), layers, heads) indirect effects from one prefix pass and batched last-token passes.
 
-    Rows are (trial, layer, head) patches plus one unpatched baseline row per trial; each row runs only the
-    last token, against its own trial's cached prefix, at that trial's position.
+    One unpatched pass of the last tokens gives each trial's baseline probability and its last-token input to
+    every layer. Each patched row (trial, layer, head) then runs only the last token, from its layer up,
+    against its own trial's cached prefix; rows are ordered by layer so that layer ``j`` runs a prefix of the batch.
     """
     cache, lengths = _prefix_cache(model, prompts, pad_id)
     prefix_kv = [(l.keys, l.values) for l in cache.layers]
     width = max(lengths)
     dev = prompts[0].inputs["input_ids"].device
-    pairs = [(layer, head) for layer in range(info.n_layers) for head in range(info.n_heads)]
-    rows = [(k, lh) for k in range(len(prompts)) for lh in [None] + pairs]
-    slots = []
-    for p in prompts:
-        full = p.idx_map_full
-        slots.append([full[pos] for pos in p.predictive_positions])
+    slots = [[p.idx_map_full[pos] for pos in p.predictive_positions] for p in prompts]
+    targets_all = torch.tensor([p.target_id for p in prompts], device=dev)
+    last_all = torch.stack([p.inputs["input_ids"][0, -1] for p in prompts])
+
+    def run(trials: list[int], starts: list[int], patches: dict[int, list], base_inputs) -> tuple[torch.Tensor, list]:
+        """Probabilities of each row's target; rows given by trial and start layer, ordered by start layer."""
+        n_rows = len(trials)
+        trial_t = torch.tensor(trials, device=dev)
+        for layer_cache, (k_, v_) in zip(cache.layers, prefix_kv):  # shapes for the mask; each layer gathers its own
+            layer_cache.keys, layer_cache.values = k_[:1].expand(n_rows, *k_.shape[1:]), v_[:1].expand(n_rows, *v_.shape[1:])
+        active = [sum(1 for s in starts if s <= j) for j in range(info.n_layers)]
+        start_rows = []
+        for j in range(info.n_layers):
+            idx = [r for r, s in enumerate(starts) if s == j]
+            start_rows.append((idx[0], idx[-1] + 1) if idx and j > 0 else (0, 0))
+        mask = torch.zeros((n_rows, width + 1), dtype=torch.long, device=dev)
+        for r, k in enumerate(trials):
+            mask[r, : lengths[k]] = 1
+        mask[:, -1] = 1
+        pos = torch.tensor([[lengths[k]] for k in trials], device=dev)
+        captured: list = [None] * info.n_layers
+        handles = []
+        try:
+            for j, layer in enumerate(info.layers):
+                handles.append(layer.register_forward_pre_hook(
+                    _pre_hook(j, cache, prefix_kv, trial_t, active, base_inputs, start_rows, captured), with_kwargs=True))
+                handles.append(layer.register_forward_hook(_post_hook(), with_kwargs=True))
+                mine = patches.get(j)
+                handles.append(info.attn_out[j].register_forward_hook(
+                    _rows_patch(info, j, mine, mean_acts, slots) if mine else
+                    (lambda _m, inp, _o, layer=j: info.project(layer, inp[0]))))
+            logits = model(input_ids=last_all.index_select(0, trial_t).view(-1, 1), attention_mask=mask, position_ids=pos,
+                           past_key_values=cache, use_cache=True).logits[:, -1, :]
+        finally:
+            for h in handles:
+                h.remove()
+        p = torch.softmax(logits, dim=-1)
+        return p.gather(1, targets_all.index_select(0, trial_t).view(-1, 1)).view(-1).to("cpu", torch.float64), captured
+
+    n = len(prompts)
+    base_probs, base_inputs = run(list(range(n)), [0] * n, {}, None)
+    base_inputs = [h[:, -1].detach() for h in base_inputs]
+    rows = _rows_of(info, n)
+    chunk_rows = chunk_rows or chunk_size(model, info, width, dev)
     probs = torch.empty(len(rows), dtype=torch.float64)
     for start in range(0, len(rows), chunk_rows):
         chunk = rows[start : start + chunk_rows]
-        trial = torch.tensor([k for k, _ in chunk], device=dev)
-        for layer_cache, (k_, v_) in zip(cache.layers, prefix_kv):
-            layer_cache.keys, layer_cache.values = k_.index_select(0, trial), v_.index_select(0, trial)
-        mask = torch.zeros((len(chunk), width + 1), dtype=torch.long, device=dev)
-        for r, (k, _) in enumerate(chunk):
-            mask[r, : lengths[k]] = 1
-        mask[:, -1] = 1
-        last = torch.stack([prompts[k].inputs["input_ids"][0, -1] for k, _ in chunk]).view(-1, 1)
-        pos = torch.tensor([[lengths[k]] for k, _ in chunk], device=dev)
-        regs = []
-        for layer in range(info.n_layers):
-            mine = [(r, lh[1], k) for r, (k, lh) in enumerate(chunk) if lh is not None and lh[0] == layer]
-            if mine:
-                regs.append((info.attn_out[layer], _rows_patch(info, layer, mine, mean_acts, slots)))
-            else:
-                regs.append((info.attn_out[layer], lambda _m, inp, _o, layer=layer: info.project(layer, inp[0])))
-        with hooked(regs):
-            logits = model(input_ids=last, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True).logits[:, -1, :]
-        p = torch.softmax(logits, dim=-1)
-        targets = torch.tensor([prompts[k].target_id for k, _ in chunk], device=dev)
-        probs[start : start + len(chunk)] = p.gather(1, targets.view(-1, 1)).view(-1).to("cpu", torch.float64)
-    per = 1 + len(pairs)
-    probs = probs.view(len(prompts), per)
-    return (probs[:, 1:] - probs[:, :1]).to(torch.float32).view(len(prompts), info.n_layers, info.n_heads)
+        patches: dict[int, list] = {}
+        for r, (layer, k, head) in enumerate(chunk):
+            patches.setdefault(layer, []).append((r, head, k))
+        probs[start : start + len(chunk)], _ = run([k for _, k, _ in chunk], [l for l, _, _ in chunk], patches,
+                                                   [h.unsqueeze(1) for h in base_inputs])
+    effects = torch.empty(n, info.n_layers, info.n_heads, dtype=torch.float64)
+    for (layer, k, head), pr in zip(rows, probs):
+        effects[k, layer, head] = pr - base_probs[k]
+    return effects.to(torch.float32)
+
+
+def _pre_hook(j: int, cache: Any, prefix_kv: list, trial_t: torch.Tensor, active: list[int],
+              base_inputs: list[torch.Tensor] | None, start_rows: list[tuple[int, int]], captured: list) -> Callable:
+    """Decoder layer ``j`` runs only the rows started by now (a prefix of the batch; see ``effects_fast``).
+
+    Rows that start at ``j`` take the baseline's last-token input to ``j``; the layer's key/value prefix is
+    gathered for its own rows. The full batch travels to the post-hook, which puts the rows back together.
+    """
+
+    def pre(_m, args, kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        batch, n = hidden.shape[0], max(active[j], 1)
+        lo, hi = start_rows[j]
+        if base_inputs is not None and hi > lo:
+            hidden = hidden.clone()
+            hidden[lo:hi] = base_inputs[j].index_select(0, trial_t[lo:hi])
+        captured[j] = hidden
+        keys, values = prefix_kv[j]
+        cache.layers[j].keys, cache.layers[j].values = keys.index_select(0, trial_t[:n]), values.index_select(0, trial_t[:n])
+        kwargs = _take(kwargs, n, batch)
+        _FULL[id(_m)] = hidden
+        if args:  # some families pass the mask and position embeddings positionally
+            return (hidden[:n], *_take(tuple(args[1:]), n, batch)), kwargs
+        kwargs["hidden_states"] = hidden[:n]
+        return args, kwargs
+
+    return pre
+
+
+_FULL: dict[int, torch.Tensor] = {}  # a layer's full-batch input, from its pre-hook to its post-hook
+
+
+def _post_hook() -> Callable:
+    """Put the rows a layer ran back on top of the rows it skipped (whose values the next start replaces)."""
+
+    def post(m, _args, _kwargs, output):
+        full = _FULL.pop(id(m))
+        out = output[0] if isinstance(output, tuple) else output
+        if out.shape[0] != full.shape[0]:
+            out = torch.cat([out, full[out.shape[0]:].to(out.dtype)], dim=0)
+        return (out, *output[1:]) if isinstance(output, tuple) else out
+
+    return post
+
+
+def chunk_size(model: Any, info: ModelInfo, width: int, device: torch.device, share: float = 0.25,
+               most: int = 4096, least: int = 16) -> int:
+    """Rows per last-token pass from the memory free on the device: a share of it over one row's need (its
+    layer's key/value prefix, its hidden states, its logits and softmax in float32)."""
+    cfg = getattr(model.config, "get_text_config", lambda: model.config)()
+    elem = torch.empty(0, dtype=info.dtype).element_size()
+    kv_heads = int(getattr(cfg, "num_key_value_heads", None) or info.n_heads)
+    vocab = int(getattr(cfg, "vocab_size", 0) or 0)
+    inter = int(getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None) or 4 * info.d_model)
+    per_row = (2 * 2 * (width + 1) * kv_heads * info.head_dim * elem + (info.n_layers + 8) * info.d_model * elem
+               + 3 * inter * elem + 3 * vocab * 4)
+    if torch.device(device).type == "cuda":
+        free = torch.cuda.mem_get_info(torch.device(device))[0]
+    else:
+        free = _available_ram()
+    return int(max(least, min(most, share * free // max(per_row, 1))))
+
+
+def _available_ram() -> int:
+    """MemAvailable from /proc/meminfo (Linux), else a conservative 2 GiB."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 2 << 30
 
 
 def _rows_patch(info: ModelInfo, layer: int, mine: list[tuple[int, int, int]], mean_acts: torch.Tensor,
@@ -153,7 +269,7 @@ def _rows_patch(info: ModelInfo, layer: int, mine: list[tuple[int, int, int]], m
 
 def indirect_effects(model: Any, info: ModelInfo, prompts: Sequence[PreparedPrompt], mean_acts: torch.Tensor,
                      pad_id: int = 0, mode: str = "exact", progress: Callable[[int], None] | None = None,
-                     chunk_rows: int = 256, trials_per_pass: int = 8) -> torch.Tensor:
+                     chunk_rows: int | None = None, trials_per_pass: int = 8) -> torch.Tensor:
     """(trials, layers, heads) float32 indirect effects over the corrupted prompts.
 
     ``fast`` mode handles ``trials_per_pass`` trials per prefix pass and falls back to exact mode, with a
