@@ -4,8 +4,10 @@ probability of the target's first token on a shuffled-label (corrupted) prompt.
 ``exact`` mode follows the reference operation for operation (one full forward per (layer, head), the patched
 projection recomputed with the reference's per-family op, ``ModelInfo.project``), so on the same device and dtype every number is
 bit-identical to it. ``fast`` mode uses that a last-token patch cannot change earlier positions: it runs the
-prompt prefix once, keeps its key/value cache, and sends the last token alone through the model for every
-(layer, head) at once, batched in chunks, with an unpatched row as the baseline.
+prompt prefix once, keeps its key/value cache, and sends the last token through the model for every
+(layer, head) at once, as query positions that share the trial's cache, after one unpatched pass as the
+baseline. A patch at layer ``l`` leaves the states below ``l`` as the baseline's, so each row starts at its
+layer from the baseline's cached input to it. See ``effects_fast``.
 """
 
 from __future__ import annotations
@@ -83,148 +85,163 @@ def _prefix_cache(model: Any, prompts: Sequence[PreparedPrompt], pad_id: int) ->
     return cache, lengths
 
 
-def _rows_of(info: ModelInfo, n_trials: int) -> list[tuple[int, int, int]]:
-    """(start layer, trial, head) of every patched row, layer-major so the rows a layer runs are a prefix."""
-    return [(layer, k, head) for layer in range(info.n_layers) for k in range(n_trials) for head in range(info.n_heads)]
-
-
-def _take(value: Any, n: int, batch: int) -> Any:
-    """``value`` cut to its first ``n`` rows where its first dimension is the batch (tensors, in tuples/dicts)."""
-    if isinstance(value, torch.Tensor):
-        return value[:n] if value.dim() > 0 and value.shape[0] == batch and n < batch else value
-    if isinstance(value, tuple):
-        return tuple(_take(v, n, batch) for v in value)
-    if isinstance(value, list):
-        return [_take(v, n, batch) for v in value]
-    if isinstance(value, dict):
-        return {k: _take(v, n, batch) for k, v in value.items()}
-    return value
-
-
 def effects_fast(model: Any, info: ModelInfo, prompts: Sequence[PreparedPrompt], mean_acts: torch.Tensor,
                  chunk_rows: int | None = None, pad_id: int = 0) -> torch.Tensor:
-    """(len(prompts), layers, heads) indirect effects from one prefix pass and batched last-token passes.
+    """(len(prompts), layers, heads) indirect effects from one prefix pass and a few passes of last tokens.
 
-    One unpatched pass of the last tokens gives each trial's baseline probability and its last-token input to
-    every layer. Each patched row (trial, layer, head) then runs only the last token, from its layer up,
-    against its own trial's cached prefix; rows are ordered by layer so that layer ``j`` runs a prefix of the batch.
+    Each (layer, head) patch is a row: the trial's last token, patched there. A trial's rows all attend to the
+    same prefix, so they share its key/value cache (no copy per row): row ``r`` is a query at the last token's
+    position that a 4-D mask lets see the prefix and its own key only. ``chunk_rows`` (default: sized from the
+    free memory, ``chunk_size``) bounds the rows of one pass, whole layers at a time.
+    Rows are ordered by the layer they start at, so layer ``j`` runs a prefix of the positions; a row enters
+    at its layer with the baseline's last-token input to that layer.
     """
     cache, lengths = _prefix_cache(model, prompts, pad_id)
     prefix_kv = [(l.keys, l.values) for l in cache.layers]
-    width = max(lengths)
+    width, n = max(lengths), len(prompts)
     dev = prompts[0].inputs["input_ids"].device
     slots = [[p.idx_map_full[pos] for pos in p.predictive_positions] for p in prompts]
-    targets_all = torch.tensor([p.target_id for p in prompts], device=dev)
-    last_all = torch.stack([p.inputs["input_ids"][0, -1] for p in prompts])
+    targets = torch.tensor([p.target_id for p in prompts], device=dev)
+    last = torch.stack([p.inputs["input_ids"][0, -1] for p in prompts])
+    dtype = info.dtype
+    heads = info.n_heads
 
-    def run(trials: list[int], starts: list[int], patches: dict[int, list], base_inputs) -> tuple[torch.Tensor, list]:
-        """Probabilities of each row's target; rows given by trial and start layer, ordered by start layer."""
-        n_rows = len(trials)
-        trial_t = torch.tensor(trials, device=dev)
-        for layer_cache, (k_, v_) in zip(cache.layers, prefix_kv):  # shapes for the mask; each layer gathers its own
-            layer_cache.keys, layer_cache.values = k_[:1].expand(n_rows, *k_.shape[1:]), v_[:1].expand(n_rows, *v_.shape[1:])
+    def run(layers: list[int], base_inputs) -> tuple[torch.Tensor, list]:
+        """(trials, rows) target probabilities; rows: the unpatched row when ``layers`` is empty, else every
+        head of every layer in ``layers``, by layer."""
+        starts = [l for l in layers for _ in range(heads)] or [0]
+        n_rows = len(starts)
+        for layer_cache, (k_, v_) in zip(cache.layers, prefix_kv):
+            layer_cache.keys, layer_cache.values = k_, v_
+        mask = torch.full((n, 1, n_rows, width + n_rows), torch.finfo(dtype).min, dtype=dtype, device=dev)
+        for k in range(n):
+            mask[k, 0, :, : lengths[k]] = 0
+        mask[:, 0, torch.arange(n_rows), width + torch.arange(n_rows)] = 0
+        pos = torch.tensor(lengths, device=dev).view(n, 1).expand(n, n_rows)
         active = [sum(1 for s in starts if s <= j) for j in range(info.n_layers)]
-        start_rows = []
+        spans = []
         for j in range(info.n_layers):
             idx = [r for r, s in enumerate(starts) if s == j]
-            start_rows.append((idx[0], idx[-1] + 1) if idx and j > 0 else (0, 0))
-        mask = torch.zeros((n_rows, width + 1), dtype=torch.long, device=dev)
-        for r, k in enumerate(trials):
-            mask[r, : lengths[k]] = 1
-        mask[:, -1] = 1
-        pos = torch.tensor([[lengths[k]] for k in trials], device=dev)
+            spans.append((idx[0], idx[-1] + 1) if idx and j > 0 else (0, 0))
         captured: list = [None] * info.n_layers
         handles = []
         try:
             for j, layer in enumerate(info.layers):
                 handles.append(layer.register_forward_pre_hook(
-                    _pre_hook(j, cache, prefix_kv, trial_t, active, base_inputs, start_rows, captured), with_kwargs=True))
-                handles.append(layer.register_forward_hook(_post_hook(), with_kwargs=True))
-                mine = patches.get(j)
+                    _seq_pre_hook(j, active, spans, base_inputs, captured, n_rows, width), with_kwargs=True))
+                handles.append(layer.register_forward_hook(_seq_post_hook(), with_kwargs=True))
+                rows = [(r, r - starts.index(j)) for r in range(n_rows) if layers and starts[r] == j]
                 handles.append(info.attn_out[j].register_forward_hook(
-                    _rows_patch(info, j, mine, mean_acts, slots) if mine else
+                    _seq_patch(info, j, rows, mean_acts, slots) if rows else
                     (lambda _m, inp, _o, layer=j: info.project(layer, inp[0]))))
-            logits = model(input_ids=last_all.index_select(0, trial_t).view(-1, 1), attention_mask=mask, position_ids=pos,
-                           past_key_values=cache, use_cache=True).logits[:, -1, :]
+            logits = model(input_ids=last.view(n, 1).expand(n, n_rows), attention_mask=mask, position_ids=pos,
+                           past_key_values=cache, use_cache=True).logits
         finally:
             for h in handles:
                 h.remove()
+            _FULL.clear()
         p = torch.softmax(logits, dim=-1)
-        return p.gather(1, targets_all.index_select(0, trial_t).view(-1, 1)).view(-1).to("cpu", torch.float64), captured
+        return p.gather(2, targets.view(n, 1, 1).expand(n, n_rows, 1)).squeeze(2).to("cpu", torch.float64), captured
 
-    n = len(prompts)
-    base_probs, base_inputs = run(list(range(n)), [0] * n, {}, None)
-    base_inputs = [h[:, -1].detach() for h in base_inputs]
-    rows = _rows_of(info, n)
-    chunk_rows = chunk_rows or chunk_size(model, info, width, dev)
-    probs = torch.empty(len(rows), dtype=torch.float64)
-    for start in range(0, len(rows), chunk_rows):
-        chunk = rows[start : start + chunk_rows]
-        patches: dict[int, list] = {}
-        for r, (layer, k, head) in enumerate(chunk):
-            patches.setdefault(layer, []).append((r, head, k))
-        probs[start : start + len(chunk)], _ = run([k for _, k, _ in chunk], [l for l, _, _ in chunk], patches,
-                                                   [h.unsqueeze(1) for h in base_inputs])
-    effects = torch.empty(n, info.n_layers, info.n_heads, dtype=torch.float64)
-    for (layer, k, head), pr in zip(rows, probs):
-        effects[k, layer, head] = pr - base_probs[k]
+    base, inputs = run([], None)
+    base_inputs = [h[:, -1:].detach() for h in inputs]  # (trials, 1, d) per layer
+    per_row = chunk_rows or chunk_size(model, info, width, dev)
+    per_chunk = max(1, per_row // max(1, n * heads))  # layers per pass
+    effects = torch.empty(n, info.n_layers, heads, dtype=torch.float64)
+    for l0 in range(0, info.n_layers, per_chunk):
+        layers = list(range(l0, min(info.n_layers, l0 + per_chunk)))
+        probs, _ = run(layers, base_inputs)
+        effects[:, layers] = (probs - base[:, :1]).view(n, len(layers), heads)
     return effects.to(torch.float32)
 
 
-def _pre_hook(j: int, cache: Any, prefix_kv: list, trial_t: torch.Tensor, active: list[int],
-              base_inputs: list[torch.Tensor] | None, start_rows: list[tuple[int, int]], captured: list) -> Callable:
-    """Decoder layer ``j`` runs only the rows started by now (a prefix of the batch; see ``effects_fast``).
+_FULL: dict[int, torch.Tensor] = {}  # a layer's full input, from its pre-hook to its post-hook
 
-    Rows that start at ``j`` take the baseline's last-token input to ``j``; the layer's key/value prefix is
-    gathered for its own rows. The full batch travels to the post-hook, which puts the rows back together.
-    """
 
-    def pre(_m, args, kwargs):
+def _seq_pre_hook(j: int, active: list[int], spans: list[tuple[int, int]], base_inputs, captured: list,
+                  n_rows: int, width: int) -> Callable:
+    """Layer ``j`` runs only the positions started by now; those starting here take the baseline's input."""
+
+    def cut(value: Any, m: int) -> Any:
+        if isinstance(value, torch.Tensor):
+            if value.dim() == 4 and value.shape[-2:] == (n_rows, width + n_rows):
+                return value[..., :m, : width + m]
+            if value.dim() >= 2 and value.shape[1] == n_rows:
+                return value[:, :m]
+            if value.dim() == 1 and value.shape[0] == n_rows:
+                return value[:m]
+            return value
+        if isinstance(value, (tuple, list)):
+            return type(value)(cut(v, m) for v in value)
+        if isinstance(value, dict):
+            return {k: cut(v, m) for k, v in value.items()}
+        return value
+
+    def pre(mod, args, kwargs):
         hidden = args[0] if args else kwargs["hidden_states"]
-        batch, n = hidden.shape[0], max(active[j], 1)
-        lo, hi = start_rows[j]
+        m = max(active[j], 1)
+        lo, hi = spans[j]
         if base_inputs is not None and hi > lo:
             hidden = hidden.clone()
-            hidden[lo:hi] = base_inputs[j].index_select(0, trial_t[lo:hi])
+            hidden[:, lo:hi] = base_inputs[j]
         captured[j] = hidden
-        keys, values = prefix_kv[j]
-        cache.layers[j].keys, cache.layers[j].values = keys.index_select(0, trial_t[:n]), values.index_select(0, trial_t[:n])
-        kwargs = _take(kwargs, n, batch)
-        _FULL[id(_m)] = hidden
-        if args:  # some families pass the mask and position embeddings positionally
-            return (hidden[:n], *_take(tuple(args[1:]), n, batch)), kwargs
-        kwargs["hidden_states"] = hidden[:n]
+        _FULL[id(mod)] = hidden
+        if m == n_rows:
+            return ((hidden, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": hidden})
+        kwargs = cut(kwargs, m)
+        if args:
+            return (hidden[:, :m], *cut(tuple(args[1:]), m)), kwargs
+        kwargs["hidden_states"] = hidden[:, :m]
         return args, kwargs
 
     return pre
 
 
-_FULL: dict[int, torch.Tensor] = {}  # a layer's full-batch input, from its pre-hook to its post-hook
-
-
-def _post_hook() -> Callable:
-    """Put the rows a layer ran back on top of the rows it skipped (whose values the next start replaces)."""
+def _seq_post_hook() -> Callable:
+    """Put the positions a layer ran back in front of those it skipped."""
 
     def post(m, _args, _kwargs, output):
         full = _FULL.pop(id(m))
         out = output[0] if isinstance(output, tuple) else output
-        if out.shape[0] != full.shape[0]:
-            out = torch.cat([out, full[out.shape[0]:].to(out.dtype)], dim=0)
+        if out.shape[1] != full.shape[1]:
+            out = torch.cat([out, full[:, out.shape[1]:].to(out.dtype)], dim=1)
         return (out, *output[1:]) if isinstance(output, tuple) else out
 
     return post
 
 
+def _seq_patch(info: ModelInfo, layer: int, rows: list[tuple[int, int]], mean_acts: torch.Tensor,
+               slots: list[list[int]]) -> Callable:
+    """Hook: at position ``r`` of every trial, set head ``h`` to that trial's mean activation, then project."""
+    weight = info.attn_out[layer].weight
+    r_idx = torch.tensor([r for r, _ in rows], device=weight.device)
+    h_idx = torch.tensor([h for _, h in rows], device=weight.device)
+    depth = max(len(s) for s in slots)
+    # (trials, rows, head_dim) per write; the reference writes one slot per predictive position, the last winning
+    values = [torch.stack([torch.stack([mean_acts[layer, h, s[min(i, len(s) - 1)]] for _, h in rows]) for s in slots])
+              .to(weight.device, weight.dtype) for i in range(depth)]
+
+    def hook(_m, inputs, _out):
+        x = inputs[0]
+        shape = x.shape
+        x = x.view(*shape[:-1], info.n_heads, info.head_dim)
+        for v in values:
+            x[:, r_idx, h_idx] = v
+        return info.project(layer, x.view(*shape))
+
+    return hook
+
+
 def chunk_size(model: Any, info: ModelInfo, width: int, device: torch.device, share: float = 0.25,
                most: int = 4096, least: int = 16) -> int:
     """Rows per last-token pass from the memory free on the device: a share of it over one row's need (its
-    layer's key/value prefix, its hidden states, its logits and softmax in float32)."""
+    attention scores over the prefix and the other rows, its hidden states, its logits and softmax in float32)."""
     cfg = getattr(model.config, "get_text_config", lambda: model.config)()
     elem = torch.empty(0, dtype=info.dtype).element_size()
-    kv_heads = int(getattr(cfg, "num_key_value_heads", None) or info.n_heads)
     vocab = int(getattr(cfg, "vocab_size", 0) or 0)
     inter = int(getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None) or 4 * info.d_model)
-    per_row = (2 * 2 * (width + 1) * kv_heads * info.head_dim * elem + (info.n_layers + 8) * info.d_model * elem
+    keys = width + info.n_layers * info.n_heads
+    per_row = (3 * info.n_heads * keys * 4 + keys * elem + 4 * info.d_model * elem + (info.n_layers + 8) * info.d_model * elem
                + 3 * inter * elem + 3 * vocab * 4)
     if torch.device(device).type == "cuda":
         free = torch.cuda.mem_get_info(torch.device(device))[0]
@@ -243,28 +260,6 @@ def _available_ram() -> int:
     except OSError:
         pass
     return 2 << 30
-
-
-def _rows_patch(info: ModelInfo, layer: int, mine: list[tuple[int, int, int]], mean_acts: torch.Tensor,
-                slots: list[list[int]]) -> Callable:
-    """Hook: write each row's head slice at the last token with that trial's mean activation, then project."""
-    weight = info.attn_out[layer].weight
-    r_idx = torch.tensor([r for r, _, _ in mine], device=weight.device)
-    h_idx = torch.tensor([h for _, h, _ in mine], device=weight.device)
-    depth = max(len(slots[k]) for _, _, k in mine)
-    # the reference writes one slot per predictive position, the last write winning; keep that order per row
-    values = [torch.stack([mean_acts[layer, h, slots[k][min(i, len(slots[k]) - 1)]] for _, h, k in mine]).to(weight.device, weight.dtype)
-              for i in range(depth)]
-
-    def hook(_m, inputs, _out):
-        x = inputs[0]
-        shape = x.shape
-        x = x.view(*shape[:-1], info.n_heads, info.head_dim)
-        for v in values:
-            x[r_idx, -1, h_idx] = v
-        return info.project(layer, x.view(*shape))
-
-    return hook
 
 
 def indirect_effects(model: Any, info: ModelInfo, prompts: Sequence[PreparedPrompt], mean_acts: torch.Tensor,
