@@ -84,10 +84,15 @@ def _tensor_digest(model: Any) -> str:
     return h.hexdigest()
 
 
+TENSOR_HASH_MAX_BYTES = 256 << 20  # below this the tensors in memory are hashed too: cheap, and catches edits in memory
+
+
 def weights_digest(path: Path | None, model: Any, memo_dir: Path | None = None) -> str:
-    """The weights the model was loaded from: its weight files' hashes when its folder has them, else its tensors."""
+    """The weights: the model's tensors when it is small or has no weight files, else its files' hashes
+    (remembered by size and time, so a large model's files are read once)."""
     files = sorted(p for p in Path(path).iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES) if path and Path(path).is_dir() else []
-    if not files:
+    size = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    if not files or size <= TENSOR_HASH_MAX_BYTES:
         return "tensors:" + _tensor_digest(model)
     h = hashlib.sha256()
     for p in files:

@@ -106,6 +106,20 @@ def test_a_changed_reference_file_weights_or_trials_is_a_miss(world):
     save_file(tensors, str(wfile), metadata={"format": "pt"})
     lm2 = load_model(str(world["model_dir"]), "cpu", "float32")
     assert src_with_origin(c.source, lm2, world["trials"], PARAMS)[2].startswith("computed") and c.calls == 3
+    # a large model's weights are known by its files' hashes: the same edit is seen there too
+    import fv.parity.src_cache as sc
+
+    digest = sc.weights_digest(world["model_dir"], lm2.model)
+    old = sc.TENSOR_HASH_MAX_BYTES
+    sc.TENSOR_HASH_MAX_BYTES = 0
+    try:
+        by_files = sc.weights_digest(world["model_dir"], lm2.model)
+        tensors[name].view(-1)[0] += 1
+        save_file(tensors, str(wfile), metadata={"format": "pt"})
+        assert by_files.startswith("files:") and sc.weights_digest(world["model_dir"], lm2.model) != by_files
+    finally:
+        sc.TENSOR_HASH_MAX_BYTES = old
+    assert digest.startswith("tensors:")
     # the trials: the same file with one trial fewer
     raw = json.loads(Path(world["trials"].path).read_text())
     raw["trials"] = raw["trials"][:1]
