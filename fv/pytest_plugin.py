@@ -58,6 +58,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="M1/M2: a user's golden folder as src wrote it (results/<dataset>/<fixed_trials_id>/ with "
                      "<dataset>_mean_head_activations_FIXED.pt, _dummy_labels.json, _indirect_effect.pt); fv is compared "
                      "with it within its dtype's tolerance, on the --fixed-trials it was made from")
+    g.addoption("--src-cache", default=None, help="folder for the live reference's cached stage values (default $FV_CACHE_DIR/src_values); "
+                                                  "a rerun then computes only fv's side")
+    g.addoption("--no-src-cache", action="store_true", help="compute the live reference's side every run; neither read nor write its cache")
     g.addoption("--allow-empty", action="store_true",
                 help="let a gate pass that compared nothing for a (model, trials) pair (no reference and no goldens); "
                      "without it such a session fails")
@@ -157,6 +160,8 @@ class FVOptions:
     attn: str = "auto"
     src_model: str = "own"
     golden_dir: str | None = None
+    src_cache: str | None = None
+    no_src_cache: bool = False
 
     @classmethod
     def of(cls, config: pytest.Config) -> "FVOptions":
@@ -174,6 +179,8 @@ class FVOptions:
                    o("--edit-layer"), o("--max-trials"), o("--q-list"), o("--relation-csv"), o("--n-trials-per-q"),
                    Path(o("--fv-out")) if o("--fv-out") else invoked / "results_fv", root, o("--allow-empty"),
                    o("--fv-attn-implementation"), o("--src-model"), o("--golden-dir"))
+                   o("--fv-attn-implementation"), o("--src-model"),
+                   o("--src-cache"), o("--no-src-cache"))
 
 
 def trial_sets(opts: FVOptions) -> list[str]:
@@ -351,6 +358,15 @@ def fv_params(opts: FVOptions) -> Any:
     return Params(n_top_heads=opts.n_top_heads, edit_layer=opts.edit_layer, max_trials=opts.max_trials, mode=opts.mode)
 
 
+def cached_source(opts: FVOptions, source: Any) -> Any:
+    """The live source with its values kept in the src-values cache, unless --no-src-cache."""
+    from fv.parity.src_cache import SrcCache, default_cache_dir
+
+    if not opts.no_src_cache:
+        source.cache = SrcCache(Path(opts.src_cache) if opts.src_cache else default_cache_dir())
+    return source
+
+
 def parity_for(opts: FVOptions, lm: Any, trials: Any, require_reference: bool = False) -> Any:
     """The cached parity run for (model, trials, parameters): live reference when present, else goldens."""
     from fv.parity.run import default_out_dir, run_parity
@@ -382,6 +398,7 @@ def parity_for(opts: FVOptions, lm: Any, trials: Any, require_reference: bool = 
             source = None
             if ref is not None:
                 source = live_source(ref, reference_own_model(ref, lm) if opts.src_model == "own" else None)
+                source = cached_source(opts, source)
             _PARITY[key] = run_parity(lm, trials, params, source,
                                       default_out_dir(opts.out_root, trials), stage_functions=STAGE_FUNCTIONS, golden=golden)
         except FileNotFoundError as exc:
@@ -485,7 +502,7 @@ def _parity_summary(run: Any) -> dict:
     fd = run.result.first_divergence()
     return {
         "model": run.lm.name, "trials": run.trials.id, "status": run.result.status, "other_side": run.other_side,
-        "tolerance": run.tolerance.name,
+        "tolerance": run.tolerance.name, "sides": dict(getattr(run, "sides", {}) or {}),
         "fv_side": f"{str(run.lm.dtype).replace('torch.', '')}, {run.lm.attn_implementation or '?'} attention",
         "first_divergence": fd and {k: str(v)[:200] for k, v in fd.items() if k in ("stage", "file", "key", "trial_id", "trial_idx", "pattern")},
         "reports": str(next(iter(run.report_paths.values())).parent) if run.report_paths else "",
@@ -552,6 +569,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         head = (f"{run['model']} x {run['trials']}: {run['status']} against {run['other_side']} (tolerance {run['tolerance']}); "
                 f"fv: {run.get('fv_side', '?')}")
         tr.write_line(head)
+        for side, origin in run.get("sides", {}).items():
+            tr.write_line(f"  {side} side: {origin}")
         if verbose < 0:
             continue
         fd = run.get("first_divergence")

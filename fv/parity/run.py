@@ -21,6 +21,7 @@ from fv.runtime.trials import FixedTrials, Trial
 
 if TYPE_CHECKING:
     from fv.parity.user_goldens import GoldenSource
+    from fv.parity.src_cache import SrcCache
 
 
 @dataclass
@@ -35,6 +36,10 @@ class LiveSource:
     # run before any stage: refuses, in one line, a pairing of model and trials the other side cannot run, and
     # returns what the report records of that side (its model mode, dtype, attention, BOS rule)
     check: Callable[[LoadedModel, FixedTrials], dict] | None = None
+    # what its values depend on beyond the trials and parameters (its files, the model it computes on), given
+    # fv's model and a folder for remembered weight hashes; with ``cache`` set, the values are kept on disk
+    key_parts: Callable[[LoadedModel, Path | None], dict] | None = None
+    cache: "SrcCache | None" = None
 
 
 def _normalize(sv: StageValues) -> StageValues:
@@ -65,6 +70,7 @@ class ParityRun:
     report_paths: dict[str, Path] = field(default_factory=dict)
     injection_error: str | None = None
     other_side: str = ""  # in words: which live reference, or which golden folder
+    sides: dict[str, str] = field(default_factory=dict)  # per side: computed, read from the cache, or goldens
 
     @property
     def trial_keys(self) -> list[str]:
@@ -76,9 +82,24 @@ def default_out_dir(root: Path, trials: FixedTrials) -> Path:
 
 
 def src_from_source(source: LiveSource, lm: LoadedModel, trials: FixedTrials, params: Params) -> tuple[StageValues, str | None]:
-    sv, error = source.compute(lm, trials.subset(params.max_trials), params, trials.meta.get("prefixes"),
-                               trials.meta.get("separators"))
-    return _normalize(sv), error
+    sv, error, _ = src_with_origin(source, lm, trials, params)
+    return sv, error
+
+
+def src_with_origin(source: LiveSource, lm: LoadedModel, trials: FixedTrials, params: Params
+                    ) -> tuple[StageValues, str | None, str]:
+    """The source's values, its injection error, and whether they were computed or read from its cache."""
+    def compute() -> tuple[StageValues, str | None]:
+        sv, error = source.compute(lm, trials.subset(params.max_trials), params, trials.meta.get("prefixes"),
+                                   trials.meta.get("separators"))
+        return _normalize(sv), error
+
+    if source.cache is None or source.key_parts is None:
+        return (*compute(), "computed")
+    from fv.parity.src_cache import cache_key
+
+    key = cache_key(source.key_parts(lm, source.cache.root / "weights_sha256"), trials, params)
+    return source.cache.get_or_compute(key, compute)
 
 
 def run_parity(lm: LoadedModel, trials: FixedTrials, params: Params, ref: LiveSource | None, out_dir: Path | None,
@@ -89,12 +110,13 @@ def run_parity(lm: LoadedModel, trials: FixedTrials, params: Params, ref: LiveSo
     subset = trials.subset(params.max_trials)
     side_facts = ref.check(lm, trials) if ref is not None and ref.check is not None else {}
     if ref is not None:
-        src, inj_error = src_from_source(ref, lm, trials, params)
+        src, inj_error, origin = src_with_origin(ref, lm, trials, params)
         source, tol = "reference", EXACT if params.mode == "exact" else tolerance_for(lm.dtype, exact=False)
         notes = list(ref.notes) + (["--src-compat: the reference's FV addition applied to tensor outputs"] if ref.compat else [])
         other = ref.description
     elif golden is not None:
         src, inj_error, source, tol, notes, other = golden.values, None, golden.kind, golden.tolerance, golden.notes, golden.description
+        origin = golden.description
     else:
         folder = golden_dir(snapshot_root, lm.name, trials.id, len(subset))
         src = load_goldens(folder)
@@ -108,16 +130,19 @@ def run_parity(lm: LoadedModel, trials: FixedTrials, params: Params, ref: LiveSo
         source, tol = "golden", tolerance_for(dtype, exact=False)
         notes = prov.get("notes", [])
         other = f"goldens in {folder}" + (f" (imported from {prov['imported_from']})" if prov.get("imported_from") else "")
+        origin = f"goldens {folder}"
     fvv = _normalize(fv_values if fv_values is not None else fv_stage_values(lm, subset, params, trials.meta.get("prefixes"), trials.meta.get("separators")))
     fvv = _as_held(src, fvv)
     keys = [trial_key(t) for t in subset]
     meta = run_meta(lm, trials, params.as_dict(), source=source, other_side=other, tolerance=tol.__dict__, src_notes=notes,
-                    src_compat=bool(ref.compat) if ref is not None else any("src-compat" in n for n in notes), **side_facts)
+                    src_compat=bool(ref.compat) if ref is not None else any("src-compat" in n for n in notes),
+                    sides={source: origin, "fv": "computed"}, **side_facts)
     result = compare_all(src, fvv, tol, keys, meta, stage_functions)
     if inj_error:
         i = STAGES.index("injection")
         result.stages[i] = StageResult("injection", "FAIL", 2 * len(keys), float("inf"), detail=[inj_error])
-    run = ParityRun(lm, trials, params, source, src, fvv, tol, result, injection_error=inj_error, other_side=other)
+    run = ParityRun(lm, trials, params, source, src, fvv, tol, result, injection_error=inj_error, other_side=other,
+                    sides=meta["sides"])
     if out_dir is not None:
         run.report_paths = write_parity_reports(out_dir, result, src.values.get("injection", {}), fvv.values["injection"])
     return run

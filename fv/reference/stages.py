@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -95,6 +96,27 @@ def reference_stage_values(ref: Reference, lm: LoadedModel, trials: Sequence[Tri
     return src_stage_values(ref, lm, trials, params, prefixes, separators), error
 
 
+def reference_key_parts(src_root: Path, baukit: Path | None, compat: bool, lm: LoadedModel, memo_dir: Path | None) -> dict:
+    """What the reference's values depend on besides trials and parameters: every file of its src/, the baukit
+    it runs with, --src-compat, and the model object it computes on (for the src-values cache)."""
+    from fv.parity.src_cache import model_key, tree_digest
+
+    return {"src_tree_sha256": tree_digest(src_root), "baukit_sha256": tree_digest(baukit) if baukit else None,
+            "compat": compat, "model": model_key(lm, memo_dir)}
+
+
+def _baukit_in_use() -> Path | None:
+    """The folder (or lone nethook.py) of the baukit the adapter installed."""
+    import sys
+
+    mod = sys.modules.get("baukit.nethook") or sys.modules.get("baukit")
+    f = getattr(mod, "__file__", None)
+    if not f:
+        return None
+    pkg = sys.modules.get("baukit")
+    return Path(f) if getattr(pkg, "__file__", None) is None else Path(pkg.__file__).parent
+
+
 def require_same_loading(theirs: LoadedModel, mine: LoadedModel) -> None:
     """Both sides must hold the same weights in the same dtype and attention implementation, or the end-to-end
     gate compares two set-ups instead of two implementations."""
@@ -125,4 +147,5 @@ def live_source(ref: Reference, own: LoadedModel | None = None) -> LiveSource:
     return LiveSource(
         compute=lambda lm, trials, params, prefixes, separators: reference_stage_values(ref, own or lm, trials, params, prefixes, separators),
         notes=list(ref.notes) + (["the reference loaded its own model with its own loader"] if own is not None else []),
-        compat=ref.compat, description=f"the live reference {ref.src_root} ({where})", check=check)
+        compat=ref.compat, description=f"the live reference {ref.src_root} ({where})", check=check,
+        key_parts=lambda lm, memo: reference_key_parts(ref.src_root, _baukit_in_use(), ref.compat, own or lm, memo))

@@ -4,8 +4,10 @@ probability of the target's first token on a shuffled-label (corrupted) prompt.
 ``exact`` mode follows the reference operation for operation (one full forward per (layer, head), the patched
 projection recomputed with the reference's per-family op, ``ModelInfo.project``), so on the same device and dtype every number is
 bit-identical to it. ``fast`` mode uses that a last-token patch cannot change earlier positions: it runs the
-prompt prefix once, keeps its key/value cache, and sends the last token alone through the model for every
-(layer, head) at once, batched in chunks, with an unpatched row as the baseline.
+prompt prefix once, keeps its key/value cache, and sends the last token through the model for every
+(layer, head) at once, as query positions that share the trial's cache, after one unpatched pass as the
+baseline. A patch at layer ``l`` leaves the states below ``l`` as the baseline's, so each row starts at its
+layer from the baseline's cached input to it. See ``effects_fast``.
 """
 
 from __future__ import annotations
@@ -84,76 +86,185 @@ def _prefix_cache(model: Any, prompts: Sequence[PreparedPrompt], pad_id: int) ->
 
 
 def effects_fast(model: Any, info: ModelInfo, prompts: Sequence[PreparedPrompt], mean_acts: torch.Tensor,
-                 chunk_rows: int = 256, pad_id: int = 0) -> torch.Tensor:
-    """(len(prompts), layers, heads) indirect effects from one prefix pass and batched last-token passes.
+                 chunk_rows: int | None = None, pad_id: int = 0) -> torch.Tensor:
+    """(len(prompts), layers, heads) indirect effects from one prefix pass and a few passes of last tokens.
 
-    Rows are (trial, layer, head) patches plus one unpatched baseline row per trial; each row runs only the
-    last token, against its own trial's cached prefix, at that trial's position.
+    Each (layer, head) patch is a row: the trial's last token, patched there. A trial's rows all attend to the
+    same prefix, so they share its key/value cache (no copy per row): row ``r`` is a query at the last token's
+    position that a 4-D mask lets see the prefix and its own key only. ``chunk_rows`` (default: sized from the
+    free memory, ``chunk_size``) bounds the rows of one pass, whole layers at a time.
+    Rows are ordered by the layer they start at, so layer ``j`` runs a prefix of the positions; a row enters
+    at its layer with the baseline's last-token input to that layer.
     """
     cache, lengths = _prefix_cache(model, prompts, pad_id)
     prefix_kv = [(l.keys, l.values) for l in cache.layers]
-    width = max(lengths)
+    width, n = max(lengths), len(prompts)
     dev = prompts[0].inputs["input_ids"].device
-    pairs = [(layer, head) for layer in range(info.n_layers) for head in range(info.n_heads)]
-    rows = [(k, lh) for k in range(len(prompts)) for lh in [None] + pairs]
-    slots = []
-    for p in prompts:
-        full = p.idx_map_full
-        slots.append([full[pos] for pos in p.predictive_positions])
-    probs = torch.empty(len(rows), dtype=torch.float64)
-    for start in range(0, len(rows), chunk_rows):
-        chunk = rows[start : start + chunk_rows]
-        trial = torch.tensor([k for k, _ in chunk], device=dev)
+    slots = [[p.idx_map_full[pos] for pos in p.predictive_positions] for p in prompts]
+    targets = torch.tensor([p.target_id for p in prompts], device=dev)
+    last = torch.stack([p.inputs["input_ids"][0, -1] for p in prompts])
+    dtype = info.dtype
+    heads = info.n_heads
+
+    def run(layers: list[int], base_inputs) -> tuple[torch.Tensor, list]:
+        """(trials, rows) target probabilities; rows: the unpatched row when ``layers`` is empty, else every
+        head of every layer in ``layers``, by layer."""
+        starts = [l for l in layers for _ in range(heads)] or [0]
+        n_rows = len(starts)
         for layer_cache, (k_, v_) in zip(cache.layers, prefix_kv):
-            layer_cache.keys, layer_cache.values = k_.index_select(0, trial), v_.index_select(0, trial)
-        mask = torch.zeros((len(chunk), width + 1), dtype=torch.long, device=dev)
-        for r, (k, _) in enumerate(chunk):
-            mask[r, : lengths[k]] = 1
-        mask[:, -1] = 1
-        last = torch.stack([prompts[k].inputs["input_ids"][0, -1] for k, _ in chunk]).view(-1, 1)
-        pos = torch.tensor([[lengths[k]] for k, _ in chunk], device=dev)
-        regs = []
-        for layer in range(info.n_layers):
-            mine = [(r, lh[1], k) for r, (k, lh) in enumerate(chunk) if lh is not None and lh[0] == layer]
-            if mine:
-                regs.append((info.attn_out[layer], _rows_patch(info, layer, mine, mean_acts, slots)))
-            else:
-                regs.append((info.attn_out[layer], lambda _m, inp, _o, layer=layer: info.project(layer, inp[0])))
-        with hooked(regs):
-            logits = model(input_ids=last, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True).logits[:, -1, :]
+            layer_cache.keys, layer_cache.values = k_, v_
+        mask = torch.full((n, 1, n_rows, width + n_rows), torch.finfo(dtype).min, dtype=dtype, device=dev)
+        for k in range(n):
+            mask[k, 0, :, : lengths[k]] = 0
+        mask[:, 0, torch.arange(n_rows), width + torch.arange(n_rows)] = 0
+        pos = torch.tensor(lengths, device=dev).view(n, 1).expand(n, n_rows)
+        active = [sum(1 for s in starts if s <= j) for j in range(info.n_layers)]
+        spans = []
+        for j in range(info.n_layers):
+            idx = [r for r, s in enumerate(starts) if s == j]
+            spans.append((idx[0], idx[-1] + 1) if idx and j > 0 else (0, 0))
+        captured: list = [None] * info.n_layers
+        handles = []
+        try:
+            for j, layer in enumerate(info.layers):
+                handles.append(layer.register_forward_pre_hook(
+                    _seq_pre_hook(j, active, spans, base_inputs, captured, n_rows, width), with_kwargs=True))
+                handles.append(layer.register_forward_hook(_seq_post_hook(), with_kwargs=True))
+                rows = [(r, r - starts.index(j)) for r in range(n_rows) if layers and starts[r] == j]
+                handles.append(info.attn_out[j].register_forward_hook(
+                    _seq_patch(info, j, rows, mean_acts, slots) if rows else
+                    (lambda _m, inp, _o, layer=j: info.project(layer, inp[0]))))
+            logits = model(input_ids=last.view(n, 1).expand(n, n_rows), attention_mask=mask, position_ids=pos,
+                           past_key_values=cache, use_cache=True).logits
+        finally:
+            for h in handles:
+                h.remove()
+            _FULL.clear()
         p = torch.softmax(logits, dim=-1)
-        targets = torch.tensor([prompts[k].target_id for k, _ in chunk], device=dev)
-        probs[start : start + len(chunk)] = p.gather(1, targets.view(-1, 1)).view(-1).to("cpu", torch.float64)
-    per = 1 + len(pairs)
-    probs = probs.view(len(prompts), per)
-    return (probs[:, 1:] - probs[:, :1]).to(torch.float32).view(len(prompts), info.n_layers, info.n_heads)
+        return p.gather(2, targets.view(n, 1, 1).expand(n, n_rows, 1)).squeeze(2).to("cpu", torch.float64), captured
+
+    base, inputs = run([], None)
+    base_inputs = [h[:, -1:].detach() for h in inputs]  # (trials, 1, d) per layer
+    per_row = chunk_rows or chunk_size(model, info, width, dev)
+    per_chunk = max(1, per_row // max(1, n * heads))  # layers per pass
+    effects = torch.empty(n, info.n_layers, heads, dtype=torch.float64)
+    for l0 in range(0, info.n_layers, per_chunk):
+        layers = list(range(l0, min(info.n_layers, l0 + per_chunk)))
+        probs, _ = run(layers, base_inputs)
+        effects[:, layers] = (probs - base[:, :1]).view(n, len(layers), heads)
+    return effects.to(torch.float32)
 
 
-def _rows_patch(info: ModelInfo, layer: int, mine: list[tuple[int, int, int]], mean_acts: torch.Tensor,
-                slots: list[list[int]]) -> Callable:
-    """Hook: write each row's head slice at the last token with that trial's mean activation, then project."""
+_FULL: dict[int, torch.Tensor] = {}  # a layer's full input, from its pre-hook to its post-hook
+
+
+def _seq_pre_hook(j: int, active: list[int], spans: list[tuple[int, int]], base_inputs, captured: list,
+                  n_rows: int, width: int) -> Callable:
+    """Layer ``j`` runs only the positions started by now; those starting here take the baseline's input."""
+
+    def cut(value: Any, m: int) -> Any:
+        if isinstance(value, torch.Tensor):
+            if value.dim() == 4 and value.shape[-2:] == (n_rows, width + n_rows):
+                return value[..., :m, : width + m]
+            if value.dim() >= 2 and value.shape[1] == n_rows:
+                return value[:, :m]
+            if value.dim() == 1 and value.shape[0] == n_rows:
+                return value[:m]
+            return value
+        if isinstance(value, (tuple, list)):
+            return type(value)(cut(v, m) for v in value)
+        if isinstance(value, dict):
+            return {k: cut(v, m) for k, v in value.items()}
+        return value
+
+    def pre(mod, args, kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        m = max(active[j], 1)
+        lo, hi = spans[j]
+        if base_inputs is not None and hi > lo:
+            hidden = hidden.clone()
+            hidden[:, lo:hi] = base_inputs[j]
+        captured[j] = hidden
+        _FULL[id(mod)] = hidden
+        if m == n_rows:
+            return ((hidden, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": hidden})
+        kwargs = cut(kwargs, m)
+        if args:
+            return (hidden[:, :m], *cut(tuple(args[1:]), m)), kwargs
+        kwargs["hidden_states"] = hidden[:, :m]
+        return args, kwargs
+
+    return pre
+
+
+def _seq_post_hook() -> Callable:
+    """Put the positions a layer ran back in front of those it skipped."""
+
+    def post(m, _args, _kwargs, output):
+        full = _FULL.pop(id(m))
+        out = output[0] if isinstance(output, tuple) else output
+        if out.shape[1] != full.shape[1]:
+            out = torch.cat([out, full[:, out.shape[1]:].to(out.dtype)], dim=1)
+        return (out, *output[1:]) if isinstance(output, tuple) else out
+
+    return post
+
+
+def _seq_patch(info: ModelInfo, layer: int, rows: list[tuple[int, int]], mean_acts: torch.Tensor,
+               slots: list[list[int]]) -> Callable:
+    """Hook: at position ``r`` of every trial, set head ``h`` to that trial's mean activation, then project."""
     weight = info.attn_out[layer].weight
-    r_idx = torch.tensor([r for r, _, _ in mine], device=weight.device)
-    h_idx = torch.tensor([h for _, h, _ in mine], device=weight.device)
-    depth = max(len(slots[k]) for _, _, k in mine)
-    # the reference writes one slot per predictive position, the last write winning; keep that order per row
-    values = [torch.stack([mean_acts[layer, h, slots[k][min(i, len(slots[k]) - 1)]] for _, h, k in mine]).to(weight.device, weight.dtype)
-              for i in range(depth)]
+    r_idx = torch.tensor([r for r, _ in rows], device=weight.device)
+    h_idx = torch.tensor([h for _, h in rows], device=weight.device)
+    depth = max(len(s) for s in slots)
+    # (trials, rows, head_dim) per write; the reference writes one slot per predictive position, the last winning
+    values = [torch.stack([torch.stack([mean_acts[layer, h, s[min(i, len(s) - 1)]] for _, h in rows]) for s in slots])
+              .to(weight.device, weight.dtype) for i in range(depth)]
 
     def hook(_m, inputs, _out):
         x = inputs[0]
         shape = x.shape
         x = x.view(*shape[:-1], info.n_heads, info.head_dim)
         for v in values:
-            x[r_idx, -1, h_idx] = v
+            x[:, r_idx, h_idx] = v
         return info.project(layer, x.view(*shape))
 
     return hook
 
 
+def chunk_size(model: Any, info: ModelInfo, width: int, device: torch.device, share: float = 0.25,
+               most: int = 4096, least: int = 16) -> int:
+    """Rows per last-token pass from the memory free on the device: a share of it over one row's need (its
+    attention scores over the prefix and the other rows, its hidden states, its logits and softmax in float32)."""
+    cfg = getattr(model.config, "get_text_config", lambda: model.config)()
+    elem = torch.empty(0, dtype=info.dtype).element_size()
+    vocab = int(getattr(cfg, "vocab_size", 0) or 0)
+    inter = int(getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None) or 4 * info.d_model)
+    keys = width + info.n_layers * info.n_heads
+    per_row = (3 * info.n_heads * keys * 4 + keys * elem + 4 * info.d_model * elem + (info.n_layers + 8) * info.d_model * elem
+               + 3 * inter * elem + 3 * vocab * 4)
+    if torch.device(device).type == "cuda":
+        free = torch.cuda.mem_get_info(torch.device(device))[0]
+    else:
+        free = _available_ram()
+    return int(max(least, min(most, share * free // max(per_row, 1))))
+
+
+def _available_ram() -> int:
+    """MemAvailable from /proc/meminfo (Linux), else a conservative 2 GiB."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 2 << 30
+
+
 def indirect_effects(model: Any, info: ModelInfo, prompts: Sequence[PreparedPrompt], mean_acts: torch.Tensor,
                      pad_id: int = 0, mode: str = "exact", progress: Callable[[int], None] | None = None,
-                     chunk_rows: int = 256, trials_per_pass: int = 8) -> torch.Tensor:
+                     chunk_rows: int | None = None, trials_per_pass: int = 8) -> torch.Tensor:
     """(trials, layers, heads) float32 indirect effects over the corrupted prompts.
 
     ``fast`` mode handles ``trials_per_pass`` trials per prefix pass and falls back to exact mode, with a
