@@ -439,7 +439,7 @@ def assert_golden(run: Any, artifact: str, snapshot: Any, update: bool) -> None:
     """One golden artifact of a parity run: with ``--snapshot-update`` written from the live reference's value
     (never fv's), otherwise fv's value compared with it within the dtype's tolerance."""
     from fv.io import write_json
-    from fv.parity.compare import tolerance_for
+    from fv.parity.compare import EXACT, tolerance_for
     from fv.parity.golden import GOLDEN_ARTIFACTS, artifact_value, golden_dir
     from fv.parity.snapshot import golden_extension
     from fv.paths import SNAPSHOT_ROOT
@@ -457,7 +457,9 @@ def assert_golden(run: Any, artifact: str, snapshot: Any, update: bool) -> None:
         return
     folder = golden_dir(SNAPSHOT_ROOT, run.lm.name, run.trials.id, len(run.trial_keys))
     kind = GOLDEN_ARTIFACTS[artifact][0]
-    ext = golden_extension(folder, kind, tolerance_for(run.lm.dtype, exact=False))
+    # an update writes the reference's value unless it is bit-identical to the golden, so a golden and its meta
+    # always describe the same run; a comparison allows the dtype's tolerance
+    ext = golden_extension(folder, kind, EXACT if update else tolerance_for(run.lm.dtype, exact=False))
     if update:
         if run.source != "reference":
             pytest.fail("refusing to write goldens without the reference: goldens are the reference's numbers. "

@@ -2,7 +2,8 @@
 
 Four small roles, as syrupy's own extensions are built: serializer (``fv.parity.golden.serialize``), location (a
 folder per model and fixed-trials id under the top-level ``snapshots/``), comparator (``matches`` decodes both
-sides and compares within a named tolerance, so drift inside it never churns the goldens) and reporter
+sides and compares within a named tolerance; ``--snapshot-update`` binds the exact one, so a regenerated golden is
+the reference's value to the bit and agrees with the provenance written beside it) and reporter
 (``diff_lines`` prints shape, dtype, max abs and rel diff and the worst index instead of a byte dump).
 """
 
