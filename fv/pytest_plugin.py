@@ -178,9 +178,7 @@ class FVOptions:
                    o("--src-compat"), o("--require-src"), o("--fixed-trials"), o("--dataset"), o("--n-top-heads"),
                    o("--edit-layer"), o("--max-trials"), o("--q-list"), o("--relation-csv"), o("--n-trials-per-q"),
                    Path(o("--fv-out")) if o("--fv-out") else invoked / "results_fv", root, o("--allow-empty"),
-                   o("--fv-attn-implementation"), o("--src-model"), o("--golden-dir"))
-                   o("--fv-attn-implementation"), o("--src-model"),
-                   o("--src-cache"), o("--no-src-cache"))
+                   o("--fv-attn-implementation"), o("--src-model"), o("--golden-dir"), o("--src-cache"), o("--no-src-cache"))
 
 
 def trial_sets(opts: FVOptions) -> list[str]:
