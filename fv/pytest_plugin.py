@@ -502,6 +502,7 @@ def _parity_summary(run: Any) -> dict:
     fd = run.result.first_divergence()
     return {
         "model": run.lm.name, "trials": run.trials.id, "status": run.result.status, "other_side": run.other_side,
+        "mode": run.result.meta.get("src_model_mode", ""),
         "tolerance": run.tolerance.name, "sides": dict(getattr(run, "sides", {}) or {}),
         "fv_side": f"{str(run.lm.dtype).replace('torch.', '')}, {run.lm.attn_implementation or '?'} attention",
         "first_divergence": fd and {k: str(v)[:200] for k, v in fd.items() if k in ("stage", "file", "key", "trial_id", "trial_idx", "pattern")},
@@ -530,7 +531,7 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
         return
     for name, value in report.user_properties:
         if name == "fv_parity":
-            ledger.runs[(value["model"], value["trials"])] = value
+            ledger.runs[(value["model"], value["trials"], value.get("mode", ""))] = value
     if report.skipped and isinstance(report.longrepr, tuple):
         reason = str(report.longrepr[2]).removeprefix("Skipped: ")
         if reason.startswith(EMPTY_GATE):
@@ -565,7 +566,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     verbose = config.getoption("verbose")
     if ledger.runs:
         tr.section("fv parity", sep="-")
-    for (_model, _trials), run in sorted(ledger.runs.items()):
+    for _key, run in sorted(ledger.runs.items()):
         head = (f"{run['model']} x {run['trials']}: {run['status']} against {run['other_side']} (tolerance {run['tolerance']}); "
                 f"fv: {run.get('fv_side', '?')}")
         tr.write_line(head)
