@@ -2,8 +2,9 @@
 
 The reference side of a parity run depends only on what can change its numbers: the reference's files
 (every file under its ``src/``, and the baukit it uses), the model it computes on (config, weights, dtype,
-device, attention implementation), the fixed trials and the stage parameters, and the torch and transformers
-versions. The key is all of those; a change to any one is a different entry, never a stale hit.
+device, attention implementation), the fixed trials and the stage parameters, the torch and transformers
+versions, and torch's CPU thread count (it changes the last bits). The key is all of those; a change to any one
+is a different entry, never a stale hit.
 
 An entry is a folder named by the key's sha256 holding ``values.safetensors`` (the tensor stages),
 ``values.json`` (the JSON stages and the injection error) and, written last, ``manifest.json`` with the key
@@ -123,9 +124,11 @@ def cache_key(source_parts: dict, trials: Any, params: Any) -> dict:
     import transformers
 
     p = {k: v for k, v in params.as_dict().items() if k not in FV_ONLY_PARAMS}
+    # CPU kernels split their sums by thread: a value computed with 1 thread (an xdist worker) can differ in the
+    # last bits from one computed with 2, and the exact gate compares bits
     return {"cache_version": CACHE_VERSION, "source": source_parts, "fixed_trials_sha256": trials.sha256,
             "n_trials": len(trials.subset(params.max_trials)), "params": p,
-            "torch": torch.__version__, "transformers": transformers.__version__}
+            "torch": torch.__version__, "transformers": transformers.__version__, "torch_threads": torch.get_num_threads()}
 
 
 def key_digest(key: dict) -> str:

@@ -83,9 +83,9 @@ def test_the_tree_shows_the_stages():
     for sub, modules in {
         "runtime": ["datasets", "trials", "prompts", "prepared", "hooks", "activations", "effects", "vectors", "injection", "evaluation", "pipeline", "relation",
                     "cluster", "relation_cluster"],
-        "parity": ["stages", "compare", "dump", "golden", "snapshot", "report", "diff", "pattern", "run"],
+        "parity": ["stages", "compare", "dump", "golden", "user_goldens", "snapshot", "src_cache", "report", "diff", "pattern", "run"],
         "reference": ["adapter", "stages"],
-        "cli": ["trials", "reference", "run", "diff", "relation", "gate", "plot", "doctor", "models"],
+        "cli": ["trials", "reference", "run", "diff", "relation", "gate", "golden", "plot", "doctor", "models"],
     }.items():
         assert sorted(p.stem for p in (PKG / sub).glob("*.py") if p.stem != "__init__" and p.stem != "common") == sorted(modules)
 

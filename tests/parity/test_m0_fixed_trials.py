@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from fv.errors import FVError
 from fv.model.tokenizers import load_tokenizer
-from fv.runtime.prompts import dummy_labels, full_idx_map, make_prompt_data, prompt_string, slot_maps, token_meta_labels
+from fv.runtime.prompts import dummy_labels, full_idx_map, has_bos_text, make_prompt_data, prompt_string, slot_maps, token_meta_labels
 from fv.pytest_plugin import trials_for
 from fv.paths import FIXTURES
 from fv.runtime.trials import TOKEN_KEYS, load_trials, make_icl_trials, require_tokenizer_agrees, save_trials, verify_token_ids
@@ -64,7 +64,7 @@ def test_shared_trials_file_reproduced(fv_model, fixture_data):
 def test_prompt_parity(reference, fv_model, m0_trials, m0_trial, side):
     pd_ = m0_trial.prompt_data_clean if side == "clean" else m0_trial.prompt_data_corrupted
     shuffle = None if side == "clean" else [e["output"] for e in m0_trial.prompt_data_corrupted["examples"]]
-    ref_pd = reference.prompt_data(m0_trial.prompt_data_clean, fv_model.prepend_bos, shuffle_to=shuffle)
+    ref_pd = reference.prompt_data(m0_trial.prompt_data_clean, reference.bos_text_rule(fv_model)[0], shuffle_to=shuffle)
     tok = fv_model.tokenizer
     ours, theirs = prompt_string(pd_), reference.prompt_utils.create_prompt(ref_pd)
     stored = m0_trial.clean_prompt_str if side == "clean" else m0_trial.corrupted_prompt_str
@@ -91,10 +91,11 @@ def test_slot_parity(reference, fv_model, m0_trials, m0_trial, side):
     mc = reference.model_config(fv_model)
     n = len(m0_trial.prompt_data_clean["examples"])
     src_dummy = reference.dummy_labels(tok, mc, n, meta["prefixes"], meta["separators"])
-    dummy = dummy_labels(n, tok, bos, meta["prefixes"], meta["separators"])
+    dummy = dummy_labels(n, tok, bos, meta["prefixes"], meta["separators"], bos_text=has_bos_text(m0_trial.prompt_data_clean))
     pd_ = m0_trial.prompt_data_clean if side == "clean" else m0_trial.prompt_data_corrupted
     shuffle = None if side == "clean" else [e["output"] for e in m0_trial.prompt_data_corrupted["examples"]]
-    src = reference.slots(reference.prompt_data(m0_trial.prompt_data_clean, bos, shuffle_to=shuffle), tok, mc, src_dummy)
+    src_pd = reference.prompt_data(m0_trial.prompt_data_clean, reference.bos_text_rule(fv_model)[0], shuffle_to=shuffle)
+    src = reference.slots(src_pd, tok, mc, src_dummy)
     labels, _ = token_meta_labels(pd_, tok, prepend_bos=bos)
     idx_map, idx_avg = slot_maps(labels, dummy)
     mismatches = []
