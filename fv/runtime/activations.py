@@ -70,6 +70,9 @@ def _batch_head_activations(model: Any, info: ModelInfo, prompts: Sequence[Prepa
         ids[k, :n] = p.inputs["input_ids"][0]
         mask[k, :n] = 1
     with capture_inputs(info.attn_out) as captured:
-        model(input_ids=ids, attention_mask=mask)
+        try:  # no logits are needed: unembed one position only where the model allows
+            model(input_ids=ids, attention_mask=mask, logits_to_keep=1)
+        except TypeError:
+            model(input_ids=ids, attention_mask=mask)
     return [_slots_of(info, p, [captured[i][k : k + 1, :n] for i in range(info.n_layers)])
             for k, (p, n) in enumerate(zip(prompts, lengths))]

@@ -17,6 +17,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from fv.model.kv_cache import returned_cache, with_cache
 from fv.model.tree import ModelInfo
 from fv.runtime.hooks import hooked, replace_output
 from fv.runtime.prepared import PreparedPrompt
@@ -56,49 +57,128 @@ class FastUnavailable(RuntimeError):
     """The model cannot be driven with a key/value cache the way fast mode needs."""
 
 
-def _prefix_cache(model: Any, prompts: Sequence[PreparedPrompt], pad_id: int) -> tuple[Any, list[int]]:
-    """One pass over the prompts without their last token, right-padded to one length, keeping only the cache.
+def _prefix_cache(model: Any, info: ModelInfo, prompts: Sequence[PreparedPrompt], pad_id: int
+                  ) -> tuple[Any, list[int], list[torch.Tensor]]:
+    """One pass over the whole prompts, right-padded to one length: their key/value cache, each prompt's prefix
+    length (its last token's position), and, per layer, the model's own attention mask for each last token.
 
     Right padding leaves every real position exactly where it was: causal attention never looks at the pads.
+    The cache is a plain one that keeps every position of every layer (a sliding-window layer's own cache would
+    keep only the last window of the padded batch, which is not each prompt's last window). The masks are what
+    the model hands each attention block in this pass (causal, sliding window, local/global, padding: whatever
+    it builds), read at the last token's row: ``(trials, 1 or heads, full)`` additive, 0 where the last token may
+    look. Raises ``FastUnavailable`` for a model whose cache or masks fast mode cannot drive (one line).
     """
+    try:
+        from transformers.cache_utils import DynamicCache
+    except ImportError as exc:  # pragma: no cover - transformers is a hard dependency
+        raise FastUnavailable(f"transformers has no DynamicCache ({exc})") from exc
     lengths = [int(p.inputs["input_ids"].shape[1]) - 1 for p in prompts]
     if min(lengths) < 1:
         raise FastUnavailable("a prompt has a single token")
-    width = max(lengths)
+    full = max(lengths) + 1
     dev = prompts[0].inputs["input_ids"].device
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long, device=dev)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long, device=dev)
+    ids = torch.full((len(prompts), full), pad_id, dtype=torch.long, device=dev)
+    mask = torch.zeros((len(prompts), full), dtype=torch.long, device=dev)
     for k, (p, n) in enumerate(zip(prompts, lengths)):
-        ids[k, :n] = p.inputs["input_ids"][0, :n]
-        mask[k, :n] = 1
+        ids[k, : n + 1] = p.inputs["input_ids"][0]
+        mask[k, : n + 1] = 1
+    seen: dict[int, Any] = {}
+
+    def grab(j: int) -> Callable:
+        def pre(_m, args, kwargs):
+            seen[j] = kwargs.get("attention_mask", "absent")
+        return pre
+
+    handles = [a.register_forward_pre_hook(grab(j), with_kwargs=True) for j, a in enumerate(info.attn_modules)]
     try:
-        try:  # only the cache is needed: skip the unembedding of every position where the model allows
-            out = model(input_ids=ids, attention_mask=mask, use_cache=True, logits_to_keep=1)
+        try:  # only the cache and the masks are needed: skip the unembedding of every position where the model allows
+            out = model(input_ids=ids, attention_mask=mask, **with_cache(model, DynamicCache()), logits_to_keep=1)
         except TypeError:
-            out = model(input_ids=ids, attention_mask=mask, use_cache=True)
+            out = model(input_ids=ids, attention_mask=mask, **with_cache(model, DynamicCache()))
     except TypeError as exc:
         raise FastUnavailable(str(exc)) from exc
-    cache = out.past_key_values
+    finally:
+        for h in handles:
+            h.remove()
+    cache = returned_cache(out)
     layers = getattr(cache, "layers", None)
-    if not layers or not all(isinstance(getattr(l, "keys", None), torch.Tensor) for l in layers):
-        raise FastUnavailable(f"{type(model).__name__} returns no key/value cache fv can reuse")
-    return cache, lengths
+    if not layers or len(layers) != info.n_layers or not all(
+            isinstance(getattr(l, "keys", None), torch.Tensor) and l.keys.shape[-2] == full for l in layers):
+        raise FastUnavailable(f"{type(model).__name__} returns no key/value cache of every position fv can reuse")
+    rows = [_last_rows(seen.get(j, "absent"), lengths, full, info.dtype, dev) for j in range(info.n_layers)]
+    return cache, lengths, rows
+
+
+def _last_rows(m: Any, lengths: list[int], full: int, dtype: torch.dtype, dev: torch.device) -> torch.Tensor:
+    """The last token's row of the mask one attention block was handed, as ``(trials, 1 or heads, full)`` additive.
+
+    ``None`` is what sdpa is handed where the mask is plain causal (it then runs ``is_causal``): every key up to
+    the last token. A 4-D mask (bool: True attends; float: added to the scores) gives its row at the last token.
+    Anything else (a 2-D padding mask for flash attention, flex attention's block mask) cannot be reshaped for
+    the patched rows: ``FastUnavailable``.
+    """
+    neg = torch.finfo(dtype).min
+    if m is None:
+        pos = torch.arange(full, device=dev)
+        last = torch.tensor(lengths, device=dev).view(-1, 1)
+        return torch.where(pos.view(1, -1) <= last, 0.0, neg).to(dtype).unsqueeze(1)
+    if isinstance(m, torch.Tensor) and m.dim() == 4 and m.shape[-1] == full and m.shape[-2] == full:
+        idx = torch.tensor(lengths, device=m.device)
+        rows = m[torch.arange(len(lengths), device=m.device), :, idx]  # (trials, 1 or heads, full)
+        if rows.dtype == torch.bool:
+            return torch.where(rows, 0.0, neg).to(dtype)
+        return rows.to(dtype)
+    what = "no attention mask argument" if isinstance(m, str) else f"a {type(m).__name__} of shape {tuple(getattr(m, 'shape', ()))}"
+    raise FastUnavailable(f"its attention blocks are handed {what}, not a 4-D mask fast mode can take rows of")
+
+
+def _row_masks(rows: list[torch.Tensor], lengths: list[int], full: int, n_rows: int) -> list[torch.Tensor]:
+    """Per layer, the mask of ``n_rows`` patched copies of each trial's last token: ``(trials, 1 or heads, n_rows,
+    full + n_rows)``. Row ``r`` sees the prefix keys the model's own mask lets the last token see, and its own key
+    (cache slot ``full + r``) with the weight the model gives the last token's own key; never the unpatched last
+    token's cached key, never another row's."""
+    out = []
+    for row in rows:
+        n, h, _ = row.shape
+        neg = torch.finfo(row.dtype).min
+        m = torch.full((n, h, n_rows, full + n_rows), neg, dtype=row.dtype, device=row.device)
+        m[..., :full] = row.unsqueeze(2)
+        own = row[torch.arange(n), :, torch.tensor(lengths, device=row.device)]  # (trials, h)
+        for k, last in enumerate(lengths):
+            m[k, :, :, last] = neg
+        r = torch.arange(n_rows, device=row.device)
+        m[:, :, r, full + r] = own.unsqueeze(-1).expand(n, h, n_rows)
+        out.append(m)
+    return out
+
+
+def _mask_hook(masks: list[torch.Tensor], j: int, full: int) -> Callable:
+    """Attention pre-hook of layer ``j``: the layer's row mask, cut to the rows this layer runs."""
+
+    def pre(_m, args, kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        m = hidden.shape[1]
+        return args, {**kwargs, "attention_mask": masks[j][..., :m, : full + m]}
+
+    return pre
 
 
 def effects_fast(model: Any, info: ModelInfo, prompts: Sequence[PreparedPrompt], mean_acts: torch.Tensor,
-                 chunk_rows: int | None = None, pad_id: int = 0) -> torch.Tensor:
-    """(len(prompts), layers, heads) indirect effects from one prefix pass and a few passes of last tokens.
+                 chunk_rows: int | None = None, pad_id: int = 0, keep: Callable | None = None) -> torch.Tensor:
+    """(len(prompts), layers, heads) indirect effects from one pass over the prompts and a few passes of last tokens.
 
     Each (layer, head) patch is a row: the trial's last token, patched there. A trial's rows all attend to the
-    same prefix, so they share its key/value cache (no copy per row): row ``r`` is a query at the last token's
-    position that a 4-D mask lets see the prefix and its own key only. ``chunk_rows`` (default: sized from the
+    same cached prompt (no copy per row): row ``r`` is a query at the last token's position whose mask, in each
+    layer, is the model's own mask of the last token over the prefix (sliding windows, local/global layers and
+    padding included: ``_prefix_cache``) plus its own key only. ``chunk_rows`` (default: sized from the
     free memory, ``chunk_size``) bounds the rows of one pass, whole layers at a time.
     Rows are ordered by the layer they start at, so layer ``j`` runs a prefix of the positions; a row enters
     at its layer with the baseline's last-token input to that layer.
     """
-    cache, lengths = _prefix_cache(model, prompts, pad_id)
+    cache, lengths, last_rows = _prefix_cache(model, info, prompts, pad_id)
     prefix_kv = [(l.keys, l.values) for l in cache.layers]
-    width, n = max(lengths), len(prompts)
+    width, n = max(lengths) + 1, len(prompts)  # cached positions: every prompt, its last token included
     dev = prompts[0].inputs["input_ids"].device
     slots = [[p.idx_map_full[pos] for pos in p.predictive_positions] for p in prompts]
     targets = torch.tensor([p.target_id for p in prompts], device=dev)
@@ -113,10 +193,9 @@ def effects_fast(model: Any, info: ModelInfo, prompts: Sequence[PreparedPrompt],
         n_rows = len(starts)
         for layer_cache, (k_, v_) in zip(cache.layers, prefix_kv):
             layer_cache.keys, layer_cache.values = k_, v_
-        mask = torch.full((n, 1, n_rows, width + n_rows), torch.finfo(dtype).min, dtype=dtype, device=dev)
-        for k in range(n):
-            mask[k, 0, :, : lengths[k]] = 0
-        mask[:, 0, torch.arange(n_rows), width + torch.arange(n_rows)] = 0
+        masks = _row_masks(last_rows, lengths, width, n_rows)
+        # handed to the model only so that it builds no mask of its own; each attention block gets its layer's
+        mask = torch.zeros((n, 1, n_rows, width + n_rows), dtype=dtype, device=dev)
         pos = torch.tensor(lengths, device=dev).view(n, 1).expand(n, n_rows)
         active = [sum(1 for s in starts if s <= j) for j in range(info.n_layers)]
         spans = []
@@ -130,12 +209,13 @@ def effects_fast(model: Any, info: ModelInfo, prompts: Sequence[PreparedPrompt],
                 handles.append(layer.register_forward_pre_hook(
                     _seq_pre_hook(j, active, spans, base_inputs, captured, n_rows, width), with_kwargs=True))
                 handles.append(layer.register_forward_hook(_seq_post_hook(), with_kwargs=True))
+                handles.append(info.attn_modules[j].register_forward_pre_hook(_mask_hook(masks, j, width), with_kwargs=True))
                 rows = [(r, r - starts.index(j)) for r in range(n_rows) if layers and starts[r] == j]
                 handles.append(info.attn_out[j].register_forward_hook(
                     _seq_patch(info, j, rows, mean_acts, slots) if rows else
                     (lambda _m, inp, _o, layer=j: info.project(layer, inp[0]))))
             logits = model(input_ids=last.view(n, 1).expand(n, n_rows), attention_mask=mask, position_ids=pos,
-                           past_key_values=cache, use_cache=True).logits
+                           **with_cache(model, cache)).logits
         finally:
             for h in handles:
                 h.remove()
@@ -144,6 +224,8 @@ def effects_fast(model: Any, info: ModelInfo, prompts: Sequence[PreparedPrompt],
         return p.gather(2, targets.view(n, 1, 1).expand(n, n_rows, 1)).squeeze(2).to("cpu", torch.float64), captured
 
     base, inputs = run([], None)
+    if keep is not None:  # the prefix cache, for the evaluation of these prompts (fv.runtime.evaluation.BaselineStore)
+        keep(prompts, prefix_kv, lengths)
     base_inputs = [h[:, -1:].detach() for h in inputs]  # (trials, 1, d) per layer
     per_row = chunk_rows or chunk_size(model, info, width, dev)
     per_chunk = max(1, per_row // max(1, n * heads))  # layers per pass
@@ -232,10 +314,22 @@ def _seq_patch(info: ModelInfo, layer: int, rows: list[tuple[int, int]], mean_ac
     return hook
 
 
+# float32 logits (with their softmax and the model's own copy) one pass may hold, whatever the number of trials: the
+# unembedding of a 128k vocabulary is 0.5 MiB per row, so without a bound a pass over 8 trials' (layer, head) rows
+# holds a gigabyte of logits, and the peak grows with the trials batched together
+LOGITS_BUDGET = 256 << 20
+
+
+def logits_rows(vocab: int, positions: int = 1, budget: int = LOGITS_BUDGET) -> int:
+    """Rows of ``positions`` positions each whose float32 logits, softmax and the model's copy fit ``budget`` bytes."""
+    return int(budget // max(1, 3 * 4 * int(vocab) * max(1, positions))) if vocab else 1 << 30
+
+
 def chunk_size(model: Any, info: ModelInfo, width: int, device: torch.device, share: float = 0.25,
                most: int = 4096, least: int = 16) -> int:
     """Rows per last-token pass from the memory free on the device: a share of it over one row's need (its
-    attention scores over the prefix and the other rows, its hidden states, its logits and softmax in float32)."""
+    attention scores over the prefix and the other rows, its hidden states, its logits and softmax in float32),
+    and never more rows than ``LOGITS_BUDGET`` of logits (so the peak does not grow with the trials)."""
     cfg = getattr(model.config, "get_text_config", lambda: model.config)()
     elem = torch.empty(0, dtype=info.dtype).element_size()
     vocab = int(getattr(cfg, "vocab_size", 0) or 0)
@@ -247,7 +341,7 @@ def chunk_size(model: Any, info: ModelInfo, width: int, device: torch.device, sh
         free = torch.cuda.mem_get_info(torch.device(device))[0]
     else:
         free = _available_ram()
-    return int(max(least, min(most, share * free // max(per_row, 1))))
+    return int(max(least, min(most, logits_rows(vocab), share * free // max(per_row, 1))))
 
 
 def _available_ram() -> int:
@@ -264,11 +358,13 @@ def _available_ram() -> int:
 
 def indirect_effects(model: Any, info: ModelInfo, prompts: Sequence[PreparedPrompt], mean_acts: torch.Tensor,
                      pad_id: int = 0, mode: str = "exact", progress: Callable[[int], None] | None = None,
-                     chunk_rows: int | None = None, trials_per_pass: int = 8) -> torch.Tensor:
+                     chunk_rows: int | None = None, trials_per_pass: int = 8, keep: Callable | None = None) -> torch.Tensor:
     """(trials, layers, heads) float32 indirect effects over the corrupted prompts.
 
     ``fast`` mode handles ``trials_per_pass`` trials per prefix pass and falls back to exact mode, with a
-    warning, for a model whose forward pass cannot be driven with a reusable key/value cache.
+    warning, for a model whose forward pass cannot be driven with a reusable key/value cache. ``keep(prompts,
+    prefix_kv, lengths)``, when given, receives each fast pass's prefix key/value cache (per layer (keys, values),
+    right-padded; the real length of each prompt less its last token).
     """
     out = torch.zeros(len(prompts), info.n_layers, info.n_heads)
     k = 0
@@ -276,7 +372,7 @@ def indirect_effects(model: Any, info: ModelInfo, prompts: Sequence[PreparedProm
         if mode == "fast":
             group = list(prompts[k : k + trials_per_pass])
             try:
-                out[k : k + len(group)] = effects_fast(model, info, group, mean_acts, chunk_rows, pad_id)
+                out[k : k + len(group)] = effects_fast(model, info, group, mean_acts, chunk_rows, pad_id, keep)
                 k += len(group)
                 if progress:
                     progress(len(group))

@@ -142,25 +142,42 @@ def _write_status(root: Path, q: str, record: dict) -> None:
 
 def prepare_trials(cfg: RelationConfig, tokenizer: Any, model_name: str, prepend_bos: bool) -> tuple[list[str], list[dict], Path]:
     """Make the all-q trials file once (or take the user's, ``cfg.fixed_trials``), split it into one trials file
-    per q; returns (qs, skipped, root)."""
-    from fv.runtime.trials import make_relation_trials, save_trials
+    per listed q; returns (qs, skipped, root).
+
+    The trials are drawn for every q of the CSV, as the users' own sampler does over a whole file (one random
+    stream over the qs in sorted order, then one shuffle), and the listed qs are taken from that draw. A q's
+    trials file (its bytes, so its sha256 and its identity in ``RelationConfig.q_key``) therefore never depends
+    on ``--q-list``: growing the list recomputes nothing that completed. Raises FVError for a q the CSV or the
+    trials file does not have, or when no listed q has ``n_demos + 1`` rows."""
+    from fv.runtime.datasets import load_relation_csv
+    from fv.runtime.trials import make_relation_trials, plan_relation_qs, save_trials
 
     root = ensure_dir(relation_root(cfg))
     if cfg.fixed_trials:
         from fv.runtime.trials import load_trials, require_tokenizer_agrees
 
-        raw = read_relation_trials(cfg.fixed_trials, cfg.q_list)
+        listed = read_relation_trials(cfg.fixed_trials, cfg.q_list)  # checks the listed qs are in the file
+        raw = read_relation_trials(cfg.fixed_trials)  # the whole file: per-q meta never names the q-list
         require_tokenizer_agrees(load_trials(cfg.fixed_trials), tokenizer)
+        qs, skipped = listed["meta"]["q_ids"], listed["meta"]["skipped_qs"]
     else:
-        raw = make_relation_trials(cfg.relation_csv, tokenizer, cfg.n_trials_per_q, cfg.n_demos, cfg.seed, cfg.q_list,
+        plan = plan_relation_qs(load_relation_csv(cfg.relation_csv), cfg.n_demos, cfg.q_list)
+        if not plan.q_ids:
+            raise FVError(f"relation CSV {cfg.relation_csv}: none of the qs {[s['q_id'] for s in plan.skipped]} has the "
+                          f"{cfg.n_demos + 1} rows that --n-demos {cfg.n_demos} needs. List other qs or use fewer --n-demos.")
+        raw = make_relation_trials(cfg.relation_csv, tokenizer, cfg.n_trials_per_q, cfg.n_demos, cfg.seed, None,
                                    model_name_for_tokenizer=model_name, model_prepend_bos=prepend_bos)
-    save_trials(root / "fixed_trials_all_q.json", raw)
-    for q in raw["meta"]["q_ids"]:
-        mine = [t for t in raw["trials"] if t["q_id"] == q]
+        qs, skipped = plan.q_ids, plan.skipped
+    raw = json.loads(json.dumps(raw))  # as it reads back from disk (lists, not tuples): rewritten only when it changes
+    all_q = root / "fixed_trials_all_q.json"
+    if not all_q.is_file() or json.loads(all_q.read_text()) != raw:
+        save_trials(all_q, raw)
+    for q in qs:
+        mine = {"meta": {**raw["meta"], "q_id": q}, "trials": [t for t in raw["trials"] if t["q_id"] == q]}
         path = root / q / per_q_trials_name(cfg, q)
-        if not path.is_file() or json.loads(path.read_text())["trials"] != mine:
-            save_trials(path, {"meta": {**raw["meta"], "q_id": q}, "trials": mine})
-    return raw["meta"]["q_ids"], raw["meta"]["skipped_qs"], root
+        if not path.is_file() or json.loads(path.read_text()) != mine:
+            save_trials(path, mine)
+    return qs, skipped, root
 
 
 def q_trials_path(root: Path, q: str) -> Path:
