@@ -241,6 +241,8 @@ def redraw(results_dir: str | Path) -> list[Path]:
             pics += draw_run(ie.parent)
     for rep in sorted(root.rglob("src_vs_fv_diff_report.json")):
         pics += draw_diff_folder(rep.parent)
+    for aie in sorted(root.rglob("aie.pt")):  # fv universal folders
+        pics += draw_universal(aie.parent)
     if not pics:
         raise FVError(f"found no artifacts to draw under {root} (indirect_effect.pt, relation_summary.json or src_vs_fv_diff_report.json).")
     return [p.path for p in pics]
@@ -248,3 +250,72 @@ def redraw(results_dir: str | Path) -> list[Path]:
 
 __all__: Sequence[str] = ("PlotsUnavailable", "Picture", "draw_indirect_effect", "draw_layer_sweep", "draw_small_multiples",
                           "draw_diff", "draw_run", "draw_relation", "draw_diff_folder", "redraw")
+
+
+# ---- fv universal --------------------------------------------------------------------------------------------
+AIE_PNG = "aie_heatmap.png"
+UNIVERSAL_SWEEP_PNG = "universal_fv_accuracy_by_layer.png"
+
+
+def draw_aie(path: str | Path, aie: Any, heads: Sequence[Sequence[float]], title: str) -> Picture:
+    """The AIE over (layer, head) with the universal heads boxed and ranked."""
+    plt = _plt()
+    from matplotlib.patches import Rectangle
+
+    values = mean_effect(aie)
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.35 * values.shape[1] + 2.5), max(3.5, 0.25 * values.shape[0] + 1.5)))
+    _heatmap(fig, ax, values, title, "average indirect effect over kept tasks")
+    for rank, (layer, head, _score) in enumerate(heads, 1):
+        ax.add_patch(Rectangle((int(head) - 0.5, int(layer) - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=1.2))
+        if len(heads) <= 40:
+            ax.text(int(head), int(layer), str(rank), ha="center", va="center", fontsize=6)
+    marked = np.array([[int(l), int(h)] for l, h, _ in heads], dtype=np.int64).reshape(-1, 2)
+    return Picture(_save(fig, Path(path)), {"aie": values, "heads": marked})
+
+
+def draw_universal_sweep(path: str | Path, by_task: dict[str, dict[int, dict]], title: str) -> Picture:
+    """Per task, zero-shot accuracy with the task's universal FV (solid) and without it (dashed) against the edit layer."""
+    plt = _plt()
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = plt.subplots(figsize=(7, 4), layout="constrained")
+    data: dict[str, np.ndarray] = {}
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for k, (task, summaries) in enumerate(by_task.items()):
+        layers = sorted(summaries)
+        x = np.array(layers, dtype=np.int64)
+        zs = [summaries[L]["by_prompt_set"]["zero_shot"] for L in layers]
+        with_, base = np.array([z["acc_with"] for z in zs]), np.array([z["acc_base"] for z in zs])
+        c = colors[k % len(colors)]
+        ax.plot(x, with_, marker="o", color=c, label=f"{task} with FV")
+        ax.plot(x, base, linestyle="--", color=c, label=f"{task} without")
+        data.update({f"{task}.layer": x, f"{task}.acc_with": with_, f"{task}.acc_base": base})
+    ax.set_xlabel("edit layer")
+    ax.set_ylabel("zero-shot accuracy (top-1 = target)")
+    ax.set_ylim(-0.05, 1.05)
+    ax.grid(alpha=0.3)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_title(f"{title}: each task's universal FV by edit layer", fontsize=10)
+    return Picture(_save(fig, Path(path)), data)
+
+
+def draw_universal(out: str | Path) -> list[Picture]:
+    """An ``fv universal`` folder's pictures: the AIE heatmap with the chosen heads marked, and each task's
+    zero-shot accuracy with and without its universal FV against the edit layer."""
+    out = Path(out)
+    if not (out / "aie.pt").is_file():
+        return []
+    tasks = read_json(out / "tasks.json", "tasks file")["tasks"]
+    heads = read_json(out / "universal_top_heads.json", "universal heads")
+    kept = [t["name"] for t in tasks if t["kept"]]
+    title = f"{out.name}: AIE over {len(kept)} of {len(tasks)} tasks, top {len(heads)} heads"
+    pics = [draw_aie(out / AIE_PNG, load_tensor_file(out / "aie.pt"), heads, title)]
+    sweeps = {}
+    for t in tasks:
+        f = out / t["name"] / "universal_eval.json"
+        if f.is_file():
+            sweeps[t["name"]] = {int(L): s for L, s in read_json(f, "evaluation")["by_layer"].items()}
+    if sweeps:
+        pics.append(draw_universal_sweep(out / UNIVERSAL_SWEEP_PNG, sweeps, out.name))
+    return pics

@@ -21,10 +21,17 @@ MARKERS = {
     "m0": "M0: fixed trials, prompt and slot parity", "m1": "M1: golden artifacts from the reference",
     "m2": "M2: the stage-by-stage parity gate", "m3": "M3: the reference dump", "m4": "M4: the fv runtime artifacts",
     "m5": "M5: the stage diff", "m6": "M6: no divergence between fresh runs", "m7": "M7: relation q-wise transfer",
+    "universal": "the universal FV (fv universal): per-task indirect effects, AIE, filter, FV vs the reference",
     "tiny": "runs on an embedded tiny model", "gpu": "needs a CUDA device", "src": "needs the reference src/",
     "slow": "takes more than a few seconds",
     "first_pair": "runs once, on the first model and the first trials set (the others are deselected, not skipped)",
+    "first_tiny": "without --fv-model, runs on the first default tiny model only (the others are deselected, not "
+                  "skipped); on the models --fv-model names, on each",
+    "self": "fv checking itself on its own tiny models (every test under tests/self/); deselected when the session "
+            "names a user's inputs, unless --fv-self-tests or -m self",
 }
+# options that name a user's inputs: with any of them the session runs the gates on those inputs only
+USER_INPUT_OPTIONS = ("--fv-model", "--fixed-trials", "--relation-csv", "--golden-dir", "--dataset")
 TINY_DEFAULT = ("tiny-llama", "tiny-llama3tok")
 
 
@@ -61,6 +68,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--src-cache", default=None, help="folder for the live reference's cached stage values (default $FV_CACHE_DIR/src_values); "
                                                   "a rerun then computes only fv's side")
     g.addoption("--no-src-cache", action="store_true", help="compute the live reference's side every run; neither read nor write its cache")
+    g.addoption("--fv-self-tests", action="store_true",
+                help="also run fv's own tests (tests/self/: families, forks, fast-vs-exact, fuzzing, locks, docs...) when "
+                     "the session names a user's inputs (--fv-model, --fixed-trials, --relation-csv, --golden-dir, "
+                     "--dataset); without it only the gates on those inputs are collected (same as -m self for them alone)")
     g.addoption("--allow-empty", action="store_true",
                 help="let a gate pass that compared nothing for a (model, trials) pair (no reference and no goldens); "
                      "without it such a session fails")
@@ -75,7 +86,13 @@ def pytest_configure(config: pytest.Config) -> None:
     warnings.filterwarnings("ignore", message="Can not relate snapshot", category=UserWarning)
     if not hasattr(config, "workerinput"):  # xdist workers inherit options the controller already checked
         try:
-            check_options(FVOptions.of(config))
+            opts = FVOptions.of(config)
+            check_options(opts)
+            from fv.parity.preflight import session_preflight  # one line per refusal, exit code 4 (docs/preflight.md)
+            from fv.reference.capability import session_probe
+
+            session_preflight(opts, session_probe(lambda: session_reference(opts), opts.src_model))
+            check_reference_side(opts)  # then the reference's own process: its loader and hook on each model
         except FVError as exc:
             raise pytest.UsageError(f"fv: {exc}") from None
     config._fv_gate = GateLedger()  # type: ignore[attr-defined]
@@ -128,6 +145,40 @@ def check_options(opts: "FVOptions") -> None:
                 raise FVError(f"--q-list names {missing}, which {csv} does not have; it has {sorted(groups)}.")
     if opts.max_trials < 1:
         raise FVError(f"--max-trials must be at least 1; found {opts.max_trials}.")
+
+
+def check_reference_side(opts: "FVOptions") -> None:
+    """Own mode with a reference given: its loader loads each model once in its own process (kept for the session)
+    and its indirect-effect hook is probed on a one-token input, so a name it cannot run stops the session here
+    in one line (``fv.reference.probes``)."""
+    if opts.src_model != "own" or not (opts.src_root or os.environ.get("FV_SRC_ROOT")) or opts.golden_dir:
+        return
+    from fv.model.loading import pick_device
+    from fv.reference.probes import session_problem
+
+    try:
+        ref = get_reference(opts)
+    except pytest.fail.Exception as exc:
+        raise FVError(str(exc.msg)) from None
+    if isinstance(ref, str):
+        return
+    from fv.reference.memory import memory_plan
+    from fv.reference.probes import reference_spec
+
+    for name in opts.models:  # before anything loads: two copies must fit
+        fits, text = memory_plan(reference_spec(name)[1], name, pick_device(opts.device), "own")
+        if not fits:
+            raise FVError(text)
+    msg = session_problem(ref, opts.models, pick_device(opts.device), _load_reference_own)
+    if msg:
+        raise FVError(msg)
+
+
+def _load_reference_own(ref: Any, spec: str, path: Path, device: str) -> Any:
+    key = ("reference-own", str(ref.src_root), spec, device)
+    if key not in _MODELS:
+        _MODELS[key] = ref.load_own(spec, device=device, fv_path=path)
+    return _MODELS[key]
 
 
 def default_relation_csv() -> Path:
@@ -200,19 +251,50 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("trial_index", range(opts.max_trials), ids=lambda i: f"trial{i}")
 
 
+def is_self_test(item: pytest.Item) -> bool:
+    """fv's own test: under a ``tests/self/`` folder, or marked ``self``."""
+    parts = Path(str(item.path)).parent.parts
+    return bool(item.get_closest_marker("self")) or any(a == "tests" and b == "self" for a, b in zip(parts, parts[1:]))
+
+
+def user_inputs_named(config: pytest.Config) -> list[str]:
+    """The options of ``USER_INPUT_OPTIONS`` this session gives."""
+    return [name for name in USER_INPUT_OPTIONS if config.getoption(name)]
+
+
+def self_tests_wanted(config: pytest.Config) -> bool:
+    """Self-tests run in the default session, with --fv-self-tests, or when -m names the ``self`` marker."""
+    import re
+
+    return (not user_inputs_named(config) or config.getoption("--fv-self-tests")
+            or bool(re.search(r"(?<![\w-])self(?![\w-])", config.getoption("markexpr") or "")))
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     from fv.model.tiny import TINY_MODELS
 
     opts = FVOptions.of(config)
     first = {"fv_model_name": opts.models[0], "trials_set": trial_sets(opts)[0]}
-    keep, drop = [], []
+    wanted = self_tests_wanted(config)
+    keep, drop, own = [], [], []
     for item in items:
+        if is_self_test(item):
+            item.add_marker(pytest.mark.self)
+            if not wanted:
+                own.append(item)
+                continue
         params = getattr(getattr(item, "callspec", None), "params", {})
         off = item.get_closest_marker("first_pair") and any(params.get(k, v) != v for k, v in first.items())
+        off = off or (item.get_closest_marker("first_tiny") and not config.getoption("--fv-model")
+                      and params.get("fv_model_name", first["fv_model_name"]) != first["fv_model_name"])
         (drop if off else keep).append(item)
-    if drop:
-        config.hook.pytest_deselected(items=drop)
+    if drop or own:
+        config.hook.pytest_deselected(items=drop + own)
         items[:] = keep
+    config._fv_self_deselected = len(own)  # type: ignore[attr-defined]
+    if hasattr(config, "workerinput"):  # told once by the controller (pytest_testnodedown)
+        config.workeroutput["fv_self_deselected"] = len(own)  # type: ignore[attr-defined]
     for item in items:
         cs = getattr(item, "callspec", None)
         name = cs.params.get("fv_model_name") if cs else None
@@ -252,23 +334,44 @@ def load_session_model(opts: FVOptions, name: str) -> Any:
     key = (name, opts.device, opts.dtype, opts.attn)
     if key not in _MODELS:
         n_workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
-        if n_workers > 1:  # share the CPU cores among xdist workers instead of oversubscribing them
+        if n_workers > 1 and not os.environ.get("OMP_NUM_THREADS"):  # share the cores among xdist workers
+            # (an explicit OMP_NUM_THREADS wins: the golden replay in .ci/run sets the threads per worker)
             import torch
 
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // n_workers))
         worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # gw0, gw1, ...: one GPU each when there are several
-        _MODELS[key] = load_model(name, opts.device, opts.dtype, int(worker[2:]) if worker[2:].isdigit() else None,
-                                  attn_implementation=opts.attn)
+        wid = int(worker[2:]) if worker[2:].isdigit() else None
+        _MODELS[key] = load_model(name, opts.device, opts.dtype, wid, attn_implementation=opts.attn,
+                                  produced=reference_produced(opts, name, wid))
     return _MODELS[key]
+
+
+def reference_produced(opts: FVOptions, name: str, worker: int | None) -> dict | None:
+    """Own mode with a reference given: what its loader produced for ``name`` (read in its process), which fv's
+    loading follows first (4-bit, dtype); None otherwise (upstream's table then, docs/loading.md)."""
+    if opts.src_model != "own" or opts.golden_dir or not (opts.src_root or os.environ.get("FV_SRC_ROOT")) \
+            or opts.dtype not in ("auto", "") or opts.attn not in ("auto", ""):
+        return None
+    from fv.model.loading import pick_device
+    from fv.reference.probes import reference_spec
+
+    ref = get_reference(opts)
+    if isinstance(ref, str):
+        return None
+    spec, path = reference_spec(name)
+    try:
+        return _load_reference_own(ref, spec, path, pick_device(opts.device, worker)).describe
+    except FVError:  # its loader refuses this name (GPT-2 outside 'gpt2-xl'): upstream's table; an own-mode test says why
+        return None
 
 
 def reference_own_model(ref: Any, lm: Any) -> Any:
-    """The reference's own copy of ``lm``'s model, loaded once per session by its own loader from the same folder
-    onto the same device (the end-to-end mode)."""
-    key = ("reference-own", str(lm.path), lm.device)
-    if key not in _MODELS:
-        _MODELS[key] = ref.load_own(lm.path, device=lm.device)
-    return _MODELS[key]
+    """The reference's own copy of ``lm``'s model, loaded once per session by its own loader, in a process of its
+    own, from the string the user gave (``fv.reference.adapter.user_string``) onto the same device (the end-to-end
+    mode)."""
+    from fv.reference.adapter import user_string
+
+    return _load_reference_own(ref, user_string(lm), lm.path, lm.device)
 
 
 @pytest.fixture(scope="session")
@@ -302,6 +405,15 @@ def get_reference(opts: FVOptions) -> Any:
     if isinstance(ref, ReferenceUnavailable):
         pytest.fail(f"the reference given with --src-root / FV_SRC_ROOT cannot be used: {ref}", pytrace=False)
     return ref
+
+
+def session_reference(opts: FVOptions) -> Any:
+    """The reference adapter for the preflights, or None where there is none to use (the gates then say why)."""
+    try:
+        ref = get_reference(opts)
+    except pytest.fail.Exception:
+        return None
+    return None if isinstance(ref, str) else ref
 
 
 @pytest.fixture(scope="session")
@@ -457,12 +569,17 @@ def assert_golden(run: Any, artifact: str, snapshot: Any, update: bool) -> None:
     kind = GOLDEN_ARTIFACTS[artifact][0]
     # an update writes the reference's value unless it is bit-identical to the golden, so a golden and its meta
     # always describe the same run; a comparison allows the dtype's tolerance
-    ext = golden_extension(folder, kind, EXACT if update else tolerance_for(run.lm.dtype, exact=False))
+    stage = GOLDEN_ARTIFACTS[artifact][1]
+    ext = golden_extension(folder, kind, EXACT if update else tolerance_for(run.lm.dtype, exact=False).for_stage(stage), stage)
     if update:
         if run.source != "reference":
             pytest.fail("refusing to write goldens without the reference: goldens are the reference's numbers. "
                         "Pass --src-root <reference src>.", pytrace=False)
-        write_json(folder.parent / f"{folder.name}.meta.json", {**run.result.meta, "notes": run.result.meta["src_notes"]})
+        from fv.parity.golden import numerics
+
+        write_json(folder.parent / f"{folder.name}.meta.json", {**run.result.meta, "notes": run.result.meta["src_notes"],
+                                                                "numerics": numerics(),
+                                                                "replay_tolerance": tolerance_for(run.lm.dtype, exact=False).__dict__})
         value = artifact_value(run.src, artifact)
         _check_shape(run, artifact, value)
         assert value == snapshot.use_extension(ext)(name=artifact)
@@ -471,6 +588,10 @@ def assert_golden(run: Any, artifact: str, snapshot: Any, update: bool) -> None:
     _check_shape(run, artifact, value)
     if not (folder / f"{artifact}.{ext._file_extension}").is_file() and imported_from(folder):
         pytest.skip(f"{folder} holds goldens imported from {imported_from(folder)}, which have no {artifact}")
+    if not (folder / f"{artifact}.{ext._file_extension}").is_file() and run.source == "reference":
+        # the live reference was the other side and its stages were compared (M2/M7): a model or trials without
+        # goldens (a user's) is compared live, and nothing demands a golden
+        pytest.skip(f"{NO_GOLDEN} {run.lm.name} x {run.trials.id}: no golden {artifact} in {folder}; compared live with the reference")
     assert (folder / f"{artifact}.{ext._file_extension}").is_file(), f"golden {artifact} missing in {folder}"
     assert value == snapshot.use_extension(ext)(name=artifact)
 
@@ -482,7 +603,8 @@ def parity_run(fv_options: FVOptions, fv_model: Any, fixed_trials: Any) -> Any:
 
 # ---- what the gates compared, told in the terminal (works under xdist: reports carry it to the controller) --
 EMPTY_GATE = "[fv: nothing to compare]"
-_NEEDS = (("reference src/ not found", "need the reference (pass --src-root PATH)"), ("GPU", "need a GPU"),
+NO_GOLDEN = "[fv: no golden, compared live]"
+_NEEDS = ((NO_GOLDEN, "golden checks found no golden and were compared live with the reference instead"), ("reference src/ not found", "need the reference (pass --src-root PATH)"), ("GPU", "need a GPU"),
           ("skipped by the trials rule", "are qs with too few rows for the trials rule"),
           (SAME_FAILURE, "share a failure reported once above"))
 
@@ -558,11 +680,24 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> Any:
     yield
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    """xdist: each worker collects the same items; keep the count of fv's own tests it deselected."""
+    n = getattr(node, "workeroutput", {}).get("fv_self_deselected")
+    if n is not None:
+        node.config._fv_self_deselected = n
+
+
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     ledger = getattr(config, "_fv_gate", None)
     if ledger is None or hasattr(config, "workerinput"):
         return
     tr = terminalreporter
+    n_self = getattr(config, "_fv_self_deselected", 0)
+    if n_self:
+        tr.write_line(f"fv: {n_self} self-tests deselected (fv checking itself on its own tiny models, tests/self/): "
+                      f"this session names your inputs ({', '.join(user_inputs_named(config))}), so only the gates on "
+                      f"them ran; run fv's own tests with --fv-self-tests or -m self")
     verbose = config.getoption("verbose")
     if ledger.runs:
         tr.section("fv parity", sep="-")

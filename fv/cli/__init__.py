@@ -12,7 +12,7 @@ from typing import Sequence
 from fv.errors import FVError
 
 # command groups in the order of the M0-M7 plan
-GROUPS = ("trials", "reference", "run", "diff", "relation", "gate", "golden", "plot", "doctor", "models")
+GROUPS = ("trials", "reference", "run", "diff", "relation", "universal", "gate", "golden", "plot", "doctor", "models")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -32,7 +32,8 @@ def tokenizer_for(spec: str | None) -> Any:
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", "--model_name", dest="model", default=None,
                    help="local model folder, Hugging Face hub id in the local cache (works offline), cache snapshot path, or a tiny model: tiny-llama, tiny-llama3tok, or one per family: tiny-gpt2, "
-                        "tiny-gpt-j, tiny-gpt-neox, tiny-llama-mha, tiny-gemma, tiny-olmo (default: the embedded tiny-llama)")
+                        "tiny-gpt-j, tiny-gpt-neox, tiny-llama-mha, tiny-gemma, tiny-olmo, tiny-mistral, tiny-qwen2, tiny-gemma2, tiny-gemma3, "
+                        "tiny-phi3, tiny-olmo2 (default: the embedded tiny-llama)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default auto: cuda when there is one)")
     p.add_argument("--dtype", default="auto",
                    help="float32, bfloat16, float16 or auto (default auto: the dtype the reference's loader would use; "

@@ -32,6 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001 - argpars
     d.add_argument("--src", required=True, help="folder written by `fv reference --dump` (or any folder in either layout)")
     d.add_argument("--fv", required=True, help="folder written by `fv run`")
     d.add_argument("--out", required=True, help="where src_vs_fv_diff_report.json and .md go")
-    d.add_argument("--tolerance", choices=("exact", "fp32"), default="exact", help="exact (default: bit-identical) or fp32 (atol 1e-5, rtol 1e-4)")
+    d.add_argument("--tolerance", choices=("exact", "fp32", "fp16", "bf16"), default="exact",
+                   help="exact (default: bit-identical), or the named tolerance of the dtype both sides computed in "
+                        "(fp32, fp16, bf16: an allowance scaled by each tensor's RMS plus a norm-wise check; "
+                        "docs/tolerances.md)")
     d.add_argument("--no-plots", dest="no_plots", action="store_true", help="write no heatmap (it needs matplotlib: pip install 'fv[plots]')")
     d.set_defaults(func=cmd_diff)

@@ -70,13 +70,20 @@ def run_doctor(src_root: str | None = None, model: str | None = None, fixed_tria
         add("WARN", "cuda", "no CUDA device: everything runs on the CPU (fine for the tiny models)")
 
     # before the adapter runs: it puts stand-ins for both into sys.modules
-    for mod, miss in (("baukit", "the package does not import; fv loads baukit/nethook.py alone (--baukit-root)"),
-                      ("bitsandbytes", "missing; fv stands in an empty module (used only for 70B models)")):
+    for mod, miss in (("baukit", "the package does not import; fv loads baukit/nethook.py alone (--baukit-root)"),):
         try:
             importlib.import_module(mod)
             add("OK", mod, "importable")
         except Exception:
             add("WARN", mod, miss)
+    from fv.reference.worker import quant_available
+
+    ok4, found4 = quant_available()
+    add("OK" if ok4 else "WARN", "4-bit (NF4)",
+        f"{found4}: models the reference loads in 4-bit (its 70b Llama rule, a fork's own rule) run"
+        + (" on this machine, CPU included; fv loads them as the reference's loader produced them" if ok4 else
+           " nowhere here; the reference's import of bitsandbytes gets an empty stand-in and a 4-bit load stops in one "
+           "line: pip install 'fv[quant]'"))
     ref = None
     from fv.reference import Reference, ReferenceUnavailable, find_src_root
 
@@ -153,9 +160,33 @@ def run_doctor(src_root: str | None = None, model: str | None = None, fixed_tria
                         "Remake the file with `fv make-trials --tokenizer <model>`")
                 else:
                     add("OK", "trial token ids", f"all {len(ft.trials)} match this tokenizer")
+                _preflights(add, ft, tok, model, ref, lm)
         except FVError as exc:
             add("FAIL", "fixed trials", str(exc))
     return checks
+
+
+def _preflights(add: Callable[[str, str, str], None], ft, tok, model: str | None, ref, lm) -> None:
+    """The session preflights (fv.parity.preflight), in the words a pytest session stops with: FAIL where they
+    refuse, WARN where only the reference's loader lacks the model (the shared mode runs it) or for a warning."""
+    from fv.errors import FVError
+    from fv.parity.preflight import trials_findings
+    from fv.reference.capability import probe_reference, src_bos_rule
+
+    name = model or "tiny-llama"
+    rule = None
+    if ref is not None and lm is not None:
+        try:
+            cap = probe_reference(ref, lm.path, name, "own", tok)
+            if cap.finding is not None:
+                shared = probe_reference(ref, lm.path, name, "shared", tok)
+                add("WARN" if shared.finding is None else "FAIL", f"preflight {cap.finding.check}", cap.finding.line)
+                cap = shared
+            rule = src_bos_rule(ref, cap) if cap.finding is None else None
+        except FVError as exc:
+            add("WARN", "preflight reference family", f"not probed: {exc}")
+    for f in trials_findings(ft, tok, name, rule):
+        add("FAIL" if f.refuse else "WARN", f"preflight {f.check}", f.line)
 
 
 def cmd_doctor(a) -> int:

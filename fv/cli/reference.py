@@ -45,7 +45,14 @@ def _reference_locked(a: argparse.Namespace, ref, root: Path, ft, out: Path, say
         if overrides:
             raise FVError(f"{' and '.join(overrides)} given, but the reference's own loader picks the dtype and attention "
                           "itself. Drop them, or pass --src-model shared to run the reference on a model fv loads so.")
-        lm = ref.load_own(resolve_model_path(a.model), device=pick_device(a.device))
+        from fv.reference.probes import reference_spec
+
+        # the reference's loader is handed the string the user gave; fv resolves it for itself
+        spec, path = reference_spec(a.model)
+        lm = ref.load_own(spec, device=pick_device(a.device), fv_path=path)
+        problem = ref.probe_hook(lm)
+        if problem:
+            raise FVError(problem)
     else:
         lm = load_model(a.model, a.device, a.dtype, attn_implementation=getattr(a, "attn_implementation", None))
     say(f"model {lm.name}: {lm.loading_rule} ({str(lm.dtype).replace('torch.', '')}, attention {lm.attn_implementation})")
@@ -61,7 +68,7 @@ def _reference_locked(a: argparse.Namespace, ref, root: Path, ft, out: Path, say
     say(f"reference {root}: {len(ft.subset(a.max_trials))} trials on {lm.name} ({lm.device}, {lm.dtype})")
     for n in ref.notes:
         say(f"note: {n}")
-    sv, inj_error = src_from_source(live_source(ref), lm, ft, params)
+    sv, inj_error = src_from_source(live_source(ref, lm if a.src_model == "own" else None), lm, ft, params)
     ds = ft.dataset_name
     meta = run_meta(lm, ft, params.as_dict(), source="reference", src_root=str(root), src_notes=ref.notes, src_compat=ref.compat,
                     src_model_mode=a.src_model, src_bos_rule=bos_rule)

@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pathlib import Path
+
 from fv.cli.common import parse_bool, parse_q_list, tokenizer_for
 from fv.errors import FVError
+from fv.parity.preflight import EXIT_CODE
+from fv.runtime.trials import FixedTrials, validate_trials
 
 
 def cmd_make_trials(a: argparse.Namespace) -> int:
@@ -26,6 +30,9 @@ def cmd_make_trials(a: argparse.Namespace) -> int:
                                    prepend_bos_token_used=a.prepend_bos_token_used)
         for s in raw["meta"]["skipped_qs"]:
             print(f"skipped {s['q_id']}: {s['n_rows']} rows, {s['reason']}", file=sys.stderr)
+    if _preflight_refuses("make-trials", FixedTrials(Path(a.out), raw, validate_trials(raw, str(a.out)), ""), tok,
+                          a.tokenizer or "tiny-llama"):
+        return EXIT_CODE  # nothing written
     save_trials(a.out, raw)
     print(f"wrote {a.out}: {len(raw['trials'])} trials")
     return 0
@@ -48,7 +55,36 @@ def cmd_verify_trials(a: argparse.Namespace) -> int:
     for m in bad:
         print(f"MISMATCH {m}")
     print(f"{ft.path}: {n} trials checked, {len(bad)} token-id mismatches (mismatch_count={len(bad)})")
-    return 1 if bad else 0
+    from fv.parity.boundaries import boundary_summary
+
+    print(boundary_summary(ft, tok, a.verify_n))
+    from fv.parity.preflight import TRIALS_TOKENIZER, trials_findings
+
+    # the preflights in the words a pytest session stops with: listed here; token-id mismatches exit 1 as above,
+    # any other refusal exits 4 with its line on stderr
+    findings = trials_findings(ft, tok, spec or "tiny-llama")
+    for f in findings:
+        print(f"{'REFUSED' if f.refuse else 'WARNING'} {f.text()}")
+    if bad:
+        return 1
+    refusal = next((f for f in findings if f.refuse and f.check != TRIALS_TOKENIZER), None)
+    if refusal is not None:
+        print(f"fv verify-trials: error: {refusal.text()}", file=sys.stderr)
+        return EXIT_CODE
+    return 0
+
+
+def _preflight_refuses(command: str, ft, tok, tokenizer_name: str) -> bool:
+    """The BOS-text preflights (fv.parity.preflight) on a file about to be written, in the words a pytest session
+    stops with: a refusal prints ``fv COMMAND: error: preflight ...`` (the command then exits 4 and writes nothing),
+    a warning ``fv COMMAND: warning: preflight ...``."""
+    from fv.parity.preflight import TRIALS_TOKENIZER, trials_findings
+
+    findings = [f for f in trials_findings(ft, tok, tokenizer_name) if f.check != TRIALS_TOKENIZER]
+    refusals = [f for f in findings if f.refuse]
+    for f in refusals[:1] or findings:
+        print(f"fv {command}: {'error' if f.refuse else 'warning'}: {f.text()}", file=sys.stderr)
+    return bool(refusals)
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001 - argparse exposes no public type
@@ -62,13 +98,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001 - argpars
     m.add_argument("--test-split", "--test_split", dest="test_split", type=float, default=0.3, help="test fraction of the split (default 0.3)")
     m.add_argument("--tokenizer", "--model_name_for_tokenizer", dest="tokenizer", default=None, help="model or tokenizer folder, Hugging Face hub id in the local cache, cache snapshot path, or a tiny model name (default tiny-llama)")
     m.add_argument("--model-prepend-bos", "--model_prepend_bos", dest="model_prepend_bos", type=parse_bool, default=None, help="true|false: the tokenizer adds BOS itself (default: detected)")
-    m.add_argument("--prepend-bos-token-used", "--prepend_bos_token_used", dest="prepend_bos_token_used", type=parse_bool, default=False, help="true|false: write BOS text into prompts (default false)")
+    m.add_argument("--prepend-bos-token-used", "--prepend_bos_token_used", dest="prepend_bos_token_used", type=parse_bool, default=False, help="true|false: write the reference's BOS text <|endoftext|> into prompts (default false): true for the upstream reference on a tokenizer that adds no BOS (GPT-2, GPT-J, GPT-NeoX, OLMo), false on one that adds its own (Llama, Gemma) and for a fork that never writes it; docs/preflight.md")
     m.add_argument("--q-list", "--q_list", dest="q_list", default=None, help="relation: comma-separated q ids, or all (default all)")
     m.add_argument("--n-trials-per-q", "--n_trials_per_q", dest="n_trials_per_q", type=int, default=25, help="relation: trials per q (default 25)")
     m.add_argument("--n-demos", "--n_demos", dest="n_demos", type=int, default=9, help="relation: demonstrations per prompt (default 9)")
     m.set_defaults(func=cmd_make_trials)
 
-    v = sub.add_parser("verify-trials", help="recompute a trials file's token ids (M0)", description="Recompute every trial's answer ids with a tokenizer and list each disagreement; exit 1 on any.")
+    v = sub.add_parser("verify-trials", help="recompute a trials file's token ids (M0)", description="Recompute every trial's answer ids with a tokenizer and list each disagreement (exit 1 on any); count the tokens that straddle two prompt parts; exit 4 where a preflight refuses the file (docs/preflight.md).")
     v.add_argument("path", help="fixed-trials JSON")
     v.add_argument("--tokenizer", "--model_name_for_tokenizer", "--tokenizer_name", dest="tokenizer", default=None, help="model or tokenizer folder, Hugging Face hub id in the local cache, cache snapshot path, or a tiny model name (default: the file's meta.model_name_for_tokenizer)")
     v.add_argument("--verify-n", "--verify_n", dest="verify_n", type=int, default=None, help="check only the first N trials")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
-from fv.parity.compare import EXACT, FP32, Tolerance, diff_tensors, walk_diffs
+from fv.parity.compare import BF16, EXACT, FP16, FP32, Tolerance, diff_tensors, walk_diffs
 from fv.parity.pattern import describe, multi_token_slots
 from fv.errors import FVError
 from fv.io import load_tensor_file, read_json, write_json, write_text
@@ -160,6 +160,7 @@ def _tensor_stage(stage: str, src: SideFolder, fv: SideFolder, tol: Tolerance) -
     a, b = load_tensor_file(ps), load_tensor_file(pf)
     if stage == "fv":
         a, b = a.reshape(-1), b.reshape(-1)
+    tol = tol.for_stage(stage)
     d = diff_tensors(a, b, tol)
     if d.shapes_differ:
         return StageDiff(stage, "FAIL", 1, math.inf, math.inf, file, note=f"shapes differ: src {d.src_shape} vs fv {d.fv_shape}",
@@ -167,6 +168,9 @@ def _tensor_stage(stage: str, src: SideFolder, fv: SideFolder, tol: Tolerance) -
                                 "src": list(d.src_shape), "fv": list(d.fv_shape)})
     first = worst = None
     pattern = ""
+    if d.norm_fail and not d.n_mismatch:
+        first = {"stage": stage, "file": file, "key": "norm", "trial_id": None, "trial_idx": None,
+                 "src": f"relative norm diff <= {tol.norm_rtol:.3g}", "fv": f"{d.rel_norm:.3g}"}
     if d.n_mismatch:
         idx = list(d.first_index or [])
         trial = _trial_at(src, idx[0]) if stage == "indirect_effect" and idx else (None, None)
@@ -177,7 +181,8 @@ def _tensor_stage(stage: str, src: SideFolder, fv: SideFolder, tol: Tolerance) -
         worst = {"key": str(wi), "trial_id": wt[0], "trial_idx": wt[1], "src": d.src_value, "fv": d.fv_value, "abs_diff": d.max_abs}
         keys = [f"{t['trial_id']}:{t['trial_idx']}" for t in (src.dump or {}).get("trials", [])]
         pattern = describe(stage, d.bad, src.slot_labels(), src.multi_token_slots(), keys or None)
-    return StageDiff(stage, "PASS" if d.n_mismatch == 0 else "FAIL", d.n_mismatch, d.max_abs, d.max_rel, file, first=first,
+    count = d.n_mismatch or int(d.norm_fail)
+    return StageDiff(stage, "PASS" if count == 0 else "FAIL", count, d.max_abs, d.max_rel, file, first=first,
                      worst=worst, pattern=pattern)
 
 
@@ -193,10 +198,11 @@ def _top_heads_stage(src: SideFolder, fv: SideFolder, tol: Tolerance) -> StageDi
     a, b = read_json(ps, "top heads"), read_json(pf, "top heads")  # checked against schema.TOP_HEADS by SideFolder.open
     file = f"{ps.name} | {pf.name}"
     count, first, worst = 0, None, 0.0
+    scale = math.sqrt(sum(float(h[2]) ** 2 for h in a) / len(a)) if a else 0.0
     for i in range(max(len(a), len(b))):
         x = a[i] if i < len(a) else None
         y = b[i] if i < len(b) else None
-        bad = x is None or y is None or x[:2] != y[:2] or not tol.close(float(y[2]), float(x[2]))
+        bad = x is None or y is None or x[:2] != y[:2] or not tol.close(float(y[2]), float(x[2]), scale)
         if x and y:
             worst = max(worst, abs(float(x[2]) - float(y[2])))
         if bad:
@@ -273,4 +279,4 @@ def write_diff_report(report: dict, out_dir: str | Path, plots: bool = True) -> 
     return paths
 
 
-TOLERANCES = {"exact": EXACT, "fp32": FP32}
+TOLERANCES = {"exact": EXACT, "fp32": FP32, "fp16": FP16, "bf16": BF16}  # fv.parity.compare: origins

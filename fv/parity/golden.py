@@ -29,6 +29,42 @@ GOLDEN_ARTIFACTS: dict[str, tuple[str, str]] = {
 EXTENSIONS = {"json": "json", "tensor": "safetensors"}
 
 
+# what decides a CPU result's last bits besides the code (docs/tolerances.md, "What differs between CPUs")
+NUMERIC_ENV = ("ATEN_CPU_CAPABILITY", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA",
+               "DNNL_MAX_CPU_ISA")
+
+
+def numerics() -> dict:
+    """The numeric set-up a golden was written under, recorded in its meta: torch's CPU kernel capability (what
+    ``ATEN_CPU_CAPABILITY`` picked), its intra-op thread count, the BLAS/oneDNN builds and the variables that steer
+    them, the CPU model and the library versions (torch, transformers, numpy)."""
+    import os
+    import platform
+
+    import numpy
+    import torch
+    import transformers
+
+    cpu = ""
+    try:
+        cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
+                    if l.startswith("model name")), "")
+    except OSError:
+        pass
+    cfg = torch.__config__.show()
+    return {
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch_num_threads": torch.get_num_threads(),
+        "env": {k: os.environ.get(k) for k in NUMERIC_ENV},
+        "cpu_model": cpu or platform.processor(),
+        "machine": platform.machine(),
+        "torch_version": torch.__version__, "transformers_version": transformers.__version__,
+        "numpy_version": numpy.__version__,
+        "blas": next((l.strip(" -") for l in cfg.splitlines() if "Math Kernel Library" in l or "OpenBLAS" in l), ""),
+        "onednn": next((l.strip(" -") for l in cfg.splitlines() if "MKL-DNN" in l or "oneDNN" in l), ""),
+    }
+
+
 def golden_dir(root: Path, model: str, trials_id: str, n_trials: int) -> Path:
     return Path(root) / model / trials_id / f"t{n_trials}"
 

@@ -7,6 +7,7 @@ import io
 import math
 import sys
 from pathlib import Path
+from typing import Any
 
 from fv.parity.compare import ParityResult
 from fv.io import write_json, write_text
@@ -21,6 +22,44 @@ REPORT_LOCK_WAIT_S = 120.0
 
 def _num(x: float) -> float | str:
     return "inf" if isinstance(x, float) and math.isinf(x) else x
+
+
+# what a tensor stage's values are, and what an all-zero side of it means
+_CONSTANT_MEANING = {
+    "mean_activations": ("mean activations", "its hooks captured nothing"),
+    "indirect_effect": ("indirect effects", "its intervention did not change the output"),
+    "fv": ("function vector values", "no head contributed to it"),
+}
+
+
+def constant_side_note(stage: str, side: str, value: Any) -> str | None:
+    """One line when ``value`` (a tensor stage's value on one side, named ``side``: "the reference's", "fv's")
+    is identically zero or constant, e.g. "the reference's indirect effects are all exactly 0: its intervention
+    did not change the output"; None otherwise, or for a stage that holds no tensor."""
+    import torch
+
+    if stage not in _CONSTANT_MEANING or not isinstance(value, torch.Tensor) or value.numel() < 2:
+        return None
+    what, meaning = _CONSTANT_MEANING[stage]
+    flat = value.detach().reshape(-1)
+    first = flat[0]
+    if not bool((flat == first).all()):
+        return None
+    n = flat.numel()
+    if float(first) == 0.0:
+        return f"{side} {what} are all exactly 0 ({n} values): {meaning}"
+    return f"{side} {what} are all the same value {float(first)!r} ({n} values): they cannot rank or tell anything apart"
+
+
+def name_constant_sides(result: ParityResult, src: Any, fv: Any, other_side: str = "the reference's") -> None:
+    """Put a constant side's line first in each failed stage's detail, so the stage summary says it (an all-zero
+    matrix shows as "src 0.0" at the first and worst index otherwise, which never says every value is 0)."""
+    for stage in result.stages:
+        if stage.status != "FAIL":
+            continue
+        notes = [n for n in (constant_side_note(stage.name, other_side, src.values.get(stage.name)),
+                             constant_side_note(stage.name, "fv's", fv.values.get(stage.name))) if n]
+        stage.detail[:0] = notes
 
 
 def injection_rows(src_inj: dict, fv_inj: dict) -> list[dict]:

@@ -150,8 +150,11 @@ def artifact_problems(run: Any, artifact: str) -> list[str] | None:
         return None
     src, fv = artifact_value(run.src, artifact), artifact_value(run.fv, artifact)
     if isinstance(src, torch.Tensor):
-        d = diff_tensors(src, fv, run.tolerance)
-        return d.lines(run.tolerance) if d.shapes_differ or d.n_mismatch else []
+        from fv.parity.golden import GOLDEN_ARTIFACTS
+
+        tol = run.tolerance.for_stage(GOLDEN_ARTIFACTS[artifact][1])
+        d = diff_tensors(src, fv, tol)
+        return d.lines(tol) if d.failed else []
     return [] if src == fv else [f"{artifact}: golden {src!r:.200} fv {fv!r:.200}"]
 
 

@@ -27,62 +27,65 @@ STAGE_FUNCTIONS = {
 }
 
 
-def src_stage_values(ref: Reference, lm: LoadedModel, trials: Sequence[Trial], params: Params, prefixes: dict,
-                     separators: dict) -> StageValues:
-    """Every stage computed by the reference's own functions."""
-    tok = lm.tokenizer
-    mc = ref.model_config(lm)
+def assemble(values: dict, tensors: dict, durations: dict, target_ids: dict | None = None) -> StageValues:
+    """Stage values from the driver's raw answers (``fv.reference.worker.Driver.stage_values``), in the form fv's
+    side produces them."""
     sv = StageValues()
-    d = sv.durations
-    rebuilt = {}
-    bos, _rule = ref.bos_text_rule(lm)
-    with Timer(d, "prompt"):
-        create = ref.prompt_utils.create_prompt
-        prompts = {}
-        for tr in trials:
-            clean = ref.prompt_data(tr.prompt_data_clean, bos)
-            corr = ref.prompt_data(tr.prompt_data_clean, bos,
-                                   shuffle_to=[e["output"] for e in tr.prompt_data_corrupted["examples"]])
-            rebuilt[trial_key(tr)] = (clean, corr)
-            cs, ks = create(clean), create(corr)
-            target = clean["query_target"]["output"]
-            prompts[trial_key(tr)] = prompt_entry(cs, ks, tok(cs).input_ids, tok(ks).input_ids, target,
-                                                  ref.answer_ids(tok, cs, target))
-        sv.values["prompt"] = prompts
-    with Timer(d, "slot"):
-        dummy = ref.dummy_labels(tok, mc, len(trials[0].prompt_data_clean["examples"]), prefixes, separators)
-        slots = {}
-        for tr in trials:
-            entry = {}
-            for side, pd_ in zip(("clean", "corrupted"), rebuilt[trial_key(tr)]):
-                s = ref.slots(pd_, tok, mc, dummy)
-                entry[side] = slot_entry(s["token_labels"], s["idx_map"], s["idx_avg"], s["idx_map_full"])
-            slots[trial_key(tr)] = entry
-        sv.values["slot"] = {"dummy_labels": [[int(p), str(l)] for p, l in dummy], "trials": slots}
-    with Timer(d, "mean_activations"):
-        mean = ref.mean_head_activations(lm, trials, prefixes, separators)
-        sv.values["mean_activations"] = mean
-    with Timer(d, "indirect_effect"):
-        sv.values["indirect_effect"] = ref.indirect_effect(lm, trials, mean, prefixes, separators)
-    with Timer(d, "top_heads"):
-        fv, heads = ref.function_vector(lm, mean, sv.values["indirect_effect"], params.n_top_heads, params.token_class_idx)
-        sv.values["top_heads"] = [[l, h, s] for l, h, s in heads]
-    d["fv"] = 0.0
-    sv.values["fv"] = fv.reshape(-1).to("cpu", torch.float32)
-    with Timer(d, "injection"):
-        inj = {}
-        for tr in trials:
-            clean_pd, corr_pd = rebuilt[trial_key(tr)]
-            q = clean_pd["query_target"]
-            entry = {}
-            for name, pd_ in (("zero_shot", ref.zero_shot_prompt_data(clean_pd, bos)), ("shuffled", corr_pd)):
-                sentence = ref.prompt_utils.create_prompt(pd_)
-                tid = ref.answer_ids(tok, sentence, q["output"])[0]
-                clean, edited = ref.intervene(lm, sentence, q["output"], params.edit_layer, fv)
-                entry[name] = score_pair(clean, edited, tid)
-            inj[trial_key(tr)] = entry
-        sv.values["injection"] = inj
+    sv.durations.update({k: float(v) for k, v in durations.items()})
+    sv.values["prompt"] = {k: prompt_entry(*v) for k, v in values["prompt"].items()}
+    sv.values["slot"] = {"dummy_labels": values["slot"]["dummy_labels"],
+                         "trials": {k: {side: slot_entry(*e) for side, e in entry.items()}
+                                    for k, entry in values["slot"]["trials"].items()}}
+    sv.values["mean_activations"] = tensors["mean_activations"]
+    sv.values["indirect_effect"] = tensors["indirect_effect"]
+    sv.values["top_heads"] = values["top_heads"]
+    sv.values["fv"] = tensors["fv"]
+    sv.values["injection"] = {k: {name: score_pair(tensors[f"inj/{k}/{name}/clean"], tensors[f"inj/{k}/{name}/edited"], tid)
+                                  for name, tid in entry.items()} for k, entry in values["injection"].items()}
     return sv
+
+
+def src_stage_values(ref: Reference, lm, trials: Sequence[Trial], params: Params, prefixes: dict,
+                     separators: dict) -> StageValues:
+    """Every stage computed by the reference's own functions: in this process on ``lm``'s model object, or in the
+    reference's own process on the copy its loader loaded (``lm`` a ``RemoteModel``)."""
+    from fv.reference.adapter import is_remote, trial_dicts
+
+    td = trial_dicts(trials)
+    if is_remote(lm):
+        ans = lm.request("stages", trials=td, params=params.as_dict(), prefixes=prefixes, separators=separators)
+        return assemble(ans["values"], lm.process.tensors(ans["file"]), ans["durations"])
+    values, tensors, durations = ref.driver.stage_values(lm.model, lm.tokenizer, ref.model_config(lm), td, params.n_top_heads,
+                                                         params.edit_layer, params.token_class_idx, prefixes, separators)
+    return assemble(values, tensors, durations)
+
+
+def src_refit_values(ref: Reference, lm, trials: Sequence[Trial], params: Params, mean_acts: torch.Tensor,
+                     heads: Sequence[Sequence[int]]) -> dict:
+    """The reference's FV and injection stages for fv's head list ``heads`` ([[layer, head, ...], ...]) on the
+    reference's own mean activations ``mean_acts``: its ``compute_function_vector`` handed a score tensor whose
+    top-k is exactly those heads, then its ``function_vector_intervention``. Returns ``{"fv", "injection"}`` in
+    the form of ``assemble``'s values."""
+    from fv.reference.adapter import is_remote, trial_dicts
+
+    td = trial_dicts(trials)
+    pairs = [[int(h[0]), int(h[1])] for h in heads]
+    if is_remote(lm):
+        from safetensors.torch import save_file
+
+        f = lm.process.folder / f"refit-in-{id(mean_acts)}.safetensors"
+        save_file({"mean_acts": mean_acts.detach().to("cpu").contiguous()}, str(f))
+        try:
+            ans = lm.request("refit", trials=td, params=params.as_dict(), heads=pairs, in_file=f.name)
+        finally:
+            f.unlink(missing_ok=True)
+        values, tensors = ans["values"], lm.process.tensors(ans["file"])
+    else:
+        values, tensors = ref.driver.refit_values(lm.model, lm.tokenizer, ref.model_config(lm), td, mean_acts, pairs,
+                                                  params.edit_layer, params.token_class_idx)
+    return {"fv": tensors["fv"],
+            "injection": {k: {name: score_pair(tensors[f"inj/{k}/{name}/clean"], tensors[f"inj/{k}/{name}/edited"], tid)
+                              for name, tid in entry.items()} for k, entry in values["injection"].items()}}
 
 
 def reference_stage_values(ref: Reference, lm: LoadedModel, trials: Sequence[Trial], params: Params, prefixes: dict,
@@ -102,7 +105,30 @@ def reference_key_parts(src_root: Path, baukit: Path | None, compat: bool, lm: L
     from fv.parity.src_cache import model_key, tree_digest
 
     return {"src_tree_sha256": tree_digest(src_root), "baukit_sha256": tree_digest(baukit) if baukit else None,
-            "compat": compat, "model": model_key(lm, memo_dir)}
+            "compat": compat, "model": remote_model_key(lm, memo_dir) if _remote(lm) else model_key(lm, memo_dir)}
+
+
+def _remote(lm) -> bool:
+    from fv.reference.adapter import is_remote
+
+    return is_remote(lm)
+
+
+def remote_model_key(rm, memo_dir: Path | None) -> dict:
+    """``model_key`` for the copy a reference process holds: its config, dtype, device and attention as its loader
+    produced them (read there), the weight files of the folder fv resolved, and its quantized modules."""
+    import json
+
+    from fv.parity.src_cache import WEIGHT_SUFFIXES, _file_digest_memo, device_kind
+
+    cfg = dict(rm.describe["config"])
+    cfg.pop("_name_or_path", None)
+    folder = Path(rm.fv_path)
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES) if folder.is_dir() else []
+    weights = "files:" + "|".join(f"{p.name}:{_file_digest_memo(p, memo_dir)}" for p in files) if files else f"spec:{rm.spec}"
+    return {"config": json.loads(json.dumps(cfg, sort_keys=True, default=str)), "weights": weights, "dtype": f"torch.{rm.describe['dtype']}",
+            "device": device_kind(str(rm.device)), "attn_implementation": rm.attn_implementation,
+            "quantized": sorted({(v["class"], v["quant_type"], v["compute_dtype"]) for v in rm.quantized.values()})}
 
 
 def _baukit_in_use() -> Path | None:
@@ -139,13 +165,17 @@ def live_source(ref: Reference, own: LoadedModel | None = None) -> LiveSource:
         _bos, rule = ref.require_trials_fit(theirs, trials)
         return {"src_model_mode": "own" if own is not None else "shared", "src_dtype": str(theirs.dtype).replace("torch.", ""),
                 "src_attn_implementation": theirs.attn_implementation,
-                "src_loading": "the reference's own loader (utils/model_utils.py)" if own is not None else "fv's model object",
+                "src_loading": ("the reference's own loader (utils/model_utils.py), in a process of its own" if own is not None
+                                else "fv's model object, in fv's process"),
                 "src_bos_rule": rule}
 
     where = (f"its own loader's model: {str(own.dtype).replace('torch.', '')}, {own.attn_implementation} attention"
              if own is not None else "its functions on fv's model object")
     return LiveSource(
         compute=lambda lm, trials, params, prefixes, separators: reference_stage_values(ref, own or lm, trials, params, prefixes, separators),
-        notes=list(ref.notes) + (["the reference loaded its own model with its own loader"] if own is not None else []),
+        notes=list(ref.notes) + ([f"the reference loaded its own model with its own loader, in a process of its own "
+                                  f"(pid {own.process.pid}, cwd {ref.src_root.parent}, PYTHONPATH={ref.src_root.parent})"]
+                                 if own is not None else ["the reference ran in fv's process on fv's model object (shared mode)"]),
         compat=ref.compat, description=f"the live reference {ref.src_root} ({where})", check=check,
+        refit=lambda lm, trials, params, mean, heads: src_refit_values(ref, own or lm, trials, params, mean, heads),
         key_parts=lambda lm, memo: reference_key_parts(ref.src_root, _baukit_in_use(), ref.compat, own or lm, memo))
