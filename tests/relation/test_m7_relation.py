@@ -6,14 +6,11 @@ Tiers, run in order: ``pytest -m m7 --q-list Q1`` (smoke), ``--q-list Q1,Q3,Q5``
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
 import pytest
 
 from fv.parity.golden import GOLDEN_ARTIFACTS
 from fv.pytest_plugin import assert_golden, parity_for
-from fv.runtime.trials import load_trials, make_relation_trials, plan_relation_qs, save_trials
+from fv.runtime.trials import load_trials, make_relation_trials, save_trials
 from tests.relation.conftest import relation_csv, relation_trials_file
 
 pytestmark = pytest.mark.m7
@@ -116,103 +113,3 @@ def test_q_parity(q_parity, q_id):
 def test_q_golden(q_parity, snapshot, request, artifact):
     """The q's goldens: written from the live reference with --snapshot-update, else fv compared with them."""
     assert_golden(q_parity, artifact, snapshot, request.config.option.update_snapshots)
-
-
-def _tree(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-@pytest.mark.slow
-@pytest.mark.first_pair
-def test_resume_and_workers_give_byte_identical_outputs(tmp_path, monkeypatch, fv_model_name, fv_options):
-    """An uninterrupted run on two workers and a run killed after its first q and resumed on one worker write
-    the same bytes, file for file."""
-    from fv.runtime.relation import RelationConfig, read_status, relation_root, run_relation
-    from fv.paths import FIXTURES
-
-    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
-    out = tmp_path / "rel"
-    cfg = RelationConfig(relation_csv=str(FIXTURES / "relation_tiny.csv"), out=str(out), model=fv_model_name,
-                         device=fv_options.device, dtype=fv_options.dtype, n_trials_per_q=2, edit_layers="8-9",
-                         q_list=["Q1", "Q2", "Q3", "Q4"], workers=2)
-    run_relation(cfg)
-    uninterrupted = _tree(out)
-    shutil.rmtree(out)
-
-    class Killed(Exception):
-        pass
-
-    def kill(q):
-        raise Killed(q)
-
-    cfg.workers = 1
-    with pytest.raises(Killed):
-        run_relation(cfg, after_q=kill)
-    root = relation_root(cfg)
-    states = {q: read_status(root, q)["status"] for q in ("Q1", "Q2", "Q3", "Q4")}
-    assert states == {"Q1": "completed", "Q2": "pending", "Q3": "skipped", "Q4": "pending"}
-    done_before = (root / "Q1" / "mean_activations.pt").stat().st_mtime_ns
-    summary = run_relation(cfg)
-    assert summary["status"] == {"Q1": "completed", "Q2": "completed", "Q4": "completed"}
-    assert (root / "Q1" / "mean_activations.pt").stat().st_mtime_ns == done_before, "a completed q was redone"
-    resumed = _tree(out)
-    assert sorted(resumed) == sorted(uninterrupted)
-    differ = [k for k in uninterrupted if uninterrupted[k] != resumed[k]]
-    assert differ == [], differ
-
-
-@pytest.mark.first_pair
-def test_failed_q_is_recorded_and_others_go_on(tmp_path, monkeypatch, fv_model_name, fv_options):
-    import fv.runtime.relation as relation
-
-    orig = relation.run_q
-
-    def flaky(lm, cfg, root, q, *a, **k):
-        if q == "Q2":
-            raise RuntimeError("injected failure")
-        return orig(lm, cfg, root, q, *a, **k)
-
-    monkeypatch.setattr(relation, "run_q", flaky)
-    from fv.paths import FIXTURES
-
-    cfg = relation.RelationConfig(relation_csv=str(FIXTURES / "relation_tiny.csv"), out=str(tmp_path), model=fv_model_name,
-                                  n_trials_per_q=1, edit_layers="9", q_list=["Q1", "Q2"])
-    summary = relation.run_relation(cfg)
-    assert summary["failed"] == ["Q2"] and summary["status"]["Q1"] == "completed"
-    st = relation.read_status(relation.relation_root(cfg), "Q2")
-    assert st["status"] == "failed" and "injected failure" in st["error"]
-    cfg.stop_on_error = True
-    with pytest.raises(RuntimeError, match="injected failure"):
-        relation.run_relation(cfg)
-
-
-@pytest.mark.first_pair
-def test_growing_the_q_list_reuses_completed_qs(tmp_path, fv_model_name, fv_options):
-    """A q's identity is its model, trials and parameters, not the other qs of the run: growing --q-list leaves
-    a completed q's files untouched (bytes and time stamps) and the log says it was reused. A q left 'running'
-    by a killed process is reported as resumed."""
-    from fv.paths import FIXTURES
-    from fv.runtime.relation import RelationConfig, read_status, relation_root, run_relation
-
-    cfg = RelationConfig(relation_csv=str(FIXTURES / "relation_tiny.csv"), out=str(tmp_path), model=fv_model_name,
-                         device=fv_options.device, n_trials_per_q=1, edit_layers="9", q_list=["Q1"])
-    run_relation(cfg)
-    root = relation_root(cfg)
-    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted((root / "Q1").rglob("*")) if p.is_file()}
-    st = read_status(root, "Q2")
-    assert st["status"] == "pending"
-    cfg.q_list, cfg.model = ["Q1", "Q2"], "tiny-llama" if fv_model_name == "tiny-llama" else fv_model_name
-    lines: list[str] = []
-    summary = run_relation(cfg, log=lines.append)
-    assert summary["reused"] == ["Q1"] and summary["status"] == {"Q1": "completed", "Q2": "completed"}
-    assert "Q1: reused (completed earlier with the same model, trials and parameters)" in lines
-    after = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted((root / "Q1").rglob("*")) if p.is_file()}
-    assert after == before
-    # a q left 'running' by a killed run is taken over and reported as resumed
-    import json
-
-    status_file = root / "Q2" / "qid_status.json"
-    status_file.write_text(json.dumps({**json.loads(status_file.read_text()), "status": "running", "pid": 999999}))
-    lines.clear()
-    run_relation(cfg, log=lines.append)
-    assert any(line.startswith("Q2: resumed") for line in lines), lines

@@ -46,6 +46,22 @@ def test_gate_with_nothing_to_compare_fails_in_one_line(foreign_trials, tmp_path
     assert r.returncode == 0, r.stdout[-3000:]
 
 
+def test_a_model_without_goldens_is_compared_live_and_no_golden_is_demanded(foreign_trials, reference, fv_options, tmp_path):
+    """With the live reference as the other side, trials no golden was made for pass on the live comparison: the
+    golden checks step aside (counted in the `fv skips:` line), nothing fails for a missing golden. Without the
+    reference the same session compares nothing and fails (the test above)."""
+    live = ["--src-root", str(reference.src_root)] + (["--baukit-root", fv_options.baukit_root] if fv_options.baukit_root else [])
+    live += ["--src-compat"] if fv_options.src_compat else []
+    r = _pytest("-m", "m1 or m2", "-k", "test_golden or (test_stage and not per_trial)", "-rs", "--fv-model", "tiny-llama",
+                "--fixed-trials", str(foreign_trials), *live, tmp_path=tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:]
+    assert "passed" in r.stdout.splitlines()[-1] and "failed" not in r.stdout.splitlines()[-1], r.stdout[-3000:]
+    assert "golden" not in "".join(line for line in r.stdout.splitlines() if line.startswith("FAILED")), r.stdout[-3000:]
+    skips = [line for line in r.stdout.splitlines() if "[fv: no golden, compared live]" in line]
+    assert len(skips) == 8, r.stdout[-3000:]  # one per golden artifact
+    assert "golden checks found no golden and were compared live with the reference instead" in r.stdout, r.stdout[-3000:]
+
+
 @pytest.mark.parametrize("option", [["--fv-model", "/nonexistent"], ["--edit-layer", "99"], ["--q-list", "Q99"],
                                     ["--src-root", "/nonexistent/src"], ["--relation-csv", "/nonexistent.csv"]])
 def test_wrong_option_stops_the_session_once(option, tmp_path):

@@ -82,10 +82,11 @@ def test_layers_import_only_downwards():
 def test_the_tree_shows_the_stages():
     for sub, modules in {
         "runtime": ["datasets", "trials", "prompts", "prepared", "hooks", "activations", "effects", "vectors", "injection", "evaluation", "pipeline", "relation",
-                    "cluster", "relation_cluster"],
-        "parity": ["stages", "compare", "dump", "golden", "user_goldens", "snapshot", "src_cache", "report", "diff", "pattern", "run"],
-        "reference": ["adapter", "stages"],
-        "cli": ["trials", "reference", "run", "diff", "relation", "gate", "golden", "plot", "doctor", "models"],
+                    "cluster", "relation_cluster", "universal"],
+        "parity": ["stages", "compare", "dump", "golden", "user_goldens", "snapshot", "src_cache", "report", "diff", "pattern", "run",
+                   "preflight", "boundaries"],
+        "reference": ["adapter", "stages", "capability", "universal", "memory", "probes", "process", "worker"],
+        "cli": ["trials", "reference", "run", "diff", "relation", "gate", "golden", "plot", "doctor", "models", "universal"],
     }.items():
         assert sorted(p.stem for p in (PKG / sub).glob("*.py") if p.stem != "__init__" and p.stem != "common") == sorted(modules)
 
@@ -125,3 +126,43 @@ def test_each_prompt_is_prepared_once(parity_run, monkeypatch):
                            parity_run.trials.meta.get("prefixes"), parity_run.trials.meta.get("separators"))
     # two labelled prompts per trial, one dummy prompt; three answer-id computations (clean, corrupted, zero-shot)
     assert calls == {"labels": 2 * len(trials) + 1, "tokenize": 3 * len(trials)}
+
+
+# ---- gates apart from fv's own tests ---------------------------------------------------------------------------
+
+GATE_FOLDERS = ("parity", "golden", "relation")
+
+
+def _collect(*args: str) -> list[str]:
+    """Node ids a pytest session with ``args`` collects (in its own process, as a user would run it)."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:xdist", "-p", "no:randomly", *args],
+                       cwd=PKG.parent, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    return r.stdout.splitlines()
+
+
+def test_tests_are_gates_or_fvs_own():
+    tests = PKG.parent / "tests"
+    folders = sorted(p.name for p in tests.iterdir() if p.is_dir() and p.name != "__pycache__")
+    assert folders == sorted(GATE_FOLDERS + ("self",))
+    assert (tests / "self" / "__init__.py").is_file()
+
+
+def test_a_users_inputs_collect_only_the_gates_on_them():
+    """--fv-model names the user's model: every collected test is a gate parametrized on it, fv's own tests are
+    deselected (one line says how many and how to run them), and --fv-self-tests brings them back."""
+    files = ["tests/parity/test_m2_parity_suite.py", "tests/relation/test_m7_relation.py", "tests/self/test_fast_mode.py",
+             "tests/self/test_families.py"]
+    user = ["--fv-model", "tiny-llama-mha", "--edit-layer", "4", *files]
+    out = _collect(*user)
+    ids = [line for line in out if line.startswith("tests/")]
+    assert ids and all(i.split("/")[1] in GATE_FOLDERS and "tiny-llama-mha" in i for i in ids), ids
+    own = [line for line in _collect(*user, "-m", "self") if line.startswith("tests/")]
+    assert own and all(i.startswith("tests/self/") for i in own)
+    line = next(x for x in out if x.startswith("fv: "))
+    assert line.startswith(f"fv: {len(own)} self-tests deselected") and "--fv-self-tests or -m self" in line, line
+    both = [x for x in _collect(*user, "--fv-self-tests") if x.startswith("tests/")]
+    assert sorted(both) == sorted(ids + own)

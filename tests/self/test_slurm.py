@@ -7,9 +7,10 @@ that a q run by a Slurm task writes the same bytes as one run in this process.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
-import time
+import threading
 from pathlib import Path
 
 import pytest
@@ -39,13 +40,55 @@ def slurm_cluster() -> str:
     return nodes[0][0]
 
 
-def _cfg(out: Path, qs=QS, slow: bool = False):
-    """A small run; ``slow`` makes each q take several seconds (more trials, every edit layer), so a test can
-    cancel a task while its q is running rather than race a q that finishes in a second."""
+def _cfg(out: Path, qs=QS):
+    """A small run: tiny model, one trial per q, one edit layer."""
     from fv.runtime.relation import RelationConfig
 
-    return RelationConfig(relation_csv=CSV, out=str(out), model="tiny-llama", device="cpu", n_trials_per_q=4 if slow else 1,
-                          edit_layers="all" if slow else "9", q_list=list(qs))
+    return RelationConfig(relation_csv=CSV, out=str(out), model="tiny-llama", device="cpu", n_trials_per_q=1,
+                          edit_layers="9", q_list=list(qs))
+
+
+# Loaded by the held task's Python at start-up (its folder is put first on the job's PYTHONPATH): the q named
+# here, once its status says running, opens a named pipe for reading and waits there until the test, which opens
+# the other end, closes it. The q is held mid-run by the test, never by how long it takes.
+HOLD = """
+import fv.runtime.relation as _relation
+_run_q = _relation.run_q
+def run_q(lm, cfg, root, q, *a, **k):
+    if q == {q!r}:
+        with open({fifo!r}) as held:
+            held.read()
+    return _run_q(lm, cfg, root, q, *a, **k)
+_relation.run_q = run_q
+"""
+
+
+def _hold_setup(tmp_path: Path, q: str) -> tuple[list[str], Path]:
+    """Job set-up lines that hold ``q`` in its task, and the named pipe that holds it."""
+    fifo, hooks = tmp_path / f"hold_{q}", tmp_path / "hold_hooks"
+    os.mkfifo(fifo)
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(HOLD.format(q=q, fifo=str(fifo)))
+    return [f"export PYTHONPATH={hooks}:$PYTHONPATH"], fifo
+
+
+def _open_held(fifo: Path, within_s: float = 300) -> int:
+    """The writing end of ``fifo``: returns once the held q has opened its end (it is then mid-run)."""
+    fds: list[int] = []
+    opener = threading.Thread(target=lambda: fds.append(os.open(fifo, os.O_WRONLY)), daemon=True)
+    opener.start()
+    opener.join(within_s)
+    assert fds, f"the held q never reached its pipe {fifo} in {within_s:.0f} s: its task did not start (see the job logs)"
+    return fds[0]
+
+
+def _wait_tasks(root: Path, tasks: list[dict]) -> None:
+    """Until every task of the submission has ended, as the scheduler reports it (fv's own waiting loop)."""
+    from submitit import SlurmJob
+
+    from fv.runtime.cluster import wait_jobs
+
+    wait_jobs([SlurmJob(folder=root / "_jobs" / "%j", job_id=t["job_id"]) for t in tasks], lambda *_: None, poll_s=1.0)
 
 
 def _cc(**kw):
@@ -88,20 +131,21 @@ def test_cancelled_task_is_reported_and_resubmission_runs_only_what_is_missing(s
     from fv.runtime.relation import read_status, relation_root
     from fv.runtime.relation_cluster import relation_state, run_relation_cluster
 
-    cfg = _cfg(tmp_path, ["Q1", "Q2"], slow=True)
-    sub = run_relation_cluster(cfg, _cc(), wait=False)
+    cfg = _cfg(tmp_path, ["Q1", "Q2"])
+    setup, fifo = _hold_setup(tmp_path, "Q2")
+    sub = run_relation_cluster(cfg, _cc(setup=setup), wait=False)
     root = relation_root(cfg)
     tasks = json_of(root / "_jobs" / "submission.json")["tasks"]
     victim = next(t for t in tasks if t["qs"] == ["Q2"])
-    deadline = time.monotonic() + 90
-    while read_status(root, "Q2")["status"] != "running":  # kill it mid-run, not while queued
-        assert time.monotonic() < deadline, "Q2's task never started"
-        time.sleep(0.3)
-    subprocess.run(["scancel", victim["job_id"]], check=True)
-    deadline = time.monotonic() + 120
-    while (st := relation_state(root))["active_tasks"]:
-        assert time.monotonic() < deadline, st
-        time.sleep(1)
+    held = _open_held(fifo)  # Q2 is mid-run now, and stays there until `held` is closed
+    try:
+        assert read_status(root, "Q2")["status"] == "running"
+        subprocess.run(["scancel", victim["job_id"]], check=True)
+        _wait_tasks(root, tasks)
+    finally:
+        os.close(held)
+    st = relation_state(root)
+    assert st["active_tasks"] == [], st
     assert st["q"]["Q1"]["status"] == "completed"
     q2 = read_status(root, "Q2")
     assert q2["status"] == "failed" and q2["job_id"] == victim["job_id"] and "CANCELLED" in q2["error"], q2

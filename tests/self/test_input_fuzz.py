@@ -25,7 +25,7 @@ from fv.lock import HOLDER_NAME
 from fv.parity.diff import SideFolder
 from fv.paths import FIXTURES
 from fv.runtime.trials import load_trials
-from tests.parity.test_input_validation import RUN_ARGS, assert_one_line_failure, base_trials, run_cli
+from tests.self.test_input_validation import RUN_ARGS, assert_one_line_failure, base_trials, run_cli
 
 FUZZ = settings(max_examples=25, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,27 +17,29 @@ import pytest
 import fv
 from fv.errors import FVError
 from fv.lock import HOLDER_NAME, LOCK_NAME, output_lock, read_holder
-from tests.parity.test_input_validation import RUN_ARGS, assert_one_line_failure, base_trials, run_cli
+from tests.self.test_input_validation import RUN_ARGS, assert_one_line_failure, base_trials, run_cli
 
 N_FILES = 8
-# A minimal writer: waits for the go file (so both processes reach the lock together), takes the folder's lock,
-# then writes N files slowly, each naming the writer.
+# A minimal writer, driven line by line by the test on its stdin (nothing here depends on timing): says "ready"
+# and waits for a line (so two writers reach the lock together), takes the folder's lock, says "locked", writes N
+# files, each naming the writer, says "written", and holds the lock until the test sends another line (or closes
+# its stdin).
 WRITER = r"""
-import os, sys, time
+import os, sys
 from pathlib import Path
 from fv.errors import FVError
 from fv.io import write_text
 from fv.lock import output_lock
-folder, tag, n, go, hold = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), Path(sys.argv[4]), float(sys.argv[5])
-while not go.exists():
-    time.sleep(0.01)
+folder, tag, n = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+print("ready", flush=True)
+sys.stdin.readline()
 try:
     with output_lock(folder, command=f"writer {tag}"):
         print("locked", flush=True)
         for i in range(n):
             write_text(folder / f"part{i}.txt", f"{tag} {os.getpid()} {i}\n")
-            time.sleep(0.05)
-        time.sleep(hold)
+        print("written", flush=True)
+        sys.stdin.readline()
 except FVError as exc:
     print(f"writer {tag}: error: {exc}", file=sys.stderr)
     sys.exit(2)
@@ -49,14 +50,26 @@ def _env() -> dict:
     return {**os.environ, "PYTHONPATH": str(Path(fv.__file__).resolve().parent.parent)}
 
 
-def _writer(folder: Path, tag: str, go: Path, hold: float = 0.0) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", WRITER, str(folder), tag, str(N_FILES), str(go), str(hold)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+def _writer(folder: Path, tag: str, go: bool = True) -> subprocess.Popen:
+    """A WRITER process once it is ready; with ``go`` it is let go at once (it then takes the lock and holds it)."""
+    p = subprocess.Popen([sys.executable, "-c", WRITER, str(folder), tag, str(N_FILES)], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    assert p.stdout.readline().strip() == "ready", p.stderr.read() if p.poll() is not None else ""
+    if go:
+        _tell(p)
+    return p
+
+
+def _tell(p: subprocess.Popen) -> None:
+    """One line on the process's stdin: ``go`` to a ready writer, ``release`` to one holding its lock."""
+    p.stdin.write("next\n")
+    p.stdin.flush()
 
 
 def _wait_locked(p: subprocess.Popen) -> None:
-    line = p.stdout.readline()
-    assert line.strip() == "locked", (line, p.stderr.read() if p.poll() is not None else "")
+    """Until the writer holds its lock with its files written."""
+    lines = [p.stdout.readline().strip() for _ in range(2)]
+    assert lines == ["locked", "written"], (lines, p.stderr.read() if p.poll() is not None else "")
 
 
 def _written_by(folder: Path) -> set[str]:
@@ -64,29 +77,35 @@ def _written_by(folder: Path) -> set[str]:
 
 
 def test_two_writers_at_once_one_writes_everything_the_other_refuses_naming_it(tmp_path):
-    folder, go = tmp_path / "out", tmp_path / "go"
-    procs = {tag: _writer(folder, tag, go) for tag in ("A", "B")}
-    time.sleep(0.5)
-    go.touch()
-    results = {tag: (p.wait(timeout=120), p.stdout.read(), p.stderr.read()) for tag, p in procs.items()}
-    winners = [t for t, (rc, _, _) in results.items() if rc == 0]
-    assert len(winners) == 1, results
+    folder = tmp_path / "out"
+    procs = {tag: _writer(folder, tag, go=False) for tag in ("A", "B")}  # both ready: let go together
+    for p in procs.values():
+        _tell(p)
+    # the winner says "locked" and holds the lock until released; the loser ends without a word on stdout
+    first = {tag: p.stdout.readline().strip() for tag, p in procs.items()}
+    winners = [t for t, line in first.items() if line == "locked"]
+    assert len(winners) == 1, first
     win, lose = winners[0], ({"A", "B"} - set(winners)).pop()
+    assert procs[win].stdout.readline().strip() == "written"
+    _tell(procs[win])
+    results = {tag: (p.wait(timeout=120), p.stdout.read(), p.stderr.read()) for tag, p in procs.items()}
+    assert results[win][0] == 0, results
     rc, _, err = results[lose]
     line = assert_one_line_failure(rc, err, "is in use by", f"pid {procs[win].pid}", f"`writer {win}`", "host")
     assert "choose another --out" in line
     assert _written_by(folder) == {win}, "files of the refused writer reached the folder"
     assert not (folder / HOLDER_NAME).exists()
     # once the first is done, the second goes through and replaces every file: nothing lost, nothing mixed
-    again = _writer(folder, lose, go)
+    again = _writer(folder, lose)
+    _wait_locked(again)
+    _tell(again)
     assert again.wait(timeout=120) == 0, again.stderr.read()
     assert _written_by(folder) == {lose}
 
 
 def test_a_killed_writers_lock_is_detected_and_taken_over(tmp_path):
-    folder, go = tmp_path / "out", tmp_path / "go"
-    go.touch()
-    p = _writer(folder, "K", go, hold=60)
+    folder = tmp_path / "out"
+    p = _writer(folder, "K")
     _wait_locked(p)
     held = read_holder(folder)
     assert held["pid"] == p.pid and held["command"] == "writer K"
@@ -103,20 +122,23 @@ def test_a_killed_writers_lock_is_detected_and_taken_over(tmp_path):
     assert read_holder(folder) is None and (folder / LOCK_NAME).exists()
 
 
-def test_fv_run_refuses_a_held_folder_before_the_model_loads(tmp_path):
-    folder, go = tmp_path / "out", tmp_path / "go"
-    go.touch()
+def test_fv_run_refuses_a_held_folder_before_the_model_loads(tmp_path, monkeypatch):
+    import fv.model.loading
+
+    def no_load(*a, **k):
+        raise AssertionError("fv run loaded the model although its output folder is held")
+
+    monkeypatch.setattr(fv.model.loading, "load_model", no_load)
+    folder = tmp_path / "out"
     trials = tmp_path / "t.json"
     trials.write_text(json.dumps(base_trials("icl")))
-    p = _writer(folder, "H", go, hold=60)
+    p = _writer(folder, "H")
     try:
         _wait_locked(p)
-        t0 = time.monotonic()
         rc, _, err = run_cli(["run", "--fixed-trials", str(trials), "--out", str(folder), *RUN_ARGS])
         assert_one_line_failure(rc, err, f"output folder {folder} is in use by pid {p.pid}", "`writer H`")
         theirs = {LOCK_NAME, HOLDER_NAME} | {f"part{i}.txt" for i in range(N_FILES)}
         assert {x.name for x in folder.iterdir()} <= theirs  # the refused run wrote nothing there
-        assert time.monotonic() - t0 < 30
     finally:
         p.kill()
         p.wait(timeout=30)
@@ -137,12 +159,12 @@ REL_ARGS = ["--q-list", "Q1", "--n-trials-per-q", "1", "--model", "tiny-llama", 
 # status file and of the all-q summary under the state lock; after each round it checks that the summary still
 # says what it wrote for its qs (another process's stale read-modify-write would have put an older value back).
 UPDATER = r"""
-import json, sys, time
+import json, sys
 from pathlib import Path
 from fv.runtime.relation import SUMMARY, update_status
-root, qs, n, go = Path(sys.argv[1]), sys.argv[2].split(","), int(sys.argv[3]), Path(sys.argv[4])
-while not go.exists():
-    time.sleep(0.01)
+root, qs, n = Path(sys.argv[1]), sys.argv[2].split(","), int(sys.argv[3])
+print("ready", flush=True)
+sys.stdin.readline()
 lost = 0
 for i in range(n):
     state = "completed" if i % 2 else "running"
@@ -154,33 +176,53 @@ print(lost)
 """
 
 
-def _race(script: str, args: dict[str, list[str]], go: Path) -> dict[str, str]:
-    """``script`` in one process per tag, all let go at once by ``go``; what each printed, once all succeeded."""
-    procs = {t: subprocess.Popen([sys.executable, "-c", script, *a, str(go)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                 text=True, env=_env()) for t, a in args.items()}
-    time.sleep(0.5)
-    go.touch()
+def _race(script: str, args: dict[str, list[str]]) -> dict[str, str]:
+    """``script`` in one process per tag, all let go at once (a line on each stdin, once every one has said
+    "ready"); the last line each printed, once all succeeded."""
+    procs = {t: subprocess.Popen([sys.executable, "-c", script, *a], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True, env=_env()) for t, a in args.items()}
+    for t, p in procs.items():
+        assert p.stdout.readline().strip() == "ready", (t, p.stderr.read() if p.poll() is not None else "")
+    for p in procs.values():
+        _tell(p)
     out = {t: p.communicate(timeout=300) for t, p in procs.items()}
     assert all(p.returncode == 0 for p in procs.values()), {t: err for t, (_, err) in out.items()}
-    return {t: o.strip() for t, (o, _) in out.items()}
+    return {t: o.strip().splitlines()[-1] for t, (o, _) in out.items()}
 
 
-def _relation_cli(out: Path, *extra: str) -> subprocess.Popen:
+# ``fv relation`` whose every q, once its status says running, prints "held <q>" and waits for a line on stdin
+HELD_RELATION = r"""
+import sys
+import fv.runtime.relation as relation
+from fv.cli import main
+run_q = relation.run_q
+def held(lm, cfg, root, q, *a, **k):
+    print(f"held {q}", flush=True)
+    sys.stdin.readline()
+    return run_q(lm, cfg, root, q, *a, **k)
+relation.run_q = held
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _relation_cli(out: Path, *extra: str, held: bool = False) -> subprocess.Popen:
+    """``fv relation`` in its own process; with ``held`` each q stops once running until told on stdin."""
     from fv.paths import FIXTURES
 
-    return subprocess.Popen([sys.executable, "-m", "fv", "relation", "--relation-csv", str(FIXTURES / "relation_tiny.csv"),
-                             "--out", str(out), *REL_ARGS, "--quiet", *extra], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=_env())
+    head = [sys.executable, "-c", HELD_RELATION] if held else [sys.executable, "-m", "fv"]
+    return subprocess.Popen([*head, "relation", "--relation-csv", str(FIXTURES / "relation_tiny.csv"),
+                             "--out", str(out), *REL_ARGS, "--quiet", *extra], stdin=subprocess.PIPE if held else None,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
 
 
 def test_tasks_updating_the_summary_and_status_files_at_once_lose_no_update(tmp_path):
     from fv.runtime.relation import SUMMARY, read_status, write_summary
 
-    root, go, n = tmp_path / "rel", tmp_path / "go", 30
+    root, n = tmp_path / "rel", 30
     mine = {"A": [f"Q{i}" for i in range(0, 8, 2)], "B": [f"Q{i}" for i in range(1, 8, 2)]}
     qs = sorted(mine["A"] + mine["B"])
     write_summary("rel.csv", root, qs, [], {q: "pending" for q in qs})
-    undone = _race(UPDATER, {t: [str(root), ",".join(m), str(n)] for t, m in mine.items()}, go)
+    undone = _race(UPDATER, {t: [str(root), ",".join(m), str(n)] for t, m in mine.items()})
     assert undone == {"A": "0", "B": "0"}, f"updates of one process undone by the other: {undone}"
     summary = json.loads((root / SUMMARY).read_text())
     assert summary["status"] == {q: "completed" for q in qs}
@@ -217,12 +259,13 @@ def test_a_killed_fv_relation_is_detected_and_its_q_resumed(tmp_path):
 
     out = tmp_path / "out"
     root = out / "relation_tiny"
-    p = _relation_cli(out, "--edit-layers", "0-9")
-    try:
-        deadline = time.monotonic() + 120
-        while read_status(root, "Q1")["status"] != "running":
-            assert p.poll() is None and time.monotonic() < deadline, p.stderr.read() if p.poll() is not None else "timed out"
-            time.sleep(0.05)
+    p = _relation_cli(out, "--edit-layers", "0-9", held=True)
+    try:  # Q1 says when it has started and waits there: it is killed mid-run, whatever the machine's speed
+        lines = [p.stdout.readline()]
+        while lines[-1] and not lines[-1].startswith("held "):  # whatever fv printed before, up to Q1's word
+            lines.append(p.stdout.readline())
+        assert lines[-1].strip() == "held Q1", (lines, p.stderr.read() if p.poll() is not None else "")
+        assert read_status(root, "Q1")["status"] == "running"
     finally:
         os.kill(p.pid, signal.SIGKILL)
         p.wait(timeout=30)
@@ -241,10 +284,9 @@ def test_fv_relation_refuses_to_take_over_a_q_a_live_process_runs(tmp_path):
     """A task of an earlier --no-wait array still running Q1: a new run on the folder refuses, naming it."""
     from fv.paths import FIXTURES
 
-    out, go = tmp_path / "out", tmp_path / "go"
-    go.touch()
+    out = tmp_path / "out"
     q1 = out / "relation_tiny" / "Q1"
-    p = _writer(q1, "task", go, hold=60)
+    p = _writer(q1, "task")
     try:
         _wait_locked(p)
         rc, _, err = run_cli(["relation", "--relation-csv", str(FIXTURES / "relation_tiny.csv"), "--out", str(out), *REL_ARGS])
@@ -260,15 +302,15 @@ def test_fv_relation_refuses_to_take_over_a_q_a_live_process_runs(tmp_path):
 # reports many times, and after each writes reads the two that carry its meta, under the folder's lock, to see
 # whether they are one run's.
 REPORTER = r"""
-import json, sys, time
+import json, sys
 from pathlib import Path
 from fv.lock import output_lock
 from fv.parity.compare import ParityResult, StageResult
 from fv.parity.report import write_parity_reports
 from fv.parity.stages import STAGES
-folder, tag, n, go = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), Path(sys.argv[4])
-while not go.exists():
-    time.sleep(0.01)
+folder, tag, n = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+print("ready", flush=True)
+sys.stdin.readline()
 mixed = 0
 for i in range(n):
     write_parity_reports(folder, ParityResult([StageResult(s, "PASS", 0, 0.0) for s in STAGES], {"writer": f"{tag}{i}"}), {}, {})
@@ -281,7 +323,7 @@ print(mixed)
 
 @pytest.mark.slow  # two processes importing torch: about 15 s on 2 busy CPUs
 def test_two_writers_of_one_report_folder_take_turns_and_never_mix_it(tmp_path):
-    folder, go = tmp_path / "reports", tmp_path / "go"
-    mixed = _race(REPORTER, {t: [str(folder), t, "15"] for t in ("A", "B")}, go)
+    folder = tmp_path / "reports"
+    mixed = _race(REPORTER, {t: [str(folder), t, "15"] for t in ("A", "B")})
     assert mixed == {"A": "0", "B": "0"}, f"times each writer found the folder's reports from two runs: {mixed}"
     assert read_holder(folder) is None

@@ -154,33 +154,53 @@ def test_no_cache_computes_every_time(world):
     assert origins == ["computed", "computed"] and c.calls == 2
 
 
+# One of two processes asking for the same values: says "asking" once its model is loaded; the one that computes
+# says "computing" and waits there for a line on stdin, so the test lets it finish only once both have asked.
 WRITER = """
-import sys, time
+import sys
 from fv.model.loading import load_model
 from fv.parity.run import LiveSource, src_with_origin
 from fv.parity.src_cache import SrcCache
 from fv.runtime.trials import load_trials
-from tests.parity.test_src_cache import PARAMS, Counting, _values
+from tests.self.test_src_cache import PARAMS, Counting, _values
 src, model, trials, cache, log = sys.argv[1:6]
 c = Counting(__import__("pathlib").Path(src), SrcCache(__import__("pathlib").Path(cache)))
 inner = c.source.compute
-def slow(*a):
+def held(*a):
     open(log, "a").write("compute\\n")
-    time.sleep(1.0)
+    print("computing", flush=True)
+    sys.stdin.readline()
     return inner(*a)
-c.source.compute = slow
-print(src_with_origin(c.source, load_model(model, "cpu", "float32"), load_trials(trials), PARAMS)[2].split()[0])
+c.source.compute = held
+lm, ft = load_model(model, "cpu", "float32"), load_trials(trials)
+print("asking", flush=True)
+print(src_with_origin(c.source, lm, ft, PARAMS)[2].split()[0])
 """
 
 
 @pytest.mark.slow
 def test_two_processes_at_once_compute_once(world):
+    import queue
+    import threading
+
     log = world["tmp"] / "log.txt"
     args = [str(world["src"]), str(world["model_dir"]), str(world["trials"].path), str(world["cache"].root), str(log)]
     root = Path(__file__).resolve().parents[2]
     env = {**__import__("os").environ, "PYTHONPATH": str(root)}
-    procs = [subprocess.Popen([sys.executable, "-c", WRITER, *args], stdout=subprocess.PIPE, text=True, cwd=root, env=env)
-             for _ in range(2)]
-    outs = sorted(p.communicate(timeout=300)[0].strip().splitlines()[-1] for p in procs)
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                              cwd=root, env=env) for _ in range(2)]
+    for p in procs:  # both have loaded the model and asked; one computes and waits, the other waits for it
+        assert p.stdout.readline().strip() == "asking"
+    said: queue.Queue = queue.Queue()  # (process index, its next line), in the order they come
+    for i, p in enumerate(procs):
+        threading.Thread(target=lambda i=i, p=p: said.put((i, p.stdout.readline().strip())), daemon=True).start()
+    first, line = said.get(timeout=300)
+    assert line == "computing", line
+    procs[first].stdin.write("go\n")
+    procs[first].stdin.flush()
+    other, other_line = said.get(timeout=300)  # the other one's answer, once the first has finished
+    assert other != first
+    rest = {i: p.communicate(timeout=300)[0] for i, p in enumerate(procs)}
+    outs = sorted([rest[first].strip().splitlines()[-1], (other_line + rest[other]).strip().splitlines()[-1]])
     assert all(p.returncode == 0 for p in procs)
     assert outs == ["cache", "computed,"] and log.read_text().count("compute") == 1

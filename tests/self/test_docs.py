@@ -122,6 +122,8 @@ def _documented_command_runs(doc, cmd, places, fv_options):
         argv += ["--max-trials", "1"]
     if argv[:2] == ["fv", "relation"] and "status" not in argv:
         argv += ["--n-trials-per-q", "1", "--edit-layers", "9"] + ([] if "--q-list" in argv else ["--q-list", "Q1"])
+    if argv[:2] == ["fv", "universal"]:  # the checkout's datasets, from the temporary working folder
+        argv = [re.sub(r"(^|,)fixtures/", rf"\g<1>{FIXTURES}/", a) for a in argv] + ([] if "--max-trials" in argv else ["--max-trials", "1"])
     if argv[:3] == ["fv", "golden", "import"]:  # into the test's folder, never the checkout's snapshots/
         argv += ["--snapshots", str(places["tmp"] / "snapshots")]
     if argv[:3] == ["fv", "gate", "m7"]:
@@ -130,7 +132,7 @@ def _documented_command_runs(doc, cmd, places, fv_options):
         pytest.skip("needs the reference dump of `fv reference --dump` above")
     # -P: as the `fv` console script does, keep the working folder off sys.path (a documented output folder named
     # `fv` there would otherwise shadow the package)
-    r = subprocess.run([sys.executable, "-P", "-m", "fv", *argv[1:], *(["--quiet"] if argv[1] in ("run", "reference") or (argv[1] == "relation" and "status" not in argv) else [])],
+    r = subprocess.run([sys.executable, "-P", "-m", "fv", *argv[1:], *(["--quiet"] if argv[1] in ("run", "reference", "universal") or (argv[1] == "relation" and "status" not in argv) else [])],
                        cwd=places["tmp"], capture_output=True, text=True, timeout=600,
                        env={**os.environ, "FV_CACHE_DIR": os.environ.get("FV_CACHE_DIR", "")} if os.environ.get("FV_CACHE_DIR") else None)
     ok = {0, 1} if argv[1] in ("diff", "doctor", "verify-trials") else {0}  # these report a finding by exit 1
