@@ -12,77 +12,40 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from fv.model.loading import load_model
-from fv.paths import FIXTURES
-from fv.runtime.activations import mean_head_activations
-from fv.runtime.effects import indirect_effects, pad_token_id
-from fv.runtime.prepared import prepare_trials
-from fv.runtime.prompts import dummy_labels
-from fv.runtime.trials import load_trials, make_icl_trials, save_trials
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import PeakMemory, add_common_args, apply_threads, make_trials, sync  # noqa: E402
+
+from fv.model.loading import load_model  # noqa: E402
+from fv.runtime.activations import mean_head_activations  # noqa: E402
+from fv.runtime.effects import indirect_effects, pad_token_id  # noqa: E402
+from fv.runtime.prepared import prepare_trials  # noqa: E402
+from fv.runtime.prompts import dummy_labels  # noqa: E402
+from fv.runtime.trials import load_trials  # noqa: E402
 
 
 def _trials(lm, path: str | None, n: int):
-    if path:
-        return load_trials(path).subset(n)
-    out = Path(tempfile.mkdtemp()) / f"bench_trials_{n}.json"
-    save_trials(out, make_icl_trials(FIXTURES / "antonym_tiny.json", lm.tokenizer, n, 10, 0, model_prepend_bos=lm.prepend_bos))
-    return load_trials(out).trials
-
-
-def _sync(lm):
-    if lm.device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def _status_kib(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def _peak_reset(lm) -> int:
-    """Start a peak-memory window: CUDA's peak counter, or Linux's peak RSS (reset through clear_refs)."""
-    if lm.device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
-        return torch.cuda.memory_allocated()
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
-    return _status_kib("VmRSS") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
-
-def _peak_mib(lm, base: int) -> float:
-    """Peak memory above the window's start: allocated CUDA memory, or resident memory on the CPU."""
-    if lm.device.startswith("cuda"):
-        return (torch.cuda.max_memory_allocated() - base) / 2**20
-    peak = _status_kib("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return max(peak - base, 0) / 1024
+    return make_trials(lm, path, n).subset(n)
 
 
 def timed(lm, fn, reps: int):
+    """Median seconds of ``reps`` runs, the peak memory (MiB) above the start, and the last result."""
     times, out = [], None
-    rss0 = _peak_reset(lm)
+    mem = PeakMemory(lm.device)
+    base = mem.start()
     for _ in range(reps):
-        _sync(lm)
+        sync(lm.device)
         t0 = time.perf_counter()
         out = fn()
-        _sync(lm)
+        sync(lm.device)
         times.append(time.perf_counter() - t0)
-    return statistics.median(times), _peak_mib(lm, rss0), out
+    return statistics.median(times), mem.peak_mib(base), out
 
 
 def mean_activation_memory(lm, trials, dummy, mode: str) -> float:
@@ -93,18 +56,11 @@ def mean_activation_memory(lm, trials, dummy, mode: str) -> float:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="tiny-llama", help="model folder or tiny model name (default tiny-llama)")
-    ap.add_argument("--fixed-trials", default=None, help="fixed-trials JSON (default: made from the embedded antonym data)")
-    ap.add_argument("--n-trials", type=int, default=10, help="trials (default 10)")
-    ap.add_argument("--reps", type=int, default=3, help="repetitions per measurement (default 3)")
-    ap.add_argument("--src-root", default=None, help="the reference's src/ to time it too")
-    ap.add_argument("--baukit-root", default=None)
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--dtype", default="float32")
+    add_common_args(ap)
     ap.add_argument("--memory-trials", default="10,100", help="two trial counts for the mean-activation memory check")
     ap.add_argument("--skip-exact", action="store_true", help="skip fv exact (for large models where it is slow)")
-    ap.add_argument("--json", default=None, help="also write the results here")
     a = ap.parse_args(argv)
+    apply_threads(a.threads)
 
     lm = load_model(a.model, a.device, a.dtype)
     trials = _trials(lm, a.fixed_trials, a.n_trials)
@@ -149,7 +105,7 @@ def main(argv=None) -> int:
     if a.src_root:
         from fv.reference.adapter import Reference
 
-        ref = Reference(a.src_root, a.baukit_root)
+        ref = Reference(a.src_root, a.baukit_root, compat=a.src_compat)
         if "llama" not in str(lm.path).lower():
             print("reference skipped: the model path lacks 'llama' (the reference picks its code paths by that word)", file=sys.stderr)
         else:
