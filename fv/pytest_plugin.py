@@ -65,9 +65,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="M1/M2: a user's golden folder as src wrote it (results/<dataset>/<fixed_trials_id>/ with "
                      "<dataset>_mean_head_activations_FIXED.pt, _dummy_labels.json, _indirect_effect.pt); fv is compared "
                      "with it within its dtype's tolerance, on the --fixed-trials it was made from")
-    g.addoption("--src-cache", default=None, help="folder for the live reference's cached stage values (default $FV_CACHE_DIR/src_values); "
-                                                  "a rerun then computes only fv's side")
-    g.addoption("--no-src-cache", action="store_true", help="compute the live reference's side every run; neither read nor write its cache")
+    g.addoption("--src-cache", default=None, help="folder for the live reference's cached stage values (default $FV_CACHE_DIR/src_values) and, in "
+                                                  "its probes/, its family probes: a rerun then computes only fv's side")
+    g.addoption("--no-src-cache", action="store_true", help="compute the live reference's side and probe its families every run; neither read nor write its cache")
     g.addoption("--fv-self-tests", action="store_true",
                 help="also run fv's own tests (tests/self/: families, forks, fast-vs-exact, fuzzing, locks, docs...) when "
                      "the session names a user's inputs (--fv-model, --fixed-trials, --relation-csv, --golden-dir, "
@@ -91,11 +91,46 @@ def pytest_configure(config: pytest.Config) -> None:
             from fv.parity.preflight import session_preflight  # one line per refusal, exit code 4 (docs/preflight.md)
             from fv.reference.capability import session_probe
 
-            session_preflight(opts, session_probe(lambda: session_reference(opts), opts.src_model))
-            check_reference_side(opts)  # then the reference's own process: its loader and hook on each model
+            session_preflight(opts, session_probe(lambda: session_reference(opts), opts.src_model, *probe_cache(opts)))
+            if not config.option.collectonly:  # a session that runs no stage loads no model in the reference's process
+                check_reference_side(opts)  # then the reference's own process: its loader and hook on each model
         except FVError as exc:
             raise pytest.UsageError(f"fv: {exc}") from None
+    else:
+        share_cores(int(config.workerinput.get("workercount", 0) or os.environ.get("PYTEST_XDIST_WORKER_COUNT", 0) or 0))
     config._fv_gate = GateLedger()  # type: ignore[attr-defined]
+
+
+def probe_cache(opts: "FVOptions") -> tuple[Any, Any]:
+    """The reference family probe's disk cache and the (src root, baukit root, compat) it is keyed by; (None, None)
+    with --no-src-cache or where no src is named (``fv.reference.probe_cache``)."""
+    from fv.reference import ReferenceUnavailable, find_src_root
+    from fv.reference.probe_cache import ProbeCache, default_probe_cache_dir
+
+    if opts.no_src_cache:
+        return None, None
+    try:
+        root = find_src_root(opts.src_root, opts.rootdir)
+    except ReferenceUnavailable:
+        return None, None
+    if not root:
+        return None, None
+    base = Path(opts.src_cache) / "probes" if opts.src_cache else default_probe_cache_dir()
+    return ProbeCache(base), (Path(root).resolve(), opts.baukit_root, opts.src_compat)
+
+
+def share_cores(n_workers: int) -> None:
+    """An xdist worker's share of the cores: ``cores // workers`` torch threads, also in ``OMP_NUM_THREADS`` and
+    ``MKL_NUM_THREADS`` so that the processes a test starts (a pytest session, an ``fv`` command, the reference's
+    process) keep to it; more threads than cores make OpenMP's waiting threads stall each other. An explicit
+    ``OMP_NUM_THREADS`` wins (the golden replay in ``.ci/run`` sets the threads per worker)."""
+    if n_workers <= 1 or os.environ.get("OMP_NUM_THREADS"):
+        return
+    import torch
+
+    threads = max(1, (os.cpu_count() or 1) // n_workers)
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
+    torch.set_num_threads(threads)
 
 
 def check_options(opts: "FVOptions") -> None:
@@ -333,12 +368,6 @@ def load_session_model(opts: FVOptions, name: str) -> Any:
 
     key = (name, opts.device, opts.dtype, opts.attn)
     if key not in _MODELS:
-        n_workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
-        if n_workers > 1 and not os.environ.get("OMP_NUM_THREADS"):  # share the cores among xdist workers
-            # (an explicit OMP_NUM_THREADS wins: the golden replay in .ci/run sets the threads per worker)
-            import torch
-
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // n_workers))
         worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # gw0, gw1, ...: one GPU each when there are several
         wid = int(worker[2:]) if worker[2:].isdigit() else None
         _MODELS[key] = load_model(name, opts.device, opts.dtype, wid, attn_implementation=opts.attn,

@@ -303,18 +303,38 @@ def src_bos_rule(ref: Any, cap: Capability) -> tuple[bool, str, str] | None:
     return wants, rule, str(ref.src_root)
 
 
-def session_probe(get_reference: Callable[[], Any], src_model: str) -> Callable[[Path, str, Any], tuple[Finding | None, Any]]:
+def session_probe(get_reference: Callable[[], Any], src_model: str, cache: Any = None,
+                  where: tuple[Path, str | None, bool] | None = None) -> Callable[[Path, str, Any], tuple[Finding | None, Any]]:
     """The probe ``fv.parity.preflight.session_findings`` calls per model: the reference family finding, and the
-    src's BOS rule where there is none. ``get_reference`` gives the session's adapter (None: nothing to probe)."""
+    src's BOS rule where there is none. ``get_reference`` gives the session's adapter (None: nothing to probe).
+    With ``cache`` (``fv.reference.probe_cache.ProbeCache``) and ``where`` (the src root, baukit root and compat
+    flag the adapter will use), an answer stored under the same key is returned without importing the src."""
+
+    session = None
+    if cache is not None and where is not None:
+        from fv.reference.probe_cache import probe_key, session_key
+
+        session = session_key(where[0], where[1], where[2], src_model)
 
     def probe(path: Path, name: str, tokenizer: Any) -> tuple[Finding | None, Any]:
+        key = None
+        if session is not None:
+            key = probe_key(session, path, name)
+            hit = cache.get(key)
+            if hit is not None:
+                f, rule = hit.get("finding"), hit.get("rule")
+                return (Finding(f[0], f[1]) if f else None), (tuple(rule) if rule else None)
         ref = get_reference()
         if ref is None:
             return None, None
         try:
             cap = probe_reference(ref, path, name, src_model, tokenizer)
+            answer = (cap.finding, (src_bos_rule(ref, cap) if cap.finding is None else None))
         except FVError:  # no weightless copy of this model (its config or module tree is not one fv reads): no verdict
-            return None, None
-        return cap.finding, (src_bos_rule(ref, cap) if cap.finding is None else None)
+            answer = (None, None)
+        if key is not None:
+            f, rule = answer
+            cache.put(key, {"finding": [f.check, f.line] if f else None, "rule": list(rule) if rule else None})
+        return answer
 
     return probe

@@ -85,7 +85,7 @@ def test_the_tree_shows_the_stages():
                     "cluster", "relation_cluster", "universal"],
         "parity": ["stages", "compare", "dump", "golden", "user_goldens", "snapshot", "src_cache", "report", "diff", "pattern", "run",
                    "preflight", "boundaries"],
-        "reference": ["adapter", "stages", "capability", "universal", "memory", "probes", "process", "worker"],
+        "reference": ["adapter", "stages", "capability", "universal", "memory", "probes", "probe_cache", "process", "worker"],
         "cli": ["trials", "reference", "run", "diff", "relation", "gate", "golden", "plot", "doctor", "models", "universal"],
     }.items():
         assert sorted(p.stem for p in (PKG / sub).glob("*.py") if p.stem != "__init__" and p.stem != "common") == sorted(modules)

@@ -170,6 +170,41 @@ def test_models_the_reference_lacks_stop_the_session_one_line_each(src, tmp_path
     assert str(mistral) in line and "loader" not in line and "A fork with a mistral branch" in line
 
 
+def test_the_family_probe_is_kept_by_its_inputs(reference, fv_options, tmp_path):
+    """A probe's answer (a refusal in its words, or the src's BOS rule) is read back for the same inputs without
+    asking the reference again; a src differing in one byte, or another model folder, probes again."""
+    import shutil
+
+    from fv.reference.capability import session_probe
+    from fv.reference.probe_cache import ProbeCache
+
+    cache, asked = ProbeCache(tmp_path / "probes"), []
+
+    def get():
+        asked.append(1)
+        return reference
+
+    def probe(src_root: Path, name: str):
+        p = session_probe(get, "own", cache, (src_root, fv_options.baukit_root, fv_options.src_compat))
+        return p(resolve_model_path(name), name, None)
+
+    for name in ("tiny-gpt2", "tiny-olmo"):  # a refusal (its loader has no GPT-2 branch for that folder), then a rule
+        first = probe(reference.src_root, name)
+        assert probe(reference.src_root, name) == first and len(asked) == 1, name
+        asked.clear()
+    finding, rule = probe(reference.src_root, "tiny-gpt2")
+    assert finding is not None and "Only the loader lacks it" in finding.line and rule is None
+    finding, rule = probe(reference.src_root, "tiny-olmo")
+    assert finding is None and rule[0] is True and len(asked) == 0
+    copy = tmp_path / "src"
+    shutil.copytree(reference.src_root, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    with open(copy / "utils" / "model_utils.py", "a") as fh:
+        fh.write("\n")
+    probe(copy, "tiny-olmo")
+    assert len(asked) == 1
+    assert len(list((tmp_path / "probes").glob("*.json"))) == 3
+
+
 # ---- reports that name an all-zero side ----------------------------------------------------------------------
 def test_stage_summary_names_an_all_zero_side():
     from fv.parity.compare import EXACT, compare_all
