@@ -11,6 +11,9 @@ activations, indirect effects, top heads and FV, evaluation, writing artifacts):
   that changes over minutes moves both alike; the median over repetitions of their ratio is reported).
   Seconds are noisy on a shared machine, units
   measured side by side are not, and they carry from a CPU to a GPU and from a tiny model to an 8B one;
+* FLOP passes per trial (fv's modes): the stage's matmul FLOPs over the unit's, counted in one more run under
+  ``torch.utils.flop_counter.FlopCounterMode``. They do not move with the machine, its load or the thread count,
+  where seconds move by 20% from run to run on a shared 2-core machine; seconds show what batching buys on top;
 * seconds per trial, the median of ``--reps`` repetitions;
 * the reference's cost for the same stage and its ratio to fv (with ``--src-root``; the reference runs in
   this process, through ``fv.reference``; never on the 128k-vocabulary shape unless ``--reference-large``);
@@ -111,6 +114,47 @@ class StageClock:
             sync(self.device)
             self.seconds[name] += time.perf_counter() - t0
             self.peak[name] = max(self.peak[name], self.mem.peak_mib(base))
+
+
+class FlopClock:
+    """``run_runtime``'s ``stage`` callback under ``torch.utils.flop_counter.FlopCounterMode``: matmul FLOPs per
+    stage. Deterministic: the same on any machine, thread count or load (attention scores are not counted, in the
+    stage or in the unit)."""
+
+    def __init__(self, counter):
+        self.counter = counter
+        self.flops: dict[str, int] = defaultdict(int)
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        start = self.counter.get_total_flops()
+        try:
+            yield
+        finally:
+            self.flops[name] += self.counter.get_total_flops() - start
+
+
+def unit_flops(lm, trials, prefixes, seps) -> float:
+    """Matmul FLOPs of one plain forward pass of a trial's corrupted prompt (default logits), summed over ``trials``."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    dummy = dummy_labels(len(trials[0].prompt_data_clean["examples"]), lm.tokenizer, lm.prepend_bos, prefixes, seps,
+                         bos_text=has_bos_text(trials[0].prompt_data_clean))
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        for pt in prepare_trials(lm.tokenizer, trials, dummy, lm.prepend_bos, lm.info.device):
+            lm.model(**pt.corrupted.inputs)
+    return float(fc.get_total_flops())
+
+
+def run_fv_flops(lm, ft, n: int, mode: str, edit: int, folder: Path) -> dict[str, int]:
+    """One run of the runtime on ``n`` trials under the FLOP counter: matmul FLOPs per stage."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        clock = FlopClock(fc)
+        run_runtime(lm, ft, folder / f"{mode}-{n}-flops", RunConfig(n_top_heads=10, edit_layers=[edit], max_trials=n, mode=mode),
+                    stage=clock)
+    return dict(clock.flops)
 
 
 def unit_seconds(lm, trials, prefixes, seps, reps: int) -> list[float]:
@@ -215,12 +259,17 @@ def bench_shape(a, shape: str, model: str, folder: Path) -> dict:
                     stages[st] = {"seconds": s, "s_per_trial": s / n,
                                   "passes_per_trial": _median([c.seconds.get(st, 0.0) / c.unit for c in clocks]),
                                   "peak_mib": info["memory"][mode][str(m)][st]}
+                flops, unit_f = run_fv_flops(lm, ft, n, mode, edit, folder), unit_flops(lm, trials[:n], prefixes, seps)
+                for st in STAGE_NAMES:
+                    stages[st]["flop_passes_per_trial"] = flops.get(st, 0) / unit_f
                 info["runs"][mode] = {"trials": n, "stages": stages, "_units": [c.unit for c in clocks],
-                                      "_totals": [sum(c.seconds.values()) for c in clocks]}
+                                      "_totals": [sum(c.seconds.values()) for c in clocks],
+                                      "flop_passes_per_trial": sum(flops.values()) / unit_f}
     for run in info["runs"].values():
         total = sum(v["seconds"] for v in run["stages"].values())
         run["units_ms_per_trial"] = [1000 * u / run["trials"] for u in run.pop("_units")]
         run["total"] = {"seconds": total, "s_per_trial": total / run["trials"],
+                        **({"flop_passes_per_trial": run.pop("flop_passes_per_trial")} if "flop_passes_per_trial" in run else {}),
                         "passes_per_trial": _median([t / u for t, u in zip(run.pop("_totals"),
                                                                            [x * run["trials"] / 1000 for x in run["units_ms_per_trial"]])])}
     del lm
@@ -274,10 +323,12 @@ def print_shape(info: dict) -> None:
           f"{info['dtype']}, edit layer {info['edit_layer']}, prompts of {info['prompt_tokens'][0]} tokens")
     print(f"   unit: one plain forward pass of a trial's corrupted prompt (default logits, no grad, median of {info['reps']}) "
           f"= {info['unit_ms_per_trial']:.1f} ms; seconds: median of {info['reps']} repetitions")
+    print("   FLOP passes: the stage's matmul FLOPs over the unit's, counted once (torch.utils.flop_counter; the same on "
+          "any machine and load)")
     runs, mem = info["runs"], info["memory"]
     ref = runs.get("reference")
     counts = sorted({int(c) for m in mem.values() for c in m})
-    head = f"{'stage':<20}{'mode':<7}{'trials':>7}{'passes/trial':>14}{'ms/trial':>10}"
+    head = f"{'stage':<20}{'mode':<7}{'trials':>7}{'passes/trial':>14}{'FLOP passes':>13}{'ms/trial':>10}"
     head += f"{'ref/fv':>8}" if ref else ""
     head += "".join(f"{f'peak MiB @{c}':>15}" for c in counts)
     print(head)
@@ -289,7 +340,9 @@ def print_shape(info: dict) -> None:
             v = r["total"] if st == "total" else r["stages"].get(st)
             if v is None:
                 continue
-            line = f"{st:<20}{mode:<7}{r['trials']:>7}{v['passes_per_trial']:>14.3f}{1000 * v['s_per_trial']:>10.1f}"
+            fp = v.get("flop_passes_per_trial")
+            line = (f"{st:<20}{mode:<7}{r['trials']:>7}{v['passes_per_trial']:>14.3f}" + (f"{fp:>13.3f}" if fp is not None else f"{'-':>13}")
+                    + f"{1000 * v['s_per_trial']:>10.1f}")
             if ref:
                 rv = ref["total"] if st == "total" else ref["stages"].get(st)
                 line += f"{rv['seconds'] / ref['trials'] / v['s_per_trial']:>7.1f}x" if rv and mode != "reference" and v["seconds"] > 0 else f"{'':>8}"

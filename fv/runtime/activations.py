@@ -4,8 +4,9 @@ A head's activation is its slice of the input of the layer's attention output pr
 multi-token word are averaged into that word's slot, so prompts with different tokenizations share one
 slot layout (the dummy labels). ``exact`` mode stacks every trial and takes ``mean(dim=0)`` as the reference
 does (bit-identical); ``fast`` mode runs the prompts in right-padded batches (causal attention never looks at
-the pads, so every real position is computed as alone) and keeps a float32 running sum, so memory does not
-grow with the trials.
+the pads, so every real position is computed as alone), stops each pass at the last layer's output projection
+(its MLP and the unembedding are not needed) and keeps a float32 running sum, so memory does not grow with the
+trials.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from fv.model.tree import ModelInfo
-from fv.runtime.hooks import capture_inputs
+from fv.runtime.hooks import capture_inputs, forward_until
 from fv.runtime.prepared import PreparedPrompt
 
 
@@ -69,10 +70,7 @@ def _batch_head_activations(model: Any, info: ModelInfo, prompts: Sequence[Prepa
     for k, (p, n) in enumerate(zip(prompts, lengths)):
         ids[k, :n] = p.inputs["input_ids"][0]
         mask[k, :n] = 1
-    with capture_inputs(info.attn_out) as captured:
-        try:  # no logits are needed: unembed one position only where the model allows
-            model(input_ids=ids, attention_mask=mask, logits_to_keep=1)
-        except TypeError:
-            model(input_ids=ids, attention_mask=mask)
+    with capture_inputs(info.attn_out) as captured:  # nothing after the last layer's projection is needed
+        forward_until(model, info.attn_out[-1], input_ids=ids, attention_mask=mask)
     return [_slots_of(info, p, [captured[i][k : k + 1, :n] for i in range(info.n_layers)])
             for k, (p, n) in enumerate(zip(prompts, lengths))]

@@ -19,7 +19,7 @@ import torch
 
 from fv.model.kv_cache import returned_cache, with_cache
 from fv.model.tree import ModelInfo
-from fv.runtime.hooks import hooked, replace_output
+from fv.runtime.hooks import forward_until, replace_output
 from fv.runtime.prepared import PreparedPrompt
 
 
@@ -90,21 +90,26 @@ def _prefix_cache(model: Any, info: ModelInfo, prompts: Sequence[PreparedPrompt]
             seen[j] = kwargs.get("attention_mask", "absent")
         return pre
 
+    def whole(cache: Any) -> bool:
+        layers = getattr(cache, "layers", None)
+        return bool(layers) and len(layers) == info.n_layers and all(
+            isinstance(getattr(l, "keys", None), torch.Tensor) and l.keys.shape[-2] == full for l in layers)
+
     handles = [a.register_forward_pre_hook(grab(j), with_kwargs=True) for j, a in enumerate(info.attn_modules)]
     try:
-        try:  # only the cache and the masks are needed: skip the unembedding of every position where the model allows
-            out = model(input_ids=ids, attention_mask=mask, **with_cache(model, DynamicCache()), logits_to_keep=1)
-        except TypeError:
-            out = model(input_ids=ids, attention_mask=mask, **with_cache(model, DynamicCache()))
+        # only the cache and the masks are needed: the pass ends at the last layer's output projection, after its
+        # keys and values are in the cache handed in
+        cache = DynamicCache()
+        forward_until(model, info.attn_out[-1], input_ids=ids, attention_mask=mask, **with_cache(model, cache))
+        if not whole(cache):  # a model that fills a cache of its own: the whole pass, and the cache it returns
+            seen.clear()
+            cache = returned_cache(model(input_ids=ids, attention_mask=mask, **with_cache(model, DynamicCache())))
     except TypeError as exc:
         raise FastUnavailable(str(exc)) from exc
     finally:
         for h in handles:
             h.remove()
-    cache = returned_cache(out)
-    layers = getattr(cache, "layers", None)
-    if not layers or len(layers) != info.n_layers or not all(
-            isinstance(getattr(l, "keys", None), torch.Tensor) and l.keys.shape[-2] == full for l in layers):
+    if not whole(cache):
         raise FastUnavailable(f"{type(model).__name__} returns no key/value cache of every position fv can reuse")
     rows = [_last_rows(seen.get(j, "absent"), lengths, full, info.dtype, dev) for j in range(info.n_layers)]
     return cache, lengths, rows
@@ -211,9 +216,8 @@ def effects_fast(model: Any, info: ModelInfo, prompts: Sequence[PreparedPrompt],
                 handles.append(layer.register_forward_hook(_seq_post_hook(), with_kwargs=True))
                 handles.append(info.attn_modules[j].register_forward_pre_hook(_mask_hook(masks, j, width), with_kwargs=True))
                 rows = [(r, r - starts.index(j)) for r in range(n_rows) if layers and starts[r] == j]
-                handles.append(info.attn_out[j].register_forward_hook(
-                    _seq_patch(info, j, rows, mean_acts, slots) if rows else
-                    (lambda _m, inp, _o, layer=j: info.project(layer, inp[0]))))
+                if rows:  # elsewhere the projection's own output, as in the reference's unpatched layers
+                    handles.append(info.attn_out[j].register_forward_hook(_seq_patch(info, j, rows, mean_acts, slots)))
             logits = model(input_ids=last.view(n, 1).expand(n, n_rows), attention_mask=mask, position_ids=pos,
                            **with_cache(model, cache)).logits
         finally:
@@ -294,22 +298,27 @@ def _seq_post_hook() -> Callable:
 
 def _seq_patch(info: ModelInfo, layer: int, rows: list[tuple[int, int]], mean_acts: torch.Tensor,
                slots: list[list[int]]) -> Callable:
-    """Hook: at position ``r`` of every trial, set head ``h`` to that trial's mean activation, then project."""
+    """Hook: the rows that start at this layer (position ``r`` of every trial, head ``h``) get that trial's mean
+    activation in head ``h`` and their projection recomputed with the reference's per-family op; the other rows
+    keep the projection's own output, as every unpatched layer does in the reference's patched pass."""
     weight = info.attn_out[layer].weight
     r_idx = torch.tensor([r for r, _ in rows], device=weight.device)
     h_idx = torch.tensor([h for _, h in rows], device=weight.device)
+    k_idx = torch.arange(len(rows), device=weight.device)
     depth = max(len(s) for s in slots)
     # (trials, rows, head_dim) per write; the reference writes one slot per predictive position, the last winning
     values = [torch.stack([torch.stack([mean_acts[layer, h, s[min(i, len(s) - 1)]] for _, h in rows]) for s in slots])
               .to(weight.device, weight.dtype) for i in range(depth)]
 
-    def hook(_m, inputs, _out):
-        x = inputs[0]
+    def hook(_m, inputs, out):
+        x = inputs[0][:, r_idx]  # (trials, rows starting here, heads * head_dim), a copy
         shape = x.shape
         x = x.view(*shape[:-1], info.n_heads, info.head_dim)
         for v in values:
-            x[:, r_idx, h_idx] = v
-        return info.project(layer, x.view(*shape))
+            x[:, k_idx, h_idx] = v
+        out = out.clone()
+        out[:, r_idx] = info.project(layer, x.view(*shape)).to(out.dtype)
+        return out
 
     return hook
 

@@ -3,7 +3,8 @@
 Three hooks serve every stage: capture the input of modules (the attention output projections, whose input
 split by head is what each head writes), replace a module's output (to patch one head's slice), and add a
 vector to a decoder layer's output at one position (FV injection), whether the layer returns a tensor, as
-current transformers releases do, or a tuple, as older ones did.
+current transformers releases do, or a tuple, as older ones did. ``forward_until`` ends a pass early where fast
+mode needs nothing after a module (the last layer's MLP and the unembedding).
 """
 
 from __future__ import annotations
@@ -64,3 +65,24 @@ def add_to_output(module: nn.Module, vector: torch.Tensor, position: int = -1) -
 
     with hooked([(module, hook)]):
         yield
+
+
+class _Stopped(Exception):
+    """Raised by ``forward_until``'s hook to end a forward pass; never leaves ``forward_until``."""
+
+
+def forward_until(model: nn.Module, module: nn.Module, **kwargs) -> None:
+    """``model(**kwargs)`` ended right after ``module``'s forward: what the modules after it compute is not
+    computed. Hooks registered on ``module`` before this call still run (they run in registration order). Returns
+    nothing: read what hooks captured, or the cache object handed in (filled up to ``module``)."""
+
+    def stop(*_args):
+        raise _Stopped
+
+    handle = module.register_forward_hook(stop)
+    try:
+        model(**kwargs)
+    except _Stopped:
+        pass
+    finally:
+        handle.remove()

@@ -36,10 +36,17 @@ def test_bench_pipeline_table_structure(tmp_path):
         for st, v in run["stages"].items():
             assert math.isfinite(v["passes_per_trial"]) and v["passes_per_trial"] >= 0, (mode, st, v)
         assert math.isclose(run["total"]["seconds"], sum(v["seconds"] for v in run["stages"].values()))
+        assert math.isclose(run["total"]["flop_passes_per_trial"], sum(v["flop_passes_per_trial"] for v in run["stages"].values()))
+    # FLOP passes are counted, not timed: exact mode runs a clean pass of the same length for the mean activations
+    # and a pass per (layer, head) for the indirect effects; fast mode a prefix pass and a row per head from its layer up
+    ex, fa, (L, H) = shape["runs"]["exact"]["stages"], shape["runs"]["fast"]["stages"], (shape["n_layers"], shape["n_heads"])
+    assert math.isclose(ex["mean activations"]["flop_passes_per_trial"], 1.0, rel_tol=1e-9)
+    assert ex["indirect effects"]["flop_passes_per_trial"] >= 1 + L * H
+    assert 1.0 < fa["indirect effects"]["flop_passes_per_trial"] < 1.0 + (L + 1) / 2 * H * 1.2 / shape["prompt_tokens"][0]
     assert set(shape["memory"]["fast"]) == {"1", "2"} and set(shape["memory"]["exact"]) == {"1"}
     lines = p.stdout.splitlines()
     header = next(line for line in lines if line.startswith("stage"))
-    assert "passes/trial" in header and "peak MiB @1" in header and "peak MiB @2" in header
+    assert "passes/trial" in header and "FLOP passes" in header and "peak MiB @1" in header and "peak MiB @2" in header
     rows = [line.split()[0:2] for line in lines if line.split()[:1] and any(line.startswith(s) for s in STAGES + ["total"])]
     assert len(rows) == 2 * (len(STAGES) + 1)
     assert (tmp_path / "cost.png").stat().st_size > 0
