@@ -81,7 +81,8 @@ def _key(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _fresh(meta_path: Path, key: str, outputs: Sequence[Path]) -> bool:
+def outputs_fresh(meta_path: Path, key: str, outputs: Sequence[Path]) -> bool:
+    """Whether ``outputs`` all exist and ``meta_path`` records ``inputs_key == key`` (resume reuses them)."""
     if not meta_path.is_file() or not all(p.is_file() for p in outputs):
         return False
     try:
@@ -144,7 +145,7 @@ def _run(lm: LoadedModel, trials: FixedTrials, out_dir: str | Path, cfg: RunConf
     def tensor_stage(name: str, label: str, key: str, compute, stage_name: str = "", **meta_extra) -> torch.Tensor:
         """Load ``<name>.pt`` when resuming and its meta records ``key``; else compute, save, write the meta."""
         f = out / f"{name}.pt"
-        if cfg.resume and _fresh(out / f"{name}_meta.json", key, [f]):
+        if cfg.resume and outputs_fresh(out / f"{name}_meta.json", key, [f]):
             reused.append(name)
             log(f"{label}: reused {f.name} (inputs unchanged)")
             with stage(stage_name or label):
@@ -176,7 +177,7 @@ def _run(lm: LoadedModel, trials: FixedTrials, out_dir: str | Path, cfg: RunConf
     # top heads and the FV
     k_fv = _key("fv", k_ie, cfg.n_top_heads)
     files_fv = [out / "top_heads.json", out / "fv_by_layer.pt", out / "fv_global_resid.pt"]
-    if cfg.resume and _fresh(out / "fv_global_resid_meta.json", k_fv, files_fv):
+    if cfg.resume and outputs_fresh(out / "fv_global_resid_meta.json", k_fv, files_fv):
         with stage("top heads and FV"):
             fv_vec = load_tensor_file(out / "fv_global_resid.pt").to(lm.info.device, lm.dtype)
         reused.append("fv")
@@ -195,7 +196,7 @@ def _run(lm: LoadedModel, trials: FixedTrials, out_dir: str | Path, cfg: RunConf
                                                                norm=float(fvr.vector.float().norm())))
         computed.append("fv")
     # evaluation per edit layer
-    todo = [L for L in cfg.edit_layers if not (cfg.resume and _fresh(cfg.step6_path(out, L), _key("eval", k_fv, L), [cfg.step6_path(out, L)]))]
+    todo = [L for L in cfg.edit_layers if not (cfg.resume and outputs_fresh(cfg.step6_path(out, L), _key("eval", k_fv, L), [cfg.step6_path(out, L)]))]
     if len(todo) < len(cfg.edit_layers):
         reused.append("evaluation:" + ",".join(str(L) for L in cfg.edit_layers if L not in todo))
         log(f"evaluation: reused edit layers {[L for L in cfg.edit_layers if L not in todo]}")

@@ -40,6 +40,7 @@ import torch
 
 from fv.errors import FVError
 from fv.io import ensure_dir, load_tensor_file, read_json, save_tensors, sha256_file, write_bytes, write_json
+from fv.runtime.pipeline import outputs_fresh
 
 FILTERS = ("icl-baseline", "all")
 TRIALS_FILE = "trials.json"
@@ -161,15 +162,6 @@ def task_identity(lm: Any, trials_sha256: str, n_trials: int, mode: str) -> dict
             "device_type": str(lm.device).split(":")[0], "trials_sha256": trials_sha256, "n_trials": n_trials, "mode": mode}
 
 
-def _fresh(meta_path: Path, key: str, files: Sequence[Path]) -> bool:
-    if not meta_path.is_file() or not all(p.is_file() for p in files):
-        return False
-    try:
-        return json.loads(meta_path.read_text()).get("inputs_key") == key
-    except (OSError, json.JSONDecodeError):
-        return False
-
-
 # ---- ICL accuracy, majority baseline, filter ---------------------------------------------------------------
 def majority_baseline(target_ids: Sequence[int]) -> float:
     """The share of the most frequent target first token among the trials."""
@@ -273,7 +265,7 @@ def run_task_effects(lm: Any, cfg: UniversalConfig, task: Task, quiet: bool = Tr
     ident = task_identity(lm, p.trials.sha256, len(p.subset), cfg.mode)
     key = _key("effects", ident)
     files = [task.folder / f for f in EFFECT_FILES]
-    if _fresh(task.folder / "effects_meta.json", key, files):
+    if outputs_fresh(task.folder / "effects_meta.json", key, files):
         log(f"{task.name}: effects reused (same model, trials and mode)")
         return "reused"
     with torch.no_grad():
@@ -315,7 +307,7 @@ def run_task_vector(lm: Any, cfg: UniversalConfig, task: Task, heads: Sequence[t
     effects_key = json.loads((task.folder / "effects_meta.json").read_text())["inputs_key"]
     key = _key("vector", effects_key, [list(h) for h in heads], layers)
     files = [task.folder / "fv_universal.pt", task.folder / "universal_eval.json"]
-    if _fresh(task.folder / "fv_universal_meta.json", key, files):
+    if outputs_fresh(task.folder / "fv_universal_meta.json", key, files):
         log(f"{task.name}: universal FV and evaluation reused")
         return "reused"
     p = _prepare(lm, task, cfg.max_trials)
