@@ -18,8 +18,10 @@ activations, indirect effects, top heads and FV, evaluation, writing artifacts):
 * the reference's cost for the same stage and its ratio to fv (with ``--src-root``; the reference runs in
   this process, through ``fv.reference``; never on the 128k-vocabulary shape unless ``--reference-large``);
 * peak memory per stage above the memory in use when the stage starts (CUDA's counters, or the CPU's
-  resident set with its high-water mark reset at each stage), at ``--memory-trials`` and at ``--n-trials``
-  trials, so a peak that grows with the trials shows.
+  resident set with its high-water mark reset at each stage), at each of ``--memory-trials`` and at
+  ``--n-trials`` trials, so a peak that grows with the trials shows (fast mode runs up to 16 trials per pass:
+  a count above that, as in ``--memory-trials 2,40``, shows the peak flat; exact mode and the reference take
+  the smallest count only).
 
 The edit layer is a third of the layers. One picture (``--plot``): cost per trial against model size, per
 stage and mode.
@@ -213,7 +215,7 @@ def _median(xs):
 def bench_shape(a, shape: str, model: str, folder: Path) -> dict:
     lm = load_model(model, a.device, a.dtype)
     folder.mkdir(parents=True, exist_ok=True)
-    n_max = max(a.n_trials, a.memory_trials, a.exact_trials or 0)
+    n_max = max(a.n_trials, *a.memory_trials, a.exact_trials or 0)
     ft = make_trials(lm, a.fixed_trials, n_max, folder)
     trials = ft.subset(n_max)
     prefixes, seps = ft.meta.get("prefixes"), ft.meta.get("separators")
@@ -248,7 +250,7 @@ def bench_shape(a, shape: str, model: str, folder: Path) -> dict:
             info["runs"][mode] = {"trials": n, "stages": stages, "_units": [r["_unit"] for r in reps],
                                   "_totals": [sum(v for k, v in r.items() if k != "_unit") for r in reps]}
             continue
-        counts = sorted({a.memory_trials, n})
+        counts = sorted({n, *(a.memory_trials if mode == "fast" else a.memory_trials[:1])})
         for m in counts:  # the smaller count first: resident memory grows only where nothing freed can be reused
             clocks = run_fv(lm, ft, m, mode, edit, a.reps if m == n else 1, folder, unit if m == n else None)
             info["memory"].setdefault(mode, {})[str(m)] = {st: max(c.peak.get(st, 0.0) for c in clocks) for st in STAGE_NAMES}
@@ -390,6 +392,17 @@ def plot(results: list[dict], path: Path) -> None:
     tmp.replace(path)
 
 
+def _counts(text: str) -> list[int]:
+    """``--memory-trials``: '2' or '2,40', smallest first."""
+    try:
+        out = sorted({int(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected trial counts like 2 or 2,40, got {text!r}") from None
+    if not out:
+        raise argparse.ArgumentTypeError("expected at least one trial count, like 2 or 2,40")
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(ap, model_default=None)
@@ -399,8 +412,9 @@ def main(argv=None) -> int:
     ap.add_argument("--exact-trials", type=int, default=None,
                     help="trials for exact mode and the reference (default --n-trials); their cost per trial does not "
                          "depend on the count, fewer keep large shapes short")
-    ap.add_argument("--memory-trials", type=int, default=2,
-                    help="the second trial count whose peak memory is shown beside --n-trials' (default 2)")
+    ap.add_argument("--memory-trials", type=_counts, default=[2],
+                    help="trial counts, comma-separated, whose peak memory is shown beside --n-trials' (default 2; "
+                         "fast mode takes each, exact mode and the reference the smallest)")
     ap.add_argument("--edit-layer", type=int, default=None, help="layer the FV is added after (default: a third of the layers)")
     ap.add_argument("--reference-large", action="store_true",
                     help=f"also run the reference on shapes with a vocabulary over {LARGE_VOCAB} (minutes per trial on a CPU)")
@@ -409,7 +423,7 @@ def main(argv=None) -> int:
     ap.add_argument("--plot", default="results_fv/bench/cost_per_trial.png", help="picture to write ('' for none)")
     a = ap.parse_args(argv)
     apply_threads(a.threads)
-    if a.reps < 1 or a.n_trials < 1 or a.memory_trials < 1:
+    if a.reps < 1 or a.n_trials < 1 or min(a.memory_trials) < 1:
         raise SystemExit("error: --reps, --n-trials and --memory-trials must be at least 1 (the issue's figures use --reps 3 or more).")
     shapes = [("model", a.model)] if a.model else [(s, None) for s in a.shapes.split(",") if s]
     folder = Path(tempfile.mkdtemp(prefix="fv_bench_"))

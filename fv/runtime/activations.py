@@ -41,7 +41,8 @@ def _slots_of(info: ModelInfo, prompt: PreparedPrompt, captured: list[torch.Tens
 def mean_head_activations(model: Any, info: ModelInfo, prompts: Sequence[PreparedPrompt], n_slots: int,
                           mode: str = "exact", progress: Callable[[int], None] | None = None, batch: int = 16,
                           pad_id: int = 0) -> torch.Tensor:
-    """(layers, heads, slots, head_dim) float32 mean over the clean prompts (``batch`` prompts a pass in fast mode)."""
+    """(layers, heads, slots, head_dim) float32 mean over the clean prompts (in fast mode at most ``batch`` prompts a
+    pass, in passes of equal size)."""
     shape = (info.n_layers, info.n_heads, n_slots, info.head_dim)
     n = len(prompts)
     if mode == "exact":
@@ -52,8 +53,9 @@ def mean_head_activations(model: Any, info: ModelInfo, prompts: Sequence[Prepare
                 progress(1)
         return storage.mean(dim=0)
     total = torch.zeros(shape, dtype=torch.float32)
-    for start in range(0, n, batch):
-        group = list(prompts[start : start + batch])
+    size = -(-n // -(-n // max(1, batch))) if n else 1  # passes of equal size: 20 prompts at 16 a pass run as 10 and 10
+    for start in range(0, n, size):
+        group = list(prompts[start : start + size])
         for acts in _batch_head_activations(model, info, group, pad_id):
             total += acts.to("cpu", torch.float32)
         if progress:

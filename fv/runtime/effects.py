@@ -5,9 +5,9 @@ probability of the target's first token on a shuffled-label (corrupted) prompt.
 projection recomputed with the reference's per-family op, ``ModelInfo.project``), so on the same device and dtype every number is
 bit-identical to it. ``fast`` mode uses that a last-token patch cannot change earlier positions: it runs the
 prompt prefix once, keeps its key/value cache, and sends the last token through the model for every
-(layer, head) at once, as query positions that share the trial's cache, after one unpatched pass as the
+(layer, head) at once, as query positions that share the trial's cache, beside one unpatched row, the
 baseline. A patch at layer ``l`` leaves the states below ``l`` as the baseline's, so each row starts at its
-layer from the baseline's cached input to it. See ``effects_fast``.
+layer from the baseline's input to it, taken in the same pass. See ``effects_fast``.
 """
 
 from __future__ import annotations
@@ -192,9 +192,10 @@ def effects_fast(model: Any, info: ModelInfo, prompts: Sequence[PreparedPrompt],
     heads = info.n_heads
 
     def run(layers: list[int], base_inputs) -> tuple[torch.Tensor, list]:
-        """(trials, rows) target probabilities; rows: the unpatched row when ``layers`` is empty, else every
-        head of every layer in ``layers``, by layer."""
-        starts = [l for l in layers for _ in range(heads)] or [0]
+        """(trials, rows) target probabilities and, per layer, the rows' input to it. The rows: every head of
+        every layer in ``layers``, by layer; when ``base_inputs`` is None, first the unpatched row (the
+        baseline), whose input to each layer the rows starting there take, in this same pass."""
+        starts = ([0] if base_inputs is None else []) + [l for l in layers for _ in range(heads)]
         n_rows = len(starts)
         for layer_cache, (k_, v_) in zip(cache.layers, prefix_kv):
             layer_cache.keys, layer_cache.values = k_, v_
@@ -203,10 +204,10 @@ def effects_fast(model: Any, info: ModelInfo, prompts: Sequence[PreparedPrompt],
         mask = torch.zeros((n, 1, n_rows, width + n_rows), dtype=dtype, device=dev)
         pos = torch.tensor(lengths, device=dev).view(n, 1).expand(n, n_rows)
         active = [sum(1 for s in starts if s <= j) for j in range(info.n_layers)]
-        spans = []
-        for j in range(info.n_layers):
-            idx = [r for r, s in enumerate(starts) if s == j]
-            spans.append((idx[0], idx[-1] + 1) if idx and j > 0 else (0, 0))
+        offset = 1 if base_inputs is None else 0
+        first = {l: offset + k * heads for k, l in enumerate(layers)}  # layer -> its first row
+        # rows starting at layer j > 0 take the baseline's input to j (layer 0's input is the same token's embedding)
+        spans = [(first[j], first[j] + heads) if j in first and j > 0 else (0, 0) for j in range(info.n_layers)]
         captured: list = [None] * info.n_layers
         handles = []
         try:
@@ -215,8 +216,8 @@ def effects_fast(model: Any, info: ModelInfo, prompts: Sequence[PreparedPrompt],
                     _seq_pre_hook(j, active, spans, base_inputs, captured, n_rows, width), with_kwargs=True))
                 handles.append(layer.register_forward_hook(_seq_post_hook(), with_kwargs=True))
                 handles.append(info.attn_modules[j].register_forward_pre_hook(_mask_hook(masks, j, width), with_kwargs=True))
-                rows = [(r, r - starts.index(j)) for r in range(n_rows) if layers and starts[r] == j]
-                if rows:  # elsewhere the projection's own output, as in the reference's unpatched layers
+                if j in first:  # elsewhere the projection's own output, as in the reference's unpatched layers
+                    rows = [(first[j] + h, h) for h in range(heads)]
                     handles.append(info.attn_out[j].register_forward_hook(_seq_patch(info, j, rows, mean_acts, slots)))
             logits = model(input_ids=last.view(n, 1).expand(n, n_rows), attention_mask=mask, position_ids=pos,
                            **with_cache(model, cache)).logits
@@ -227,17 +228,19 @@ def effects_fast(model: Any, info: ModelInfo, prompts: Sequence[PreparedPrompt],
         p = torch.softmax(logits, dim=-1)
         return p.gather(2, targets.view(n, 1, 1).expand(n, n_rows, 1)).squeeze(2).to("cpu", torch.float64), captured
 
-    base, inputs = run([], None)
-    if keep is not None:  # the prefix cache, for the evaluation of these prompts (fv.runtime.evaluation.BaselineStore)
-        keep(prompts, prefix_kv, lengths)
-    base_inputs = [h[:, -1:].detach() for h in inputs]  # (trials, 1, d) per layer
     per_row = chunk_rows or chunk_size(model, info, width, dev)
-    per_chunk = max(1, per_row // max(1, n * heads))  # layers per pass
+    per_chunk = max(1, (per_row - 1) // max(1, n * heads))  # layers per pass (the first pass also holds the baseline)
     effects = torch.empty(n, info.n_layers, heads, dtype=torch.float64)
+    base_inputs, base = None, None
     for l0 in range(0, info.n_layers, per_chunk):
         layers = list(range(l0, min(info.n_layers, l0 + per_chunk)))
-        probs, _ = run(layers, base_inputs)
-        effects[:, layers] = (probs - base[:, :1]).view(n, len(layers), heads)
+        probs, inputs = run(layers, base_inputs)
+        if base_inputs is None:  # the first pass: its row 0 is the baseline
+            base, probs = probs[:, :1], probs[:, 1:]
+            base_inputs = [h[:, :1].detach() for h in inputs]  # (trials, 1, d) per layer
+        effects[:, layers] = (probs - base).view(n, len(layers), heads)
+    if keep is not None:  # the prefix cache, for the evaluation of these prompts (fv.runtime.evaluation.BaselineStore)
+        keep(prompts, prefix_kv, lengths)
     return effects.to(torch.float32)
 
 
@@ -267,9 +270,10 @@ def _seq_pre_hook(j: int, active: list[int], spans: list[tuple[int, int]], base_
         hidden = args[0] if args else kwargs["hidden_states"]
         m = max(active[j], 1)
         lo, hi = spans[j]
-        if base_inputs is not None and hi > lo:
+        if hi > lo:  # rows starting here: the baseline's input, kept or this pass's row 0
+            source = base_inputs[j] if base_inputs is not None else hidden[:, :1]
             hidden = hidden.clone()
-            hidden[:, lo:hi] = base_inputs[j]
+            hidden[:, lo:hi] = source
         captured[j] = hidden
         _FULL[id(mod)] = hidden
         if m == n_rows:
@@ -370,29 +374,34 @@ def indirect_effects(model: Any, info: ModelInfo, prompts: Sequence[PreparedProm
                      chunk_rows: int | None = None, trials_per_pass: int = 8, keep: Callable | None = None) -> torch.Tensor:
     """(trials, layers, heads) float32 indirect effects over the corrupted prompts.
 
-    ``fast`` mode handles ``trials_per_pass`` trials per prefix pass and falls back to exact mode, with a
-    warning, for a model whose forward pass cannot be driven with a reusable key/value cache. ``keep(prompts,
-    prefix_kv, lengths)``, when given, receives each fast pass's prefix key/value cache (per layer (keys, values),
-    right-padded; the real length of each prompt less its last token).
+    ``fast`` mode handles at most ``trials_per_pass`` trials per prefix pass, in passes of equal size (10 trials
+    at 8 per pass: two passes of 5, not 8 and 2) and of prompts of near length (sorted by length, so a pass pads
+    little); it falls back to exact mode, with a warning, for a model whose forward pass cannot be driven with a
+    reusable key/value cache. ``keep(prompts, prefix_kv, lengths)``, when given, receives each fast pass's prefix
+    key/value cache (per layer (keys, values), right-padded; the real length of each prompt less its last token).
     """
     out = torch.zeros(len(prompts), info.n_layers, info.n_heads)
-    k = 0
-    while k < len(prompts):
-        if mode == "fast":
-            group = list(prompts[k : k + trials_per_pass])
+    done = [False] * len(prompts)
+    if mode == "fast" and prompts:
+        order = sorted(range(len(prompts)), key=lambda i: int(prompts[i].inputs["input_ids"].shape[1]))
+        passes = -(-len(prompts) // max(1, trials_per_pass))
+        size = -(-len(prompts) // passes)
+        for g0 in range(0, len(prompts), size):
+            idx = order[g0 : g0 + size]
             try:
-                out[k : k + len(group)] = effects_fast(model, info, group, mean_acts, chunk_rows, pad_id, keep)
-                k += len(group)
-                if progress:
-                    progress(len(group))
-                continue
+                out[idx] = effects_fast(model, info, [prompts[i] for i in idx], mean_acts, chunk_rows, pad_id, keep)
             except FastUnavailable as exc:
                 warnings.warn(f"fast indirect effect unavailable ({exc}); using exact mode", RuntimeWarning, stacklevel=2)
-                mode = "exact"
-        out[k] = trial_effect_exact(model, info, prompts[k], mean_acts)
-        k += 1
-        if progress:
-            progress(1)
+                break
+            for i in idx:
+                done[i] = True
+            if progress:
+                progress(len(idx))
+    for k, prompt in enumerate(prompts):
+        if not done[k]:
+            out[k] = trial_effect_exact(model, info, prompt, mean_acts)
+            if progress:
+                progress(1)
     return out
 
 

@@ -172,7 +172,7 @@ def _run(lm: LoadedModel, trials: FixedTrials, out_dir: str | Path, cfg: RunConf
         "indirect_effect", "indirect effect", k_ie,
         lambda tick: indirect_effects(lm.model, lm.info, [pt.corrupted for pt in prepared], mean, pad_token_id(lm.tokenizer),
                                       mode=cfg.mode, progress=tick, keep=store,
-                                      trials_per_pass=max(1, min(8, per_pass))),
+                                      trials_per_pass=max(1, min(16, per_pass))),
         stage_name="indirect effects", dims=["trial", "layer", "head"], trial_keys=[[t.trial_id, t.trial_idx] for t in subset])
     # top heads and the FV
     k_fv = _key("fv", k_ie, cfg.n_top_heads)
