@@ -17,7 +17,7 @@ import torch
 
 from fv.model.tree import ModelInfo
 from fv.runtime.hooks import capture_inputs, forward_until
-from fv.runtime.prepared import PreparedPrompt
+from fv.runtime.prepared import PreparedPrompt, equal_passes
 
 
 def trial_head_activations(model: Any, info: ModelInfo, prompt: PreparedPrompt) -> torch.Tensor:
@@ -53,9 +53,8 @@ def mean_head_activations(model: Any, info: ModelInfo, prompts: Sequence[Prepare
                 progress(1)
         return storage.mean(dim=0)
     total = torch.zeros(shape, dtype=torch.float32)
-    size = -(-n // -(-n // max(1, batch))) if n else 1  # passes of equal size: 20 prompts at 16 a pass run as 10 and 10
-    for start in range(0, n, size):
-        group = list(prompts[start : start + size])
+    for part in equal_passes(n, batch):  # 20 prompts at 16 a pass run as 10 and 10
+        group = [prompts[i] for i in part]
         for acts in _batch_head_activations(model, info, group, pad_id):
             total += acts.to("cpu", torch.float32)
         if progress:

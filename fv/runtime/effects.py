@@ -20,7 +20,7 @@ import torch
 from fv.model.kv_cache import returned_cache, with_cache
 from fv.model.tree import ModelInfo
 from fv.runtime.hooks import forward_until, replace_output
-from fv.runtime.prepared import PreparedPrompt
+from fv.runtime.prepared import PreparedPrompt, equal_passes
 
 
 def _patch_fn(info: ModelInfo, layer: int, rows: Sequence[tuple[int, int]], mean_acts: torch.Tensor,
@@ -229,7 +229,7 @@ def effects_fast(model: Any, info: ModelInfo, prompts: Sequence[PreparedPrompt],
         return p.gather(2, targets.view(n, 1, 1).expand(n, n_rows, 1)).squeeze(2).to("cpu", torch.float64), captured
 
     per_row = chunk_rows or chunk_size(model, info, width, dev)
-    per_chunk = max(1, (per_row - 1) // max(1, n * heads))  # layers per pass (the first pass also holds the baseline)
+    per_chunk = max(1, (per_row - n) // max(1, n * heads))  # layers per pass (the first also holds n baseline rows)
     effects = torch.empty(n, info.n_layers, heads, dtype=torch.float64)
     base_inputs, base = None, None
     for l0 in range(0, info.n_layers, per_chunk):
@@ -237,7 +237,8 @@ def effects_fast(model: Any, info: ModelInfo, prompts: Sequence[PreparedPrompt],
         probs, inputs = run(layers, base_inputs)
         if base_inputs is None:  # the first pass: its row 0 is the baseline
             base, probs = probs[:, :1], probs[:, 1:]
-            base_inputs = [h[:, :1].detach() for h in inputs]  # (trials, 1, d) per layer
+            base_inputs = [h[:, :1].clone() for h in inputs]  # (trials, 1, d) per layer, not views of the whole pass
+        del inputs
         effects[:, layers] = (probs - base).view(n, len(layers), heads)
     if keep is not None:  # the prefix cache, for the evaluation of these prompts (fv.runtime.evaluation.BaselineStore)
         keep(prompts, prefix_kv, lengths)
@@ -382,12 +383,12 @@ def indirect_effects(model: Any, info: ModelInfo, prompts: Sequence[PreparedProm
     """
     out = torch.zeros(len(prompts), info.n_layers, info.n_heads)
     done = [False] * len(prompts)
-    if mode == "fast" and prompts:
-        order = sorted(range(len(prompts)), key=lambda i: int(prompts[i].inputs["input_ids"].shape[1]))
-        passes = -(-len(prompts) // max(1, trials_per_pass))
-        size = -(-len(prompts) // passes)
-        for g0 in range(0, len(prompts), size):
-            idx = order[g0 : g0 + size]
+    if mode == "fast":
+        # a single-token prompt has no prefix to cache: exact mode (below) takes it, fast mode the others
+        order = sorted((i for i, p in enumerate(prompts) if int(p.inputs["input_ids"].shape[1]) > 1),
+                       key=lambda i: int(prompts[i].inputs["input_ids"].shape[1]))
+        for part in equal_passes(len(order), trials_per_pass):
+            idx = [order[i] for i in part]
             try:
                 out[idx] = effects_fast(model, info, [prompts[i] for i in idx], mean_acts, chunk_rows, pad_id, keep)
             except FastUnavailable as exc:

@@ -30,7 +30,7 @@ from fv.model.kv_cache import with_cache
 from fv.model.tree import ModelInfo
 from fv.runtime.hooks import add_to_output
 from fv.runtime.injection import TargetScore
-from fv.runtime.prepared import PROMPT_SETS, PreparedPrompt, PreparedTrial
+from fv.runtime.prepared import PROMPT_SETS, PreparedPrompt, PreparedTrial, equal_passes
 
 
 @dataclass
@@ -155,11 +155,9 @@ def _batched_scores(model: Any, info: ModelInfo, prompts: Sequence[PreparedPromp
     per = 1 + len(layers)
     width = max(int(p.inputs["input_ids"].shape[1]) for p in prompts)
     rows = rows_per_pass or eval_rows_per_pass(model, info, width, dev)
-    step = max(1, rows // per)
-    step = -(-len(prompts) // -(-len(prompts) // step))  # passes of equal size: 40 prompts at 12 a pass run as 4 of 10
     out: list[list[TargetScore]] = []
-    for start in range(0, len(prompts), step):
-        group = list(prompts[start : start + step])
+    for part in equal_passes(len(prompts), max(1, rows // per)):  # 40 prompts at 12 a pass run as 4 of 10
+        group = [prompts[i] for i in part]
         n = len(group)
         lengths = [int(p.inputs["input_ids"].shape[1]) for p in group]
         w = max(lengths)

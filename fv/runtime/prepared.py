@@ -4,7 +4,7 @@ prompt and slot stages.
 Every later stage needs the same few facts about a prompt: its text, its token ids, each token's role label,
 the slot map that pairs its tokens with the dummy slots, and the target's token ids in context. Computing
 them once per trial and side keeps the stages consistent with each other and saves re-tokenizing the same
-text several times per trial.
+text several times per trial. ``equal_passes`` splits prepared prompts into the batched passes of fast mode.
 """
 
 from __future__ import annotations
@@ -93,3 +93,10 @@ def prepare_trials(tokenizer: Any, trials: Sequence[Trial], dummy: Sequence[tupl
             zero_shot=prepare_prompt(tokenizer, zero_shot_prompt_data(tr.prompt_data_clean), tr.target_str, device),
         ))
     return out
+
+
+def equal_passes(n: int, most: int) -> list[range]:
+    """Indices ``0..n-1`` split into the fewest passes of at most ``most`` items, their sizes differing by at most
+    one (10 at 8 a pass: 5 and 5, not 8 and 2; 7 at 3 a pass: 2, 2 and 3), so that no pass is left nearly empty."""
+    passes = -(-n // max(1, most)) if n > 0 else 0
+    return [range(n * i // passes, n * (i + 1) // passes) for i in range(passes)]

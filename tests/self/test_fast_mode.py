@@ -88,3 +88,35 @@ def test_fast_falls_back_with_a_warning(parity_run, monkeypatch):
         out = indirect_effects(lm.model, lm.info, [prepared[0].corrupted], parity_run.fv.values["mean_activations"],
                                pad_token_id(lm.tokenizer), mode="fast")
     assert torch.equal(out[0], parity_run.fv.values["indirect_effect"][0])
+
+
+def test_rows_passes_stay_within_chunk_rows(parity_run):
+    """The first rows pass holds each trial's baseline row beside its (layer, head) rows: every rows pass stays
+    within ``chunk_rows`` (the rows sizing's, and so the logits budget's, bound), and the effects do not depend on
+    how the layers are split into passes."""
+    from fv.runtime.effects import effects_fast
+
+    lm, n = parity_run.lm, 3
+    trials = parity_run.trials.subset(n)
+    dummy = dummy_labels(len(trials[0].prompt_data_clean["examples"]), lm.tokenizer, lm.prepend_bos,
+                         parity_run.trials.meta.get("prefixes"), parity_run.trials.meta.get("separators"))
+    corrupted = [p.corrupted for p in prepare_trials(lm.tokenizer, trials, dummy, lm.prepend_bos, lm.info.device)]
+    mean, heads = parity_run.fv.values["mean_activations"], lm.info.n_heads
+    chunk = n * 2 * heads + 1  # two layers' rows fit, two layers' rows and the baselines do not
+    seen: list[int] = []
+
+    def count(_m, args, kwargs):
+        if kwargs.get("position_ids") is not None:  # the rows passes hand positions, the prefix pass does not
+            seen.append(int(kwargs["input_ids"].numel()))
+
+    handle = lm.model.register_forward_pre_hook(count, with_kwargs=True)
+    try:
+        small = effects_fast(lm.model, lm.info, corrupted, mean, chunk_rows=chunk, pad_id=pad_token_id(lm.tokenizer))
+    finally:
+        handle.remove()
+    whole = effects_fast(lm.model, lm.info, corrupted, mean, chunk_rows=1 << 20, pad_id=pad_token_id(lm.tokenizer))
+    assert seen and max(seen) <= chunk, f"rows per pass {seen}, at most {chunk} allowed"
+    assert len(seen) == lm.info.n_layers, "one layer a pass: the first pass's baselines leave no room for a second"
+    tol = _tol(parity_run)
+    d = diff_tensors(whole, small, tol)
+    assert d.n_mismatch == 0, "\n".join(d.lines(tol))

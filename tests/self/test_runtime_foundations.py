@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from fv.runtime.hooks import add_to_output, capture_inputs, replace_output
 from fv.model.tree import inspect_model
 from fv.model.tiny import TINY_MODELS, build_tiny_model
+from fv.runtime.prepared import equal_passes
 
 pytestmark = pytest.mark.tiny
 
@@ -66,3 +69,13 @@ def test_module_tree_found_without_names(fv_model):
     again = inspect_model(fv_model.model)
     assert again.attn_out_names == fv_model.info.attn_out_names
     assert again.head_dim * again.n_heads == fv_model.info.attn_out[0].in_features
+
+
+@given(n=st.integers(0, 400), most=st.integers(1, 64))
+def test_equal_passes_cover_every_item_once_in_the_fewest_near_equal_passes(n, most):
+    passes = equal_passes(n, most)
+    assert [i for p in passes for i in p] == list(range(n))
+    assert len(passes) == -(-n // most)
+    if n:
+        sizes = [len(p) for p in passes]
+        assert max(sizes) <= most and max(sizes) - min(sizes) <= 1
