@@ -385,8 +385,8 @@ def indirect_effects(model: Any, info: ModelInfo, prompts: Sequence[PreparedProm
     done = [False] * len(prompts)
     if mode == "fast":
         # a single-token prompt has no prefix to cache: exact mode (below) takes it, fast mode the others
-        order = sorted((i for i, p in enumerate(prompts) if int(p.inputs["input_ids"].shape[1]) > 1),
-                       key=lambda i: int(prompts[i].inputs["input_ids"].shape[1]))
+        length = [int(p.inputs["input_ids"].shape[1]) for p in prompts]
+        order = sorted((i for i in range(len(prompts)) if length[i] > 1), key=length.__getitem__)
         for part in equal_passes(len(order), trials_per_pass):
             idx = [order[i] for i in part]
             try:

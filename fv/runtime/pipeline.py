@@ -158,21 +158,21 @@ def _run(lm: LoadedModel, trials: FixedTrials, out_dir: str | Path, cfg: RunConf
         computed.append(name)
         return value
 
-    # fast mode's prompts per full-width pass, from the free memory (capped where batching stops paying)
+    # fast mode's prompts per full-width pass, from the free memory (capped at 16, where batching stops paying)
     width = max(int(pt.clean.inputs["input_ids"].shape[1]) for pt in prepared)
-    per_pass = eval_rows_per_pass(lm.model, lm.info, width, lm.info.device, logit_positions=1) if cfg.mode == "fast" else 1
+    per_pass = max(1, min(16, eval_rows_per_pass(lm.model, lm.info, width, lm.info.device, logit_positions=1))) if cfg.mode == "fast" else 1
     k_mean = _key("mean", base_key)
     mean = tensor_stage(
         "mean_activations", "mean activations", k_mean,
         lambda tick: mean_head_activations(lm.model, lm.info, [pt.clean for pt in prepared], len(dummy), mode=cfg.mode,
-                                           progress=tick, batch=max(1, min(16, per_pass))),
+                                           progress=tick, batch=per_pass),
         dims=["layer", "head", "slot", "head_dim"], dummy_labels=[[p, l] for p, l in dummy])
     k_ie = _key("ie", base_key, k_mean)
     ie = tensor_stage(
         "indirect_effect", "indirect effect", k_ie,
         lambda tick: indirect_effects(lm.model, lm.info, [pt.corrupted for pt in prepared], mean, pad_token_id(lm.tokenizer),
                                       mode=cfg.mode, progress=tick, keep=store,
-                                      trials_per_pass=max(1, min(16, per_pass))),
+                                      trials_per_pass=per_pass),
         stage_name="indirect effects", dims=["trial", "layer", "head"], trial_keys=[[t.trial_id, t.trial_idx] for t in subset])
     # top heads and the FV
     k_fv = _key("fv", k_ie, cfg.n_top_heads)
