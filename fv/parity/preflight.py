@@ -174,18 +174,33 @@ def session_findings(opts: Any, probe: Callable[[Path, str, Any], tuple[Finding 
             finding, rule = probe(path, name, tok)
             if finding is not None:
                 out.append(finding)
-                continue
+                if finding.refuse:
+                    continue
         if trials is not None:
             out += [f for f in trials_findings(trials, tok, name, rule) if f.refuse]
     return out
 
 
-def session_preflight(opts: Any, probe: Callable[[Path, str, Any], tuple[Finding | None, Any]] | None) -> None:
-    """Raise ``PreflightFailed`` (one line per finding) when any preflight refuses this session. The reference's
-    own deprecation warnings on import and on the probes are not the session's business here."""
+def session_shots(opts: Any) -> int:
+    """The shots of the session's trials (``--fixed-trials``), else of the trials it makes itself (10): the door's
+    probes size their inputs by it."""
+    from fv.runtime.trials import load_trials
+
+    if getattr(opts, "fixed_trials", None):
+        try:
+            return int(load_trials(opts.fixed_trials).n_shots)
+        except FVError:
+            return 10
+    return 10
+
+
+def session_preflight(opts: Any, probe: Callable[[Path, str, Any], tuple[Finding | None, Any]] | None) -> list[Finding]:
+    """Raise ``PreflightFailed`` (one line per finding) when any preflight refuses this session; return the warnings
+    (findings that do not refuse). The reference's own deprecation warnings on import and on the probes are not the
+    session's business here."""
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         findings = session_findings(opts, probe)
-    raise_findings(findings)
+    return raise_findings(findings)

@@ -339,12 +339,13 @@ class Reference:
             return bool(lm.request("probe", edit_layer=int(edit_layer))["injection_live"])
         return self.driver.injection_is_live(lm.model, lm.tokenizer, self.model_config(lm), edit_layer)
 
-    def probe_hook(self, lm: Any) -> str | None:
-        """The reference's indirect-effect hook run once on a one-token input: None when it runs, else why not in
-        one line (for a name its case-sensitive family words miss: the word and the fix)."""
+    def probe_hook(self, lm: Any, text: str | None = None) -> str | None:
+        """The reference's indirect-effect hook run once on ``text`` (the session's first prompt; a prompt of the
+        trials' form by default): None when it runs, else why not in one line (for a name its case-sensitive
+        family words miss: the word and the fix)."""
         if is_remote(lm):
-            return lm.request("probe", edit_layer=0)["hook_problem"]
-        return self.driver.probe_hook(lm.model, lm.tokenizer, self.model_config(lm))
+            return lm.request("probe", edit_layer=0, text=text)["hook_problem"]
+        return self.driver.probe_hook(lm.model, lm.tokenizer, self.model_config(lm), text)
 
     def require_live_injection(self, lm: Any, edit_layer: int) -> None:
         if self.probe_injection(lm, edit_layer):

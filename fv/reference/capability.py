@@ -47,10 +47,18 @@ class PaperModel:
     layer_names: list[str]
     attn_out_names: list[str]
     model_type: str
+    spec: str = ""  # the string the user typed (a hub id such as ``gpt2-xl``), handed to the reference's loader
+
+    @property
+    def typed(self) -> str:
+        """What the reference's loader gets and what its ``name_or_path`` holds: the user's string, else the folder."""
+        return self.spec or str(self.path)
 
 
-def paper_model(path: str | Path, tokenizer: Any) -> PaperModel:
-    """``path``'s model on the meta device, with its layer and attention-output names found from the module tree."""
+def paper_model(path: str | Path, tokenizer: Any, spec: str | None = None) -> PaperModel:
+    """``path``'s model on the meta device, with its layer and attention-output names found from the module tree.
+    ``spec``: the string the user typed for it (``from_pretrained(spec)`` sets ``name_or_path`` to it, and the
+    reference's loader and hooks match words of it); the folder's path when None."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from fv.model.tree import inspect_model
@@ -62,10 +70,10 @@ def paper_model(path: str | Path, tokenizer: Any) -> PaperModel:
             model = AutoModelForCausalLM.from_config(config)
     except Exception as exc:
         raise FVError(f"cannot build {path}'s model from its config.json: {type(exc).__name__}: {exc}") from None
-    config._name_or_path = str(path)  # as from_pretrained(path) sets it; the reference reads it
+    config._name_or_path = spec or str(path)  # as from_pretrained(spec) sets it; the reference reads it
     info = inspect_model(model)
     return PaperModel(path, config, model, tokenizer, info.n_layers, info.n_heads, info.head_dim, info.d_model,
-                      list(info.layer_names), list(info.attn_out_names), info.model_type)
+                      list(info.layer_names), list(info.attn_out_names), info.model_type, spec or "")
 
 
 class _Stub:
@@ -91,8 +99,9 @@ class _MetaHandle:
 
 
 def loader_model_config(ref: Any, pm: PaperModel) -> dict | None:
-    """The MODEL_CONFIG the reference's loader builds for ``pm.path``, or None when no branch of it takes that
-    path (it raises NotImplementedError). Nothing is loaded: ``from_pretrained`` is answered from the config."""
+    """The MODEL_CONFIG the reference's loader builds for the string the user typed (``pm.typed``: a hub id as
+    typed, never the snapshot folder it resolves to), or None when no branch of it takes that string (it raises
+    NotImplementedError). Nothing is loaded: ``from_pretrained`` is answered from the config."""
     import importlib
 
     mu = importlib.import_module("utils.model_utils")
@@ -103,7 +112,7 @@ def loader_model_config(ref: Any, pm: PaperModel) -> dict | None:
         for n in saved:
             setattr(mu, n, _Stub(pm.tokenizer if "Tokenizer" in n else handle))
         with contextlib.redirect_stdout(io.StringIO()):
-            _model, _tok, mc = mu.load_gpt_model_and_tokenizer(str(pm.path), device="cpu")
+            _model, _tok, mc = mu.load_gpt_model_and_tokenizer(pm.typed, device="cpu")
     except NotImplementedError:
         return None
     finally:
@@ -129,15 +138,37 @@ def _classify(exc: BaseException, pm: PaperModel, mc: dict) -> str:
     return "other"
 
 
-def hook_gaps(ref: Any, pm: PaperModel, mc: dict) -> list[HookGap]:
-    """Run the reference's per-family code paths on one head of the meta model with MODEL_CONFIG ``mc``; each one
-    that fails is a gap: no branch for the model path (its if/elif chain leaves a name unbound), layer hook names
-    whose third dotted part is not the layer number, or a head split as ``resid_dim // n_heads`` that does not fit
-    heads x head_dim."""
+DEFAULT_PROBE_SHOTS = 10  # the shots of the trials a session makes itself (fv.pytest_plugin.trials_for)
+_PROBE_TOKENS = 12  # tokens of the probe's prompt: many, like every real prompt (one token is no prompt)
+
+
+def probe_slots(ref: Any, pm: PaperModel, mc: dict, n_shots: int = DEFAULT_PROBE_SHOTS) -> int:
+    """The slot count of the mean head activations the stages will hand the reference: the length of its own dummy
+    labels for ``n_shots`` shots (``get_dummy_token_labels``, as ``get_mean_head_activations`` sizes them), so a
+    function that indexes slots its own way is probed on the shape it will get. Falls back to ``2 * (n_shots + 1)``
+    (two slots per shot at least: the input and the output) where the reference cannot tell on the stand-in."""
+    from fv.runtime.prompts import DEFAULT_PREFIXES, DEFAULT_SEPARATORS
+
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            return len(ref.dummy_labels(pm.tokenizer, mc, int(n_shots), dict(DEFAULT_PREFIXES), dict(DEFAULT_SEPARATORS)))
+    except Exception:  # the stand-in is no real model: no verdict from here
+        return 2 * (int(n_shots) + 1)
+
+
+def hook_gaps(ref: Any, pm: PaperModel, mc: dict, n_slots: int | None = None) -> list[HookGap]:
+    """Run the reference's per-family code paths on one head of the meta model with MODEL_CONFIG ``mc``, on inputs of
+    the shapes the stages will give them (a prompt of many tokens; mean activations with ``n_slots`` slots, by
+    default ``probe_slots``); each one that fails is a gap: no branch for the model path (its if/elif chain leaves
+    a name unbound), layer hook names whose third dotted part is not the layer number, or a head split as
+    ``resid_dim // n_heads`` that does not fit heads x head_dim; any other failure is kind "other", which the door
+    reports without refusing (a meta-device stand-in can fail where real tensors would not)."""
     iu, eu = ref.intervention_utils, ref.extract_utils
     mc = {**mc, "n_heads": pm.n_heads, "resid_dim": int(mc.get("resid_dim", pm.d_model))}
     n_h, width = pm.n_heads, pm.n_heads * pm.head_dim
     ref_hd = mc["resid_dim"] // n_h
+    slots = max(int(n_slots if n_slots is not None else probe_slots(ref, pm, mc)), 1)
+    toks = _PROBE_TOKENS
     gaps: list[HookGap] = []
     meta = torch.device("meta")
 
@@ -149,19 +180,19 @@ def hook_gaps(ref: Any, pm: PaperModel, mc: dict) -> list[HookGap]:
             gaps.append(HookGap(_classify(exc, pm, mc), function, f"{type(exc).__name__}: {exc}"))
 
     def replace() -> None:
-        avg = torch.zeros(pm.n_layers, n_h, 2, ref_hd, device=meta)
-        rep = iu.replace_activation_w_avg([(0, 0, 1)], avg, pm.model, mc, {1: 1}, last_token_only=True)
-        rep(torch.zeros(1, 3, pm.d_model, device=meta), pm.attn_out_names[0], torch.zeros(1, 3, width, device=meta))
+        avg = torch.zeros(pm.n_layers, n_h, slots, ref_hd, device=meta)
+        rep = iu.replace_activation_w_avg([(0, 0, toks - 1)], avg, pm.model, mc, {toks - 1: slots - 1}, last_token_only=True)
+        rep(torch.zeros(1, toks, pm.d_model, device=meta), pm.attn_out_names[0], torch.zeros(1, toks, width, device=meta))
 
     def function_vector() -> None:
-        mean = torch.zeros(pm.n_layers, n_h, 1, pm.head_dim)
+        mean = torch.zeros(pm.n_layers, n_h, slots, pm.head_dim)
         ie = torch.zeros(1, pm.n_layers, n_h)
         ie[0, 0, 0] = 1.0
         eu.compute_function_vector(mean, ie, pm.model, mc, n_top_heads=1)
 
     def add() -> None:
         fn = iu.add_function_vector(0, torch.zeros(1, pm.d_model, device=meta), meta)
-        fn((torch.zeros(1, 3, pm.d_model, device=meta),), pm.layer_names[0])
+        fn((torch.zeros(1, toks, pm.d_model, device=meta),), pm.layer_names[0])
 
     attempt(HOOK_FUNCTIONS[0], replace)
     attempt(HOOK_FUNCTIONS[1], function_vector)
@@ -195,7 +226,7 @@ def _config_from_tree(pm: Any) -> dict:
     per-family code paths where the loader has no branch)."""
     from fv.model.tokenizers import tokenizer_prepends_bos
 
-    return {"n_heads": pm.n_heads, "n_layers": pm.n_layers, "resid_dim": pm.d_model, "name_or_path": str(pm.path),
+    return {"n_heads": pm.n_heads, "n_layers": pm.n_layers, "resid_dim": pm.d_model, "name_or_path": pm.typed,
             "attn_hook_names": pm.attn_out_names, "layer_hook_names": pm.layer_names,
             "prepend_bos": tokenizer_prepends_bos(pm.tokenizer)}
 
@@ -222,13 +253,26 @@ class Capability:
     pm: Any
 
 
-def probe_reference(ref: Any, model_path: str | Path, model_name: str, src_model: str = "own", tokenizer: Any = None) -> Capability:
+def probe_reference(ref: Any, model_path: str | Path, model_name: str, src_model: str = "own", tokenizer: Any = None,
+                    n_shots: int = DEFAULT_PROBE_SHOTS) -> Capability:
     """Whether ``ref`` (the src in use) can run ``model_path`` in ``src_model`` mode ("own": its loader loads the
-    model; "shared": its functions get fv's model object), by probing its code on the meta device."""
+    model; "shared": its functions get fv's model object), by probing its code on the meta device with inputs of
+    the session's shapes (``n_shots``: the trials' shots). In own mode its loader is handed ``model_name`` as the
+    user typed it (``fv.reference.probes.reference_spec``: a hub id stays a hub id), as the stages will hand it.
+
+    Refuses (a ``Finding``) only what cannot run: no loader branch, no hook branch, a case-sensitive name, a head
+    split it cannot do. A probe that fails otherwise on the weightless stand-in is a warning, never a refusal."""
     from fv.model.tokenizers import load_tokenizer
+    from fv.reference.probes import reference_spec
 
     tok = tokenizer if tokenizer is not None else load_tokenizer(model_path)
-    pm = paper_model(model_path, tok)
+    spec = None
+    if src_model == "own":
+        try:
+            spec, _path = reference_spec(model_name)
+        except FVError:
+            spec = None
+    pm = paper_model(model_path, tok, spec)
     what = f"the reference {ref.src_root} cannot run {model_name} ({pm.model_type})"
     loader_gap = None
     mc = None
@@ -240,12 +284,13 @@ def probe_reference(ref: Any, model_path: str | Path, model_name: str, src_model
             # process, started as its users start it, can tell (fv.reference.probes.session_problem)
             return Capability(None, None, pm)
         if mc is None:
-            loader_gap = (f"its loader ({LOADER}) has no branch for the path {pm.path}" if err is None
-                          else f"its loader ({LOADER}) fails on {pm.path}: {err}")
+            loader_gap = (f"its loader ({LOADER}) has no branch for {pm.typed!r}" if err is None
+                          else f"its loader ({LOADER}) fails on {pm.typed!r}: {err}")
     adapter_refusal = None
     if mc is None and src_model == "shared":
         mc, adapter_refusal = _shared_config(pm)
-    gaps = hook_gaps(ref, pm, mc if mc is not None else _config_from_tree(pm))
+    probe_mc = mc if mc is not None else _config_from_tree(pm)
+    gaps = hook_gaps(ref, pm, probe_mc, probe_slots(ref, pm, probe_mc, n_shots))
     kinds = {g.kind for g in gaps}
     lacks, remedy = [], ""
     if loader_gap:
@@ -278,9 +323,9 @@ def probe_reference(ref: Any, model_path: str | Path, model_name: str, src_model
         lacks.append(f"its hooks read the layer number as the third dotted part of the hook names, which {pm.attn_out_names[0]!r} "
                      "does not have")
         remedy = remedy or "A fork that finds the layer number in such names would make it comparable."
-    for g in gaps:
-        if g.kind == "other":
-            lacks.append(f"{g.function} fails on it: {g.error}")
+    others = [g for g in gaps if g.kind == "other"]
+    if lacks:  # it cannot run for a reason above; other failures go with it as context
+        lacks += [f"{g.function} fails on it: {g.error}" for g in others]
     if loader_gap and not gaps:
         remedy = (f"Only the loader lacks it: pass --src-model shared (the reference's functions then run on fv's model "
                   f"object), or use a fork whose loader has a {pm.model_type} branch.")
@@ -291,6 +336,12 @@ def probe_reference(ref: Any, model_path: str | Path, model_name: str, src_model
         return Capability(Finding(REFERENCE_FAMILY, f"{what}: {'; '.join(lacks)}. {remedy}"), mc, pm)
     if adapter_refusal:
         return Capability(Finding(REFERENCE_FAMILY, f"{what} in the shared mode: {adapter_refusal}"), mc, pm)
+    if others:  # a failure on the weightless stand-in is no proof: the stage runs and reports its own error, if any
+        warn = "; ".join(f"{g.function} failed on a weightless copy of {model_name}: {g.error}" for g in others)
+        return Capability(Finding(REFERENCE_FAMILY, (
+            f"{warn}. Not a refusal: the reference has a branch for this model, and this failure on the stand-in is not "
+            "proof that real trials fail; the gate goes on, and the stage, if it fails, says so in its own words."),
+            refuse=False), mc, pm)
     return Capability(None, mc, pm)
 
 
@@ -304,11 +355,14 @@ def src_bos_rule(ref: Any, cap: Capability) -> tuple[bool, str, str] | None:
 
 
 def session_probe(get_reference: Callable[[], Any], src_model: str, cache: Any = None,
-                  where: tuple[Path, str | None, bool] | None = None) -> Callable[[Path, str, Any], tuple[Finding | None, Any]]:
-    """The probe ``fv.parity.preflight.session_findings`` calls per model: the reference family finding, and the
-    src's BOS rule where there is none. ``get_reference`` gives the session's adapter (None: nothing to probe).
-    With ``cache`` (``fv.reference.probe_cache.ProbeCache``) and ``where`` (the src root, baukit root and compat
-    flag the adapter will use), an answer stored under the same key is returned without importing the src."""
+                  where: tuple[Path, str | None, bool] | None = None,
+                  n_shots: int = DEFAULT_PROBE_SHOTS) -> Callable[[Path, str, Any], tuple[Finding | None, Any]]:
+    """The probe ``fv.parity.preflight.session_findings`` calls per model: the reference family finding (a refusal,
+    or a warning that does not stop the session), and the src's BOS rule where nothing refuses. ``get_reference``
+    gives the session's adapter (None: nothing to probe); ``n_shots``: the shots of the session's trials, which size
+    the probe's inputs. With ``cache`` (``fv.reference.probe_cache.ProbeCache``) and ``where`` (the src root, baukit
+    root and compat flag the adapter will use), an answer stored under the same key is returned without importing
+    the src."""
 
     session = None
     if cache is not None and where is not None:
@@ -319,22 +373,23 @@ def session_probe(get_reference: Callable[[], Any], src_model: str, cache: Any =
     def probe(path: Path, name: str, tokenizer: Any) -> tuple[Finding | None, Any]:
         key = None
         if session is not None:
-            key = probe_key(session, path, name)
+            key = probe_key(session, path, name, {"n_shots": int(n_shots)})
             hit = cache.get(key)
             if hit is not None:
                 f, rule = hit.get("finding"), hit.get("rule")
-                return (Finding(f[0], f[1]) if f else None), (tuple(rule) if rule else None)
+                return (Finding(f[0], f[1], bool(f[2])) if f else None), (tuple(rule) if rule else None)
         ref = get_reference()
         if ref is None:
             return None, None
         try:
-            cap = probe_reference(ref, path, name, src_model, tokenizer)
-            answer = (cap.finding, (src_bos_rule(ref, cap) if cap.finding is None else None))
+            cap = probe_reference(ref, path, name, src_model, tokenizer, n_shots)
+            runs = cap.finding is None or not cap.finding.refuse
+            answer = (cap.finding, (src_bos_rule(ref, cap) if runs else None))
         except FVError:  # no weightless copy of this model (its config or module tree is not one fv reads): no verdict
             answer = (None, None)
         if key is not None:
             f, rule = answer
-            cache.put(key, {"finding": [f.check, f.line] if f else None, "rule": list(rule) if rule else None})
+            cache.put(key, {"finding": [f.check, f.line, f.refuse] if f else None, "rule": list(rule) if rule else None})
         return answer
 
     return probe

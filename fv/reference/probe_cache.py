@@ -25,7 +25,7 @@ from typing import Any
 
 from fv.io import write_json
 
-PROBE_CACHE_VERSION = 1
+PROBE_CACHE_VERSION = 2  # 2: probes on the session's shapes (slots from its shots), warnings kept apart
 _NOT_WEIGHTS = 8 << 20  # files above this in a model folder are weights or shards: the probe never reads them
 
 
@@ -78,9 +78,11 @@ def session_key(src_root: Path, baukit_root: str | None, compat: bool, src_model
             "transformers": transformers.__version__, "pythonpath": os.environ.get("PYTHONPATH", "")}
 
 
-def probe_key(session: dict, path: Path, name: str) -> dict:
-    """Everything the probe's answer for one model depends on (see the module docstring)."""
-    return {**session, "name": name, "path": str(Path(path).resolve()), "model_files": _folder_digest(Path(path))}
+def probe_key(session: dict, path: Path, name: str, shapes: dict | None = None) -> dict:
+    """Everything the probe's answer for one model depends on (see the module docstring), the shapes it probes
+    with included (``{"n_shots": ...}``: the session's trials decide how many slots the mean activations have)."""
+    return {**session, "name": name, "path": str(Path(path).resolve()), "model_files": _folder_digest(Path(path)),
+            "shapes": dict(shapes or {})}
 
 
 class ProbeCache:
@@ -93,7 +95,8 @@ class ProbeCache:
         return self.root / (hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest() + ".json")
 
     def get(self, key: dict) -> dict | None:
-        """The stored answer ``{"finding": [check, line] | None, "rule": [writes, rule, src] | None}``, or None."""
+        """The stored answer ``{"finding": [check, line, refuse] | None, "rule": [writes, rule, src] | None}``, or
+        None."""
         try:
             entry = json.loads(self._file(key).read_text(encoding="utf-8"))
         except (OSError, ValueError):

@@ -7,7 +7,7 @@ error (exit code 4) in one line, instead of a traceback in every test.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from fv.errors import FVError
 
@@ -22,10 +22,28 @@ def reference_spec(name: str) -> tuple[str, Path]:
     return (str(path) if name is None or name in TINY_MODELS else name), path
 
 
-def hook_problem(ref: Any, rm: Any) -> str | None:
-    """The reference's indirect-effect hook probed once on a one-token input of its own copy ``rm``: None when it
-    runs, else one line (for a name its case-sensitive family words miss: the word it looks for and the fix)."""
-    return ref.probe_hook(rm)
+def session_prompt(fixed_trials: str | Path | None, dataset: str | Path | None, tokenizer: Any) -> str:
+    """The session's first clean prompt, as the reference will see it: the first trial of ``--fixed-trials``, else the
+    first of the trials the session makes from ``dataset`` (default: the embedded antonym data, 10 shots, seed 0,
+    the BOS text where the tokenizer adds no BOS, as ``fv.pytest_plugin.trials_for`` makes them). The door's probes
+    run on it, so they see the shapes the stages will see."""
+    from fv.model.tokenizers import tokenizer_prepends_bos
+    from fv.paths import FIXTURES
+    from fv.runtime.trials import load_trials, make_icl_trials
+
+    if fixed_trials:
+        return load_trials(fixed_trials).trials[0].clean_prompt_str
+    bos = tokenizer_prepends_bos(tokenizer)
+    raw = make_icl_trials(Path(dataset) if dataset else FIXTURES / "antonym_tiny.json", tokenizer, 1, 10, 0,
+                          model_prepend_bos=bos, prepend_bos_token_used=not bos)
+    return raw["trials"][0]["clean_prompt_str"]
+
+
+def hook_problem(ref: Any, rm: Any, text: str | None = None) -> str | None:
+    """The reference's indirect-effect hook probed once on ``text`` (the session's first prompt) with its own copy
+    ``rm``: None when it runs, else one line (for a name its case-sensitive family words miss: the word it looks for
+    and the fix)."""
+    return ref.probe_hook(rm, text)
 
 
 def tokenizer_problem(rm: Any) -> str | None:
@@ -52,14 +70,16 @@ def tokenizer_problem(rm: Any) -> str | None:
             f"its prompts and slots would not be the model's.{need}")
 
 
-def session_problem(ref: Any, models: Sequence[str], device: str, load: Any) -> str | None:
+def session_problem(ref: Any, models: Sequence[str], device: str, load: Any,
+                    prompt_of: Callable[[Any], str | None] | None = None) -> str | None:
     """Load each model by the reference's own loader (``load(ref, spec, path, device)``, the session's cached
-    loader) and probe its hook; the first problem as one line naming the reference's file and function."""
+    loader) and probe its hook on the session's first prompt (``prompt_of(tokenizer)``; a prompt of the trials'
+    form without it); the first problem as one line naming the reference's file and function."""
     for name in models:
         try:
             spec, path = reference_spec(name)
             rm = load(ref, spec, path, device)
-            msg = tokenizer_problem(rm) or hook_problem(ref, rm)
+            msg = tokenizer_problem(rm) or hook_problem(ref, rm, prompt_of(rm.tokenizer) if prompt_of else None)
         except FVError as exc:
             return f"the reference side cannot run {name}: {exc}"
         if msg:

@@ -398,9 +398,14 @@ class Driver:
         clean, edited = self.intervene(model, tok, mc, "Q: hot\nA:", " cold", edit_layer, vec)
         return not torch.equal(clean, edited)
 
-    def probe_hook(self, model, tok, mc) -> str | None:
-        """The reference's indirect-effect hook on a one-token input at layer 0, head 0: None when it runs, else
-        why not in one line, naming the case-sensitive word of ``name_or_path`` it looks for when that is the cause."""
+    def probe_hook(self, model, tok, mc, text: str | None = None) -> str | None:
+        """The reference's indirect-effect hook at layer 0, head 0, on ``text`` (the session's first prompt; by
+        default ``PROBE_TEXT``, a prompt of the trials' form): None when it runs, else why not in one line, naming
+        the case-sensitive word of ``name_or_path`` it looks for when that is the cause.
+
+        The input has the shape of a real prompt (one batch row, many tokens): the reference's GPT-2 and GPT-NeoX
+        branches call ``inputs.squeeze()``, which a one-token input turns into a vector that ``addmm`` refuses,
+        while every real prompt runs; a probe must fail only where the real stage would."""
         from baukit import TraceDict
 
         iu = self.intervention_utils
@@ -410,7 +415,7 @@ class Driver:
         avg = torch.zeros((int(mc["n_layers"]), n_heads, 1, head_dim), dtype=model.dtype, device=dev)
         hook = fn(layer_head_token_pairs=[(0, 0, -1)], avg_activations=avg, model=model, model_config=mc, idx_map={-1: 0},
                   batched_input=False, last_token_only=True)
-        ids = torch.tensor([[tok.eos_token_id if tok.eos_token_id is not None else 0]], device=dev)
+        ids = torch.tensor([[int(i) for i in tok(text or PROBE_TEXT).input_ids]], device=dev)
         try:
             with torch.no_grad(), TraceDict(model, layers=[mc["attn_hook_names"][0]], edit_output=hook):
                 model(input_ids=ids)
@@ -426,7 +431,8 @@ class Driver:
                 return (f"the reference's indirect-effect hook ({where}) picks its projection branch by words of "
                         f"MODEL_CONFIG['name_or_path']; {what}, so it raises {type(exc).__name__}: {exc}. Fix: a lowercase "
                         "folder name, or a lowercase symlink to the folder, given as the model.")
-            return f"the reference's indirect-effect hook fails on a one-token input ({where}): {type(exc).__name__}: {exc}"
+            return (f"the reference's indirect-effect hook fails on the session's first prompt ({ids.shape[1]} tokens; {where}): "
+                    f"{type(exc).__name__}: {exc}")
         return None
 
     def stage_values(self, model, tok, mc: dict, trials: Sequence[dict], n_top_heads: int, edit_layer: int,
@@ -588,7 +594,7 @@ class Worker:
             return {"answers": {"true": a[True], "false": a[False]}}
         if op == "probe":
             live = self.driver.injection_is_live(model, tok, mc, int(req.get("edit_layer", 0)))
-            return {"injection_live": live, "hook_problem": self.driver.probe_hook(model, tok, mc)}
+            return {"injection_live": live, "hook_problem": self.driver.probe_hook(model, tok, mc, req.get("text"))}
         if op == "intervene":
             fv = load_file(str(folder / req["fv_file"]))["fv"].to(next(model.parameters()).device)
             clean, edited = self.driver.intervene(model, tok, mc, req["sentence"], req["target"], int(req["edit_layer"]), fv)
