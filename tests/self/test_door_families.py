@@ -147,3 +147,21 @@ def test_a_fork_whose_loader_matches_an_exact_hub_id(reference, fv_options, tmp_
     assert rc == 4, output
     refusal = [line for line in output.splitlines() if "cannot run gpt2" in line]
     assert len(refusal) == 1 and "'gpt2'" in refusal[0] and "snapshots" not in refusal[0], output
+
+
+# a fork that checks each head's FV contribution is finite (``.item()``): on real weights it runs; on the door's
+# weightless (meta-device) stand-in ``.item()`` cannot run, so the probe fails where no real trial would
+FINITE_FORK_CHANGES = [("utils/extract_utils.py", r"\n(\s*)function_vector \+= d_out",
+                        r"\n\1assert bool(torch.isfinite(d_out).all().item()), 'a head contribution is not finite'\n\1function_vector += d_out", 1)]
+
+
+def test_a_probe_failure_on_the_stand_in_is_a_warning_not_a_refusal(reference, fv_options, tmp_path):
+    """The family probe runs the reference's functions on a weightless copy of the model; a fork whose FV code
+    calls ``.item()`` fails there and nowhere else. The door says so as a warning and the gate runs: every stage
+    bit-exact."""
+    src = build_fork(reference.src_root, tmp_path / "finite-fork", FINITE_FORK_CHANGES)
+    rc, output = run_session(src, tmp_path / "run", ["tiny-llama"], fv_options)
+    assert rc == 0, output
+    warning = [line for line in output.splitlines() if line.startswith("fv: warning: preflight reference family")]
+    assert len(warning) == 1 and "compute_function_vector" in warning[0] and "Not a refusal" in warning[0], output
+    assert_bit_exact_own(reports(tmp_path / "run")["tiny-llama"], "tiny-llama", output)

@@ -203,6 +203,11 @@ def test_the_family_probe_is_kept_by_its_inputs(reference, fv_options, tmp_path)
     probe(copy, "tiny-olmo")
     assert len(asked) == 1
     assert len(list((tmp_path / "probes").glob("*.json"))) == 3
+    # the shapes it probes with are part of the key: trials of other shots probe again
+    asked.clear()
+    p5 = session_probe(get, "own", cache, (reference.src_root, fv_options.baukit_root, fv_options.src_compat), n_shots=5)
+    assert p5(resolve_model_path("tiny-olmo"), "tiny-olmo", None)[0] is None and len(asked) == 1
+    assert len(list((tmp_path / "probes").glob("*.json"))) == 4
 
 
 # ---- reports that name an all-zero side ----------------------------------------------------------------------
