@@ -16,23 +16,16 @@ found by a liveness probe; ``compat=True`` applies the same addition to tensor o
 
 from __future__ import annotations
 
-import contextlib
-import importlib
-import importlib.util
 import os
-import sys
-import types
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
-import numpy as np
 import torch
 
 from fv.errors import FVError
 from fv.model.loading import LoadedModel
-from fv.reference.worker import (BOS_TEXT, Driver, DriverError, FixedRandom, NumpyStandIn, install_baukit, raw_words,
-                                 without_bos_text)
+from fv.reference.worker import (BOS_TEXT, Driver, DriverError)
 from fv.runtime.trials import Trial
 
 REFERENCE_MARKER = Path("utils") / "prompt_utils.py"
@@ -58,19 +51,6 @@ def find_src_root(explicit: str | None = None, cwd: Path | None = None) -> Path 
             return p.resolve()
     local = (cwd or Path.cwd()) / "src"
     return local.resolve() if (local / REFERENCE_MARKER).is_file() else None
-
-
-def _install_baukit(src_root: Path, baukit_root: str | None, notes: list[str]) -> None:
-    try:
-        install_baukit(src_root, baukit_root, notes)
-    except DriverError as exc:
-        raise ReferenceUnavailable(str(exc)) from None
-
-
-_raw = raw_words
-_without_bos_text = without_bos_text
-_FixedRandom = FixedRandom
-_NumpyStandIn = NumpyStandIn
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,6 @@ import numpy as np
 import torch
 
 BOS_TEXT = "<|endoftext|>"
-REFERENCE_MARKER = Path("utils") / "prompt_utils.py"
 PROBE_TEXT = "Q: hot\nA: cold\n\nQ: up\nA:"
 QUANT_EXTRA = "pip install 'fv[quant]' (bitsandbytes>=0.50 and accelerate)"
 

@@ -30,8 +30,8 @@ import pytest
 from fv.model.tiny import ensure_tiny_model
 from fv.paths import FIXTURES, REPO_ROOT
 
-from tests.self.test_fork import build_fork
-from tests.self.test_model_ids import build_hf_cache
+from tests.support.forks import build_fork
+from tests.support.hf_cache import build_hf_cache
 
 pytestmark = [pytest.mark.m2, pytest.mark.tiny, pytest.mark.slow]
 

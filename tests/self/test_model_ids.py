@@ -4,7 +4,6 @@ test builds in a temporary folder with huggingface_hub's layout (refs, snapshots
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -17,24 +16,10 @@ from fv.model.resolve import resolve_model_path, resolve_tokenizer_path
 from fv.model.tiny import ensure_tiny_model
 from fv.paths import FIXTURES
 
+from tests.support.hf_cache import COMMIT, build_hf_cache
+
 pytestmark = pytest.mark.m0
 REPO = "fv-test/tiny-llama"
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
-
-
-def build_hf_cache(cache: Path, repo_id: str, folder: Path, commit: str = COMMIT) -> Path:
-    """``models--org--name/{refs/main, snapshots/<commit>/<file> -> blobs/<sha256>}``, as huggingface_hub writes it."""
-    repo = cache / ("models--" + repo_id.replace("/", "--"))
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(commit)
-    snap = repo / "snapshots" / commit
-    snap.mkdir(parents=True)
-    (repo / "blobs").mkdir()
-    for f in sorted(folder.iterdir()):
-        blob = repo / "blobs" / hashlib.sha256(f.read_bytes()).hexdigest()
-        shutil.copyfile(f, blob)
-        (snap / f.name).symlink_to(Path("..") / ".." / "blobs" / blob.name)
-    return snap
 
 
 @pytest.fixture

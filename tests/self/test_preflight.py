@@ -132,7 +132,7 @@ def test_no_bos_text_where_upstream_writes_it_stops_the_session(src, tmp_path):
 
 
 def test_a_fork_that_never_writes_the_bos_text_is_silent(src, tmp_path):
-    from tests.self.test_fork import build_fork
+    from tests.support.forks import build_fork
 
     fork = build_fork(src[0], tmp_path / "fork")
     ft = _trials(tmp_path / "ft.json", "tiny-olmo", False)

@@ -22,7 +22,7 @@ from fv.parity.stages import Params
 from fv.paths import REPO_ROOT
 
 from tests.self.test_families import family_trials
-from tests.self.test_model_ids import build_hf_cache
+from tests.support.hf_cache import build_hf_cache
 
 pytestmark = [pytest.mark.m2, pytest.mark.tiny, pytest.mark.slow]
 PARAMS = Params(n_top_heads=4, edit_layer=1, max_trials=2)
@@ -88,7 +88,7 @@ USER_FV = {
 
 def build_quant_fork(upstream: Path, project: Path) -> Path:
     """``project/src`` (upstream with QUANT_FORK_CHANGES) beside ``project/fv`` (the user's own package)."""
-    from tests.self.test_fork import build_fork
+    from tests.support.forks import build_fork
 
     src = build_fork(upstream, project, QUANT_FORK_CHANGES)
     (project / "fv").mkdir()
