@@ -221,7 +221,7 @@ def bench_shape(a, shape: str, model: str, folder: Path) -> dict:
     prefixes, seps = ft.meta.get("prefixes"), ft.meta.get("separators")
     edit = a.edit_layer if a.edit_layer is not None else lm.info.n_layers // 3
     units = unit_seconds(lm, trials, prefixes, seps, a.reps)
-    cfg = getattr(lm.model.config, "get_text_config", lambda: lm.model.config)()
+    cfg = lm.model.config.get_text_config() if hasattr(lm.model.config, "get_text_config") else lm.model.config
     info = {"shape": shape, "model": str(lm.path), "n_layers": lm.info.n_layers, "n_heads": lm.info.n_heads,
             "n_kv_heads": int(getattr(cfg, "num_key_value_heads", lm.info.n_heads) or lm.info.n_heads),
             "d_model": lm.info.d_model, "vocab": int(cfg.vocab_size), "params": sum(p.numel() for p in lm.model.parameters()),
@@ -237,7 +237,7 @@ def bench_shape(a, shape: str, model: str, folder: Path) -> dict:
     do_ref = bool(a.src_root) and (not big or a.reference_large)
     for mode in modes + (["reference"] if do_ref else []):
         n = a.n_trials if mode == "fast" else (a.exact_trials or a.n_trials)
-        unit = lambda n=n: sum(unit_seconds(lm, trials[:n], prefixes, seps, 3))  # noqa: E731
+        unit = lambda n=n, lm=lm: sum(unit_seconds(lm, trials[:n], prefixes, seps, 3))  # noqa: E731
         if mode == "reference":
             try:
                 reps = run_reference(a, lm, ft, n, edit, a.reps, unit)

@@ -48,10 +48,68 @@ def _plt() -> Any:
     return plt
 
 
-def _save(fig: Any, path: Path) -> Path:
-    plt = _plt()
+# A picture records a digest of what it was drawn from (its arrays and title, and the drawing code's version) in
+# a PNG text chunk under this key; a picture whose recorded digest matches is not drawn again (``unchanged``),
+# so a completed q's pictures keep their bytes and time stamps when a relation run grows its q-list.
+DIGEST_KEY = "fv-inputs-sha256"
+DRAWING_VERSION = 1  # bump when a drawing function changes what it draws from the same inputs
+
+
+def inputs_digest(title: str, data: dict[str, Any]) -> str:
+    """sha256 of a picture's inputs: its title, and each array (name, dtype, shape, bytes) in name order."""
+    import hashlib
+
+    h = hashlib.sha256(f"v{DRAWING_VERSION}\0{title}".encode())
+    for k in sorted(data):
+        a = np.ascontiguousarray(np.asarray(data[k]))
+        h.update(f"\0{k}\0{a.dtype.str}\0{a.shape}\0".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def recorded_digest(path: Path) -> str | None:
+    """The inputs digest a picture written by ``_save`` records, None for any other file or none."""
+    import struct
+    import zlib
+
     try:
-        atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=150, bbox_inches="tight"), binary=True)
+        raw = Path(path).read_bytes()
+    except OSError:
+        return None
+    if raw[:8] != b"\x89PNG\r\n\x1a\n":
+        return None
+    i = 8
+    while i + 8 <= len(raw):
+        n, kind = struct.unpack(">I4s", raw[i : i + 8])
+        body = raw[i + 8 : i + 8 + n]
+        if kind in (b"tEXt", b"zTXt", b"iTXt") and body.startswith(DIGEST_KEY.encode() + b"\0"):
+            rest = body[len(DIGEST_KEY) + 1 :]
+            try:
+                if kind == b"zTXt":
+                    rest = zlib.decompress(rest[1:])
+                elif kind == b"iTXt":  # compression flag, method, language\0, translated keyword\0, text
+                    flag, rest = rest[0], rest[2:]
+                    rest = rest.split(b"\0", 2)[2]
+                    rest = zlib.decompress(rest) if flag else rest
+                return rest.decode("latin-1")
+            except (zlib.error, IndexError):
+                return None
+        if kind == b"IEND":
+            break
+        i += 12 + n
+    return None
+
+
+def unchanged(path: Path, digest: str) -> bool:
+    """``path`` exists and was drawn from inputs with this digest: drawing it again would write the same picture."""
+    return Path(path).is_file() and recorded_digest(Path(path)) == digest
+
+
+def _save(fig: Any, path: Path, digest: str | None = None) -> Path:
+    plt = _plt()
+    meta = {DIGEST_KEY: digest} if digest else None
+    try:
+        atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=150, bbox_inches="tight", metadata=meta), binary=True)
     finally:
         plt.close(fig)
     return path
@@ -87,12 +145,17 @@ def mean_effect(ie: Any) -> np.ndarray:
     return arr.mean(axis=0) if arr.ndim == 3 else arr
 
 
-def draw_indirect_effect(path: str | Path, ie: Any, title: str) -> Picture:
+def draw_indirect_effect(path: str | Path, ie: Any, title: str, force: bool = True) -> Picture:
+    """The trial-mean indirect effect over (layer, head); unless ``force``, a picture already drawn from the same
+    values and title is left as it is."""
     plt = _plt()
     values = mean_effect(ie)
+    digest = inputs_digest(title, {"mean_indirect_effect": values})
+    if not force and unchanged(Path(path), digest):
+        return Picture(Path(path), {"mean_indirect_effect": values})
     fig, ax = plt.subplots(figsize=(max(4.0, 0.35 * values.shape[1] + 2.5), max(3.5, 0.25 * values.shape[0] + 1.5)))
     _heatmap(fig, ax, values, title, "mean indirect effect (delta p of the target)")
-    return Picture(_save(fig, Path(path)), {"mean_indirect_effect": values})
+    return Picture(_save(fig, Path(path), digest), {"mean_indirect_effect": values})
 
 
 def _sweep_series(summaries: dict[int, dict]) -> dict[str, np.ndarray]:
@@ -104,10 +167,14 @@ def _sweep_series(summaries: dict[int, dict]) -> dict[str, np.ndarray]:
     return out
 
 
-def draw_layer_sweep(path: str | Path, summaries: dict[int, dict], title: str) -> Picture:
-    """delta p, delta log-prob and accuracy of the target against the edit layer, per prompt set."""
+def draw_layer_sweep(path: str | Path, summaries: dict[int, dict], title: str, force: bool = True) -> Picture:
+    """delta p, delta log-prob and accuracy of the target against the edit layer, per prompt set; unless ``force``,
+    a picture already drawn from the same series and title is left as it is."""
     plt = _plt()
     data = _sweep_series(summaries)
+    digest = inputs_digest(title, data)
+    if not force and unchanged(Path(path), digest):
+        return Picture(Path(path), data)
     x = data["layer"]
     from matplotlib.ticker import MaxNLocator
 
@@ -129,7 +196,7 @@ def draw_layer_sweep(path: str | Path, summaries: dict[int, dict], title: str) -
     axes[2].legend(fontsize=7)
     axes[0].legend(fontsize=7)
     fig.suptitle(f"{title}: FV evaluation by edit layer", fontsize=10)
-    return Picture(_save(fig, Path(path)), data)
+    return Picture(_save(fig, Path(path), digest), data)
 
 
 def draw_small_multiples(path: str | Path, effects: dict[str, Any], title: str) -> Picture:
@@ -184,8 +251,9 @@ def _step6_summaries(folder: Path) -> dict[int, dict]:
     return out
 
 
-def draw_run(folder: str | Path) -> list[Picture]:
-    """A run folder's pictures: the indirect-effect heatmap, and the layer sweep when several layers ran."""
+def draw_run(folder: str | Path, force: bool = True) -> list[Picture]:
+    """A run folder's pictures: the indirect-effect heatmap, and the layer sweep when several layers ran. Unless
+    ``force``, a picture whose recorded inputs digest matches its inputs now is not drawn again."""
     folder = Path(folder)
     ie_file = folder / "indirect_effect.pt"
     if not ie_file.is_file():
@@ -193,20 +261,22 @@ def draw_run(folder: str | Path) -> list[Picture]:
     meta_file = folder / "indirect_effect_meta.json"
     meta = read_json(meta_file, "run meta") if meta_file.is_file() else {}
     title = _describe(meta)
-    pics = [draw_indirect_effect(folder / IE_PNG, load_tensor_file(ie_file), f"{title}: indirect effect")]
+    pics = [draw_indirect_effect(folder / IE_PNG, load_tensor_file(ie_file), f"{title}: indirect effect", force=force)]
     summaries = _step6_summaries(folder)
     if len(summaries) > 1:
-        pics.append(draw_layer_sweep(folder / SWEEP_PNG, summaries, title))
+        pics.append(draw_layer_sweep(folder / SWEEP_PNG, summaries, title, force=force))
     return pics
 
 
-def draw_relation(root: str | Path) -> list[Picture]:
-    """A relation run's pictures: per q a heatmap and a layer sweep, and all qs side by side."""
+def draw_relation(root: str | Path, force: bool = False) -> list[Picture]:
+    """A relation run's pictures: per q a heatmap and a layer sweep, and all qs side by side. A q's picture is
+    drawn only when its inputs changed (its recorded digest differs, or it is missing), so a completed q's
+    pictures keep their bytes and time stamps when the q-list grows; ``force`` draws every one."""
     root = Path(root)
     pics: list[Picture] = []
     effects: dict[str, Any] = {}
     for qdir in sorted(p for p in root.iterdir() if p.is_dir() and (p / "indirect_effect.pt").is_file()):
-        pics += draw_run(qdir)
+        pics += draw_run(qdir, force=force)
         effects[qdir.name] = load_tensor_file(qdir / "indirect_effect.pt")
     if effects:
         pics.append(draw_small_multiples(root / ALL_Q_PNG, effects, root.name))
@@ -235,7 +305,7 @@ def redraw(results_dir: str | Path) -> list[Path]:
     pics: list[Picture] = []
     relation_roots = {p.parent for p in root.rglob("relation_summary.json")}
     for r in sorted(relation_roots):
-        pics += draw_relation(r)
+        pics += draw_relation(r, force=True)
     for ie in sorted(root.rglob("indirect_effect.pt")):
         if ie.parent.parent not in relation_roots:
             pics += draw_run(ie.parent)

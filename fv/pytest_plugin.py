@@ -8,6 +8,7 @@ parameters) and shared by every test that asks. Without ``--fv-model`` the suite
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,7 +92,11 @@ def pytest_configure(config: pytest.Config) -> None:
             from fv.parity.preflight import session_preflight  # one line per refusal, exit code 4 (docs/preflight.md)
             from fv.reference.capability import session_probe
 
-            session_preflight(opts, session_probe(lambda: session_reference(opts), opts.src_model, *probe_cache(opts)))
+            from fv.parity.preflight import session_shots
+
+            for warning in session_preflight(opts, session_probe(lambda: session_reference(opts), opts.src_model,
+                                                                 *probe_cache(opts), n_shots=session_shots(opts))):
+                sys.stderr.write(f"fv: warning: {warning.text()}\n")
             if not config.option.collectonly:  # a session that runs no stage loads no model in the reference's process
                 check_reference_side(opts)  # then the reference's own process: its loader and hook on each model
         except FVError as exc:
@@ -161,6 +166,10 @@ def check_options(opts: "FVOptions") -> None:
         if not opts.fixed_trials:
             raise FVError(f"--golden-dir {opts.golden_dir} needs --fixed-trials FILE: the trials src made those goldens from.")
         load_user_goldens(opts.golden_dir)
+        from fv.parity.user_goldens import check_identity_at_start
+
+        for name in opts.models:  # goldens of another model (or other trials) stop the session here, in one line
+            check_identity_at_start(opts.golden_dir, name, load_trials(opts.fixed_trials))
     if opts.dataset and not Path(opts.dataset).is_file():
         raise FVError(f"--dataset {opts.dataset} not found. Give an ICL dataset JSON.")
     if opts.src_root or os.environ.get("FV_SRC_ROOT"):
@@ -184,8 +193,8 @@ def check_options(opts: "FVOptions") -> None:
 
 def check_reference_side(opts: "FVOptions") -> None:
     """Own mode with a reference given: its loader loads each model once in its own process (kept for the session)
-    and its indirect-effect hook is probed on a one-token input, so a name it cannot run stops the session here
-    in one line (``fv.reference.probes``)."""
+    and its indirect-effect hook is probed on the session's first prompt, so a name it cannot run stops the
+    session here in one line, and a model it can run on real prompts never does (``fv.reference.probes``)."""
     if opts.src_model != "own" or not (opts.src_root or os.environ.get("FV_SRC_ROOT")) or opts.golden_dir:
         return
     from fv.model.loading import pick_device
@@ -204,7 +213,10 @@ def check_reference_side(opts: "FVOptions") -> None:
         fits, text = memory_plan(reference_spec(name)[1], name, pick_device(opts.device), "own")
         if not fits:
             raise FVError(text)
-    msg = session_problem(ref, opts.models, pick_device(opts.device), _load_reference_own)
+    from fv.reference.probes import session_prompt
+
+    msg = session_problem(ref, opts.models, pick_device(opts.device), _load_reference_own,
+                          lambda tok: session_prompt(opts.fixed_trials, opts.dataset, tok))
     if msg:
         raise FVError(msg)
 
@@ -606,8 +618,13 @@ def assert_golden(run: Any, artifact: str, snapshot: Any, update: bool) -> None:
                         "Pass --src-root <reference src>.", pytrace=False)
         from fv.parity.golden import numerics
 
+        from fv.parity.identity import golden_identity
+
+        # the model's and trials' identity: replaying these goldens on another model is refused (fv.parity.identity)
+        identity = {**golden_identity(run.lm, run.trials, run.trials.subset(run.params.max_trials)),
+                    "recorded_by": "written with the goldens by pytest --snapshot-update"}
         write_json(folder.parent / f"{folder.name}.meta.json", {**run.result.meta, "notes": run.result.meta["src_notes"],
-                                                                "numerics": numerics(),
+                                                                "identity": identity, "numerics": numerics(),
                                                                 "replay_tolerance": tolerance_for(run.lm.dtype, exact=False).__dict__})
         value = artifact_value(run.src, artifact)
         _check_shape(run, artifact, value)
@@ -615,6 +632,13 @@ def assert_golden(run: Any, artifact: str, snapshot: Any, update: bool) -> None:
         return
     value = artifact_value(run.fv, artifact)
     _check_shape(run, artifact, value)
+    if folder.is_dir() and run.source != "golden":  # (the engine checked the goldens it replayed) goldens of another
+        from fv.parity.golden import check_identity  # model are refused here too, even beside a live reference
+
+        try:
+            check_identity(folder, run.lm, run.trials, run.trials.subset(run.params.max_trials))
+        except FVError as exc:
+            pytest.fail(str(exc), pytrace=False)
     if not (folder / f"{artifact}.{ext._file_extension}").is_file() and imported_from(folder):
         pytest.skip(f"{folder} holds goldens imported from {imported_from(folder)}, which have no {artifact}")
     if not (folder / f"{artifact}.{ext._file_extension}").is_file() and run.source == "reference":
@@ -658,8 +682,27 @@ def _parity_summary(run: Any) -> dict:
         "fv_side": f"{str(run.lm.dtype).replace('torch.', '')}, {run.lm.attn_implementation or '?'} attention",
         "first_divergence": fd and {k: str(v)[:200] for k, v in fd.items() if k in ("stage", "file", "key", "trial_id", "trial_idx", "pattern")},
         "reports": str(next(iter(run.report_paths.values())).parent) if run.report_paths else "",
-        "stages": [[s.name, s.status, s.mismatch_count, repr(s.max_abs_diff), round(s.duration_sec, 2)] for s in run.result.stages],
+        "stages": [[s.name, s.status, s.mismatch_count, repr(s.max_abs_diff), round(s.duration_sec, 2), _stage_note(s)]
+                   for s in run.result.stages],
+        "proves_little": getattr(run.result, "proves_little", None),
     }
+
+
+def _stage_note(s: Any) -> str:
+    """What the table says after a stage's row: where a NONFINITE stage first holds a NaN or an infinity, and
+    why a PASS proves little (degenerate); for indirect effects, how large the largest one is."""
+    if getattr(s, "nonfinite", None):
+        nf = s.nonfinite
+        first = nf.get("fv") or nf.get("reference") or {}
+        return f"{first.get('value', 'non-finite')} on {nf['side']} side{'s' if nf['side'] == 'both' else ''}, first at {nf['where']}"
+    parts = []
+    if getattr(s, "degenerate", None) and s.status == "PASS":
+        parts.append(f"(degenerate: {s.degenerate})")
+    mag = getattr(s, "magnitude", None) or {}
+    if s.name == "indirect_effect" and "max_abs" in mag and not parts:
+        ratio = mag.get("max_abs_over_rounding_step")
+        parts.append(f"largest |effect| {mag['max_abs']:.3g}" + (f" ({ratio:.3g} x eps x p)" if ratio is not None else ""))
+    return "; ".join(parts)
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -744,9 +787,19 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
                           + (f", trial ({fd.get('trial_id')}, {fd.get('trial_idx')})" if fd.get("trial_id") not in (None, "None") else "")
                           + (f"; {fd['pattern']}" if fd.get("pattern") else ""))
         if verbose > 0 or run["status"] != "PASS" or len(ledger.runs) <= 8:
-            tr.write_line(f"  {'stage':<17}{'status':<8}{'mismatch_count':>15}{'max_abs_diff':>15}{'seconds':>10}")
-            for name, status, count, max_abs, secs in run["stages"]:
-                tr.write_line(f"  {name:<17}{status:<8}{count:>15}{max_abs:>15}{secs:>10.2f}")
+            tr.write_line(f"  {'stage':<17}{'status':<10}{'mismatch_count':>15}{'max_abs_diff':>15}{'seconds':>10}")
+            for name, status, count, max_abs, secs, *rest in run["stages"]:
+                note = rest[0] if rest else ""
+                colour = {"red": True} if status == "NONFINITE" else {"yellow": True} if note.startswith("(degenerate") else {}
+                tr.write_line(f"  {name:<17}{status:<10}{count:>15}{max_abs:>15}{secs:>10.2f}" + (f"  {note}" if note else ""),
+                              **colour)
+        else:  # no table: the PASSes that prove little are still named
+            weak = [f"{name} {note[1:-1]}" for name, status, _c, _m, _s, *rest in run["stages"]
+                    for note in rest[:1] if status == "PASS" and note.startswith("(degenerate")]
+            if weak and not run.get("proves_little"):
+                tr.write_line("  PASS (degenerate): " + "; ".join(weak), yellow=True)
+        if run.get("proves_little"):
+            tr.write_line(f"  note: {run['proves_little']}", yellow=True)
         if run.get("reports"):
             tr.write_line(f"  reports: {run['reports']}")
     for reason, n in sorted(ledger.empty.items()):

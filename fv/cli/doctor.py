@@ -44,6 +44,37 @@ def _tokenizer_only(model: str | None):  # -> Path | None
             return None
 
 
+DOCTOR_PROMPT = "hot: cold\nbig: small\nfast:"
+
+
+def finite_logits_check(lm, prompt: str = DOCTOR_PROMPT) -> tuple[str, str, str]:
+    """(status, name, detail): the loaded model's logits on one short prompt, in its own dtype, are all finite. A
+    model whose activations overflow its dtype (fp16's 65504) gives NaN or inf logits, and every stage after it
+    would be non-finite."""
+    import torch
+
+    from fv.runtime.finite import first_nonfinite
+
+    dtype = str(lm.dtype).replace("torch.", "")
+    try:
+        enc = lm.tokenizer(prompt, return_tensors="pt")
+        with torch.no_grad():
+            out = lm.model(input_ids=enc["input_ids"].to(lm.model.device),
+                           **({"attention_mask": enc["attention_mask"].to(lm.model.device)} if "attention_mask" in enc else {}))
+        logits = out.logits if hasattr(out, "logits") else out[0]
+    except Exception as exc:  # a forward pass that fails is reported, not raised
+        return "FAIL", "finite logits", f"one forward pass in {dtype} failed: {type(exc).__name__}: {exc}"
+    hit = first_nonfinite(logits)
+    if hit is None:
+        return "OK", "finite logits", f"the logits of a {enc['input_ids'].shape[1]}-token prompt are finite in {dtype}"
+    idx, x, n = hit
+    word = "NaN" if x != x else "+inf" if x > 0 else "-inf"
+    pos = f"token position {idx[1]}" if len(idx) >= 2 else f"index {list(idx)}"
+    return ("FAIL", "finite logits",
+            f"{n} of {logits.numel()} logits of a {enc['input_ids'].shape[1]}-token prompt are not finite in {dtype} "
+            f"(first {word} at {pos}): the model overflows its dtype; load it in float32 (--dtype float32)")
+
+
 def run_doctor(src_root: str | None = None, model: str | None = None, fixed_trials: str | None = None,
                edit_layer: int = 9, baukit_root: str | None = None, device: str = "auto", dtype: str = "float32",
                emit: Callable[[Check], None] = lambda c: print(c.line())) -> list[Check]:
@@ -119,6 +150,7 @@ def run_doctor(src_root: str | None = None, model: str | None = None, fixed_tria
             add("OK", "edit layer", f"--edit-layer {edit_layer} fits ({info.n_layers} layers)")
         else:
             add("FAIL", "edit layer", f"--edit-layer {edit_layer} is outside 0..{info.n_layers - 1}: pick a layer in range")
+        add(*finite_logits_check(lm))
     except _TokenizerOnly:
         add("WARN", "model", f"{tokenizer_only} holds a tokenizer only: the model checks are skipped, the trials' token ids are checked with it")
     except FVError as exc:
@@ -177,12 +209,15 @@ def _preflights(add: Callable[[str, str, str], None], ft, tok, model: str | None
     rule = None
     if ref is not None and lm is not None:
         try:
-            cap = probe_reference(ref, lm.path, name, "own", tok)
-            if cap.finding is not None:
-                shared = probe_reference(ref, lm.path, name, "shared", tok)
+            shots = ft.n_shots if ft is not None and ft.trials else 10
+            cap = probe_reference(ref, lm.path, name, "own", tok, shots)
+            if cap.finding is not None and not cap.finding.refuse:  # a stand-in-only failure: a warning, the gate runs
+                add("WARN", f"preflight {cap.finding.check}", cap.finding.line)
+            elif cap.finding is not None:
+                shared = probe_reference(ref, lm.path, name, "shared", tok, shots)
                 add("WARN" if shared.finding is None else "FAIL", f"preflight {cap.finding.check}", cap.finding.line)
                 cap = shared
-            rule = src_bos_rule(ref, cap) if cap.finding is None else None
+            rule = src_bos_rule(ref, cap) if cap.finding is None or not cap.finding.refuse else None
         except FVError as exc:
             add("WARN", "preflight reference family", f"not probed: {exc}")
     for f in trials_findings(ft, tok, name, rule):

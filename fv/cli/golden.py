@@ -18,7 +18,11 @@ def cmd_import(a: argparse.Namespace) -> int:
     trials = load_trials(a.fixed_trials)
     lm = load_model(a.model, a.device, a.dtype, attn_implementation=a.attn_implementation)
     dest = import_goldens(a.folder, lm, trials, Path(a.snapshots) if a.snapshots else SNAPSHOT_ROOT, force=a.force)
-    print(f"imported {a.folder} into {dest} (provenance: {dest.parent / (dest.name + '.meta.json')})")
+    import json
+
+    meta = json.loads((dest.parent / f"{dest.name}.meta.json").read_text(encoding="utf-8"))
+    print(f"imported {a.folder} into {dest} (provenance: {dest.parent / (dest.name + '.meta.json')}; identity: weights digest "
+          f"{meta['identity']['weights_sha256'][:12]}, {meta['identity']['recorded_by']})")
     return 0
 
 
@@ -29,8 +33,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001 - argpars
     i = gs.add_parser("import", help="import a golden folder src wrote",
                       description="Check DIR's <dataset>_mean_head_activations_FIXED.pt, <dataset>_dummy_labels.json and "
                                   "<dataset>_indirect_effect.pt against the model and the fixed trials, then write them as "
-                                  "snapshots/<model>/<trials id>/t<n>/ with a provenance file. Regenerating goldens from the "
-                                  "live reference stays `pytest --snapshot-update`.")
+                                  "snapshots/<model>/<trials id>/t<n>/ with a provenance file. Goldens recording another model's "
+                                  "identity (reference_meta.json, written by `fv reference`) or other shots or template "
+                                  "(src's *_args.txt) are refused in one line; the provenance records the model's identity "
+                                  "(fv/parity/identity.py). Regenerating goldens from the live reference stays "
+                                  "`pytest --snapshot-update`.")
     i.add_argument("folder", help="the golden folder, results/<dataset>/<fixed_trials_id>/ as src wrote it")
     i.add_argument("--fixed-trials", "--fixed_trials", dest="fixed_trials", required=True, help="the fixed-trials JSON src made the goldens from")
     i.add_argument("--snapshots", default=None, help="snapshot root to write into (default: the checkout's snapshots/)")

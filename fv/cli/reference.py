@@ -31,7 +31,6 @@ def _reference_locked(a: argparse.Namespace, ref, root: Path, ft, out: Path, say
     from fv.io import save_tensors, write_json
     from fv.meta import run_meta
     from fv.model.loading import load_model, pick_device
-    from fv.model.resolve import resolve_model_path
     from fv.parity.dump import build_dump
     from fv.parity.run import src_from_source
     from fv.parity.stages import Params
@@ -72,6 +71,9 @@ def _reference_locked(a: argparse.Namespace, ref, root: Path, ft, out: Path, say
     ds = ft.dataset_name
     meta = run_meta(lm, ft, params.as_dict(), source="reference", src_root=str(root), src_notes=ref.notes, src_compat=ref.compat,
                     src_model_mode=a.src_model, src_bos_rule=bos_rule)
+    from fv.parity.identity import golden_identity  # --golden-dir and `fv golden import` refuse these for another model
+
+    meta["identity"] = golden_identity(lm, ft, ft.subset(a.max_trials))
     save_tensors(out / f"{ds}_mean_head_activations_FIXED.pt", sv.values["mean_activations"])
     write_json(out / f"{ds}_dummy_labels.json", {"labels": sv.values["slot"]["dummy_labels"]})  # src's form
     save_tensors(out / f"{ds}_indirect_effect.pt", sv.values["indirect_effect"])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from fv.cli.common import add_model_args, add_quiet, add_stage_args

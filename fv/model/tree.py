@@ -54,7 +54,7 @@ def projection_op(module: nn.Module, model_type: str) -> str:
     return MATMUL
 
 
-_KNOWN_TYPES = {"gpt2", "gptj", "gpt_neox", "llama", "gemma", "gemma2", "olmo", "olmo2"}
+_KNOWN_TYPES = {"gpt2", "gptj", "gpt_neox", "llama", "gemma", "gemma2", "gemma3", "gemma3_text", "olmo", "olmo2"}
 
 
 def recompute_projection(module: nn.Module, op: str, x: torch.Tensor) -> torch.Tensor:
@@ -116,12 +116,58 @@ def _cfg(model: nn.Module) -> Any:
     return getattr(cfg, "get_text_config", lambda: cfg)()
 
 
+def _qualified_name(model: nn.Module, target: nn.Module) -> str | None:
+    """``target``'s dotted name inside ``model`` ("" for the model itself), found by identity; None if not inside."""
+    return next((n for n, m in model.named_modules() if m is target), None)
+
+
+def language_model(model: nn.Module) -> tuple[str, nn.Module]:
+    """(dotted name, module) of the text decoder inside ``model``: where the decoder layers are looked for.
+
+    A multimodal wrapper (Gemma 3 from 4B up loads as ``Gemma3ForConditionalGeneration``) holds a vision tower
+    beside its language model, whose encoder layers may come first in the module tree and be as many as the text
+    layers; hooks there never see text. So the language model is found first, from the model's own answer
+    (``get_decoder()``, which multimodal wrappers answer with their language model), else a ``language_model``
+    submodule, and only where the config has no separate text config the whole model. Plain causal LMs answer
+    ``get_decoder()`` with their base model (or themselves), which holds the layers as before."""
+    cfg = getattr(model, "config", None)
+    multimodal = cfg is not None and getattr(cfg, "get_text_config", lambda: cfg)() is not cfg
+    candidates: list[nn.Module] = []
+    get_decoder = getattr(model, "get_decoder", None)
+    if callable(get_decoder):
+        try:
+            dec = get_decoder()
+        except Exception:  # a model with no rule of its own for it: look in the tree instead
+            dec = None
+        if isinstance(dec, nn.Module):
+            candidates.append(dec)
+    candidates += [m for n, m in model.named_modules() if n.rsplit(".", 1)[-1] == "language_model" and isinstance(m, nn.Module)]
+    for cand in candidates:
+        name = _qualified_name(model, cand)
+        if name is not None and (cand is not model or not multimodal):
+            return name, cand
+    if multimodal:
+        raise FVError(f"{type(model).__name__} holds more than a language model (its config has a separate text config), "
+                      "and fv found no language model in it (get_decoder() or a language_model submodule); fv needs its "
+                      "text decoder's layers, never a vision tower's.")
+    return "", model
+
+
 def find_decoder_layers(model: nn.Module, n_layers: int) -> tuple[list[str], list[nn.Module]]:
-    """The first ModuleList whose length is the configured number of layers."""
-    for name, mod in model.named_modules():
-        if isinstance(mod, nn.ModuleList) and len(mod) == n_layers:
-            return [f"{name}.{i}" for i in range(n_layers)], list(mod)
-    raise FVError(f"found no list of {n_layers} decoder layers in {type(model).__name__}; fv supports decoder-only transformers.")
+    """The first ModuleList of the language model (``language_model``) whose length is the configured number of
+    text layers; names are dotted paths from ``model``."""
+    root_name, root = language_model(model)
+    roots = [(root_name, root)]
+    cfg = getattr(model, "config", None)
+    if root is not model and (cfg is None or getattr(cfg, "get_text_config", lambda: cfg)() is cfg):
+        roots.append(("", model))  # a text-only model whose get_decoder() answer holds no layer list: the whole tree
+    for prefix, r in roots:
+        for name, mod in r.named_modules():
+            if isinstance(mod, nn.ModuleList) and len(mod) == n_layers:
+                full = ".".join(p for p in (prefix, name) if p)
+                return [f"{full}.{i}" for i in range(n_layers)], list(mod)
+    raise FVError(f"found no list of {n_layers} decoder layers in {type(model).__name__}"
+                  f"{f' (its language model {root_name})' if root_name else ''}; fv supports decoder-only transformers.")
 
 
 def find_attention_output(layer: nn.Module, n_heads: int, head_dim: int, d_model: int) -> tuple[str, nn.Module, nn.Module]:

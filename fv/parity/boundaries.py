@@ -91,4 +91,5 @@ def boundary_summary(trials: Any, tokenizer: Any, verify_n: int | None = None) -
 
 
 def describe(found: Sequence[BoundaryToken]) -> str:
+    """Boundary tokens in one line: ``position:'text'->slot`` for each, comma-separated."""
     return ", ".join(f"{b.position}:{b.text!r}->{b.slot}" for b in found)

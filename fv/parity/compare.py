@@ -71,8 +71,10 @@ class Tolerance:
 
     def close(self, a: float, b: float, scale: float = 0.0) -> bool:
         """``a`` (actual) agrees with ``b`` (expected); ``scale``: the RMS of the expected values it belongs to."""
+        if not (math.isfinite(a) and math.isfinite(b)):
+            return False  # a NaN or an infinity agrees with nothing, itself included (the stage is NONFINITE)
         if self.is_exact:
-            return a == b or (math.isnan(a) and math.isnan(b))
+            return a == b
         return abs(a - b) <= self.bound(b, scale)
 
     def norm_ok(self, diff_norm: float, expected_norm: float, n: int) -> bool:
@@ -208,6 +210,11 @@ class TensorDiff:
 
 
 def diff_tensors(src: torch.Tensor, fv: torch.Tensor, tol: Tolerance) -> TensorDiff:
+    """Element-wise comparison of ``fv`` with ``src`` (the expected side) under ``tol``, in float64 on the CPU.
+
+    A NaN or an infinity on either side counts as a mismatch; shapes that differ give a ``TensorDiff`` with every
+    element mismatched and infinite errors. Reports the first and the worst differing index with both values.
+    """
     if tuple(src.shape) != tuple(fv.shape):
         return TensorDiff(tuple(src.shape), tuple(fv.shape), str(fv.dtype), fv.numel(), max(fv.numel(), 1), math.inf, math.inf, None, None, None)
     a = src.detach().to("cpu", torch.float64)
@@ -215,28 +222,37 @@ def diff_tensors(src: torch.Tensor, fv: torch.Tensor, tol: Tolerance) -> TensorD
     absd = (a - b).abs()
     reld = absd / a.abs().clamp_min(1e-30)
     scale = rms(a)
-    if tol.is_exact:
-        bad = ~((a == b) | (a.isnan() & b.isnan()))
-    else:
-        bad = ~(absd <= tol.atol + tol.rtol * a.abs() + tol.rms_atol * scale) & ~(a.isnan() & b.isnan())
-    n_bad = int(bad.sum())
     fin = torch.isfinite(a) & torch.isfinite(b)
+    # a NaN or an infinity on either side is never equal, even to itself (compare_stage names the stage NONFINITE)
+    if tol.is_exact:
+        bad = ~(a == b) | ~fin
+    else:
+        bad = ~(absd <= tol.atol + tol.rtol * a.abs() + tol.rms_atol * scale) | ~fin
+    n_bad = int(bad.sum())
     a_norm = float(a[fin].norm()) if a.numel() else 0.0
     d_norm = float((a - b)[fin].norm()) if a.numel() else 0.0
     rel_norm = d_norm / a_norm if a_norm > 0 else (0.0 if d_norm == 0 else math.inf)
     norm_fail = not tol.is_exact and not tol.norm_ok(d_norm, a_norm, a.numel())
     if a.numel() == 0:
         return TensorDiff(tuple(a.shape), tuple(b.shape), str(fv.dtype), 0, 0, 0.0, 0.0, None, None, None)
-    flat = int(torch.argmax(absd))
+    if bool(fin.all()):
+        flat = int(torch.argmax(absd))
+        max_abs = float(absd.max())
+    elif bool(fin.any()):  # the worst difference among the elements that are numbers on both sides
+        finite_absd = torch.where(fin, absd, torch.zeros_like(absd))
+        flat = int(torch.argmax(finite_absd))
+        max_abs = float(finite_absd.max())
+    else:
+        flat, max_abs = 0, math.nan
     idx = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), a.shape)) if a.ndim else ()
-    max_abs = float(absd.max())
     first = first_src = first_fv = None
     if n_bad:
         pos = int(torch.nonzero(bad.reshape(-1))[0])
         first = tuple(int(i) for i in torch.unravel_index(torch.tensor(pos), a.shape)) if a.ndim else ()
         first_src, first_fv = float(a.reshape(-1)[pos]), float(b.reshape(-1)[pos])
+    max_rel = float(torch.where(fin, reld, torch.zeros_like(reld)).max()) if max_abs > 0 else (math.nan if math.isnan(max_abs) else 0.0)
     return TensorDiff(tuple(a.shape), tuple(b.shape), str(fv.dtype), a.numel(), n_bad, max_abs,
-                      float(reld.max()) if max_abs > 0 else 0.0, idx if max_abs > 0 else None,
+                      max_rel, idx if max_abs > 0 else None,
                       float(a.reshape(-1)[flat]) if max_abs > 0 else None, float(b.reshape(-1)[flat]) if max_abs > 0 else None,
                       first, first_src, first_fv, bad, scale, rel_norm, norm_fail)
 
@@ -247,7 +263,9 @@ def _field(path: str) -> str:
 
 
 def float_fields(value: Any, path: str = "") -> dict[str, list[float]]:
-    """Every float of a JSON-like structure, grouped by the field it sits in (``logit``, ``prob``, ...)."""
+    """Every finite float of a JSON-like structure, grouped by the field it sits in (``logit``, ``prob``, ...): the
+    scales of the tolerance's rms term and the norm check. A NaN or an infinity is left out here, never silently
+    passed: ``side_nonfinite`` finds it and ``compare_stage`` makes the stage NONFINITE."""
     out: dict[str, list[float]] = {}
 
     def walk(v: Any, p: str) -> None:
@@ -362,6 +380,157 @@ def max_float_diff(src: Any, fv: Any) -> float:
 
 
 SKIP = "SKIP"  # a stage's status when the other side has no value for it
+NONFINITE = "NONFINITE"  # a stage where either side holds a NaN or an infinity: never a PASS, never a mere FAIL
+FAILED_STATUSES = ("FAIL", NONFINITE)
+
+# the dims of each tensor stage, for naming where a NaN or an infinity first appears
+STAGE_DIMS = {"mean_activations": ("layer", "head", "slot", "head_dim"), "indirect_effect": ("trial", "layer", "head"),
+              "fv": ("element",)}
+# the stages whose values are effects (differences of probabilities, and the heads ranked by them)
+EFFECT_STAGES = ("indirect_effect", "top_heads")
+# an indirect effect no larger than this many eps x p (p: the probability it is a difference of) is rounding noise
+DEGENERATE_EPS_MULTIPLE = 4.0
+
+
+def _nonfinite_floats(value: Any, path: str = "") -> Iterator[tuple[str, float]]:
+    """``(path, x)`` for every NaN or infinity of a JSON-like structure, in document order."""
+    if isinstance(value, dict):
+        for k, x in value.items():
+            yield from _nonfinite_floats(x, f"{path}.{k}" if path else str(k))
+    elif isinstance(value, (list, tuple)):
+        for i, x in enumerate(value):
+            yield from _nonfinite_floats(x, f"{path}[{i}]")
+    elif isinstance(value, float) and not math.isfinite(value):
+        yield path, value
+
+
+def _word(x: float) -> str:
+    return "NaN" if math.isnan(x) else "+inf" if x > 0 else "-inf"
+
+
+def side_nonfinite(stage: str, value: Any, trial_keys: Sequence[str] = (), slot_labels: Sequence[str] | None = None
+                   ) -> dict | None:
+    """Where one side's value of ``stage`` first holds a NaN or an infinity: ``{"where", "index", "value", "count",
+    "trial"}`` (``where`` in words: "trial t:0, layer 3, head 1", "rank 2 (layer 4, head 0)", a JSON path), or None."""
+    from fv.runtime.finite import describe_index, first_nonfinite
+
+    if isinstance(value, torch.Tensor):
+        hit = first_nonfinite(value)
+        if hit is None:
+            return None
+        idx, x, n = hit
+        dims = STAGE_DIMS.get(stage, ("element",) * max(value.ndim, 1))[: max(value.ndim, 1)]
+        labels = {"trial": list(trial_keys)} if stage == "indirect_effect" else {}
+        if stage == "mean_activations" and slot_labels:
+            labels["slot"] = [f"{i} ({l})" for i, l in enumerate(slot_labels)]
+        trial = trial_keys[idx[0]] if stage == "indirect_effect" and idx and idx[0] < len(trial_keys) else None
+        return {"where": describe_index(idx, dims, labels), "index": list(idx), "value": _word(x), "count": n,
+                "n_values": value.numel(), "trial": trial}
+    if stage == "top_heads" and isinstance(value, (list, tuple)):
+        bad = [(i, h) for i, h in enumerate(value) if isinstance(h, (list, tuple)) and len(h) > 2
+               and isinstance(h[2], (int, float)) and not math.isfinite(float(h[2]))]
+        if not bad:
+            return None
+        i, h = bad[0]
+        return {"where": f"rank {i} (layer {h[0]}, head {h[1]})", "index": [i], "value": _word(float(h[2])),
+                "count": len(bad), "n_values": len(value), "trial": None}
+    hits = list(_nonfinite_floats(value))
+    if not hits:
+        return None
+    path, x = hits[0]
+    trial = _trial_of(path, stage, list(trial_keys))
+    return {"where": (f"trial {trial}, " if trial else "") + path, "index": path, "value": _word(x), "count": len(hits),
+            "n_values": None, "trial": trial}
+
+
+def nonfinite_report(stage: str, src: Any, fv: Any, trial_keys: Sequence[str] = (), slot_labels: Sequence[str] | None = None
+                     ) -> dict | None:
+    """Which side of a stage holds NaNs or infinities (``side``: "fv", "reference" or "both") and where each first
+    appears; None when both are finite."""
+    mine, theirs = side_nonfinite(stage, fv, trial_keys, slot_labels), side_nonfinite(stage, src, trial_keys, slot_labels)
+    if mine is None and theirs is None:
+        return None
+    side = "both" if mine and theirs else "fv" if mine else "reference"
+    first = mine or theirs
+    return {"side": side, "where": first["where"], "trial": first["trial"], "fv": mine, "reference": theirs}
+
+
+def nonfinite_line(stage: str, nf: dict) -> str:
+    """The one-line ``NONFINITE:`` message for a stage, from a ``nonfinite_report`` dict: each side's first
+    non-finite value, where it is, and how many values are not finite.
+    """
+    parts = []
+    for side in ("fv", "reference"):
+        d = nf.get(side)
+        if d:
+            of = f" of {d['n_values']}" if d.get("n_values") else ""
+            parts.append(f"{side}'s first {d['value']} at {d['where']} ({d['count']}{of} values not finite)")
+    return f"NONFINITE: {stage} is not finite on {'both sides' if nf['side'] == 'both' else nf['side'] + ' side'}: " + "; ".join(parts)
+
+
+def degenerate_reason(stage: str, src: Any, tol: "Tolerance", eps: float = 0.0, p_max: float = 0.0,
+                      head_effects: torch.Tensor | None = None) -> str | None:
+    """Why a stage's comparison proves little, or None: all its values are equal; an indirect effect no larger
+    than ``DEGENERATE_EPS_MULTIPLE`` x ``eps`` x ``p_max`` (the rounding step of the probabilities it is a
+    difference of); every value within the tolerance of 0 (a side of zeros would pass as well); top heads whose
+    mean indirect effects (the rounded scores without ``head_effects``) all lie within the tolerance of their
+    median (any order of them would pass). Judged on ``src``, the expected side."""
+    if isinstance(src, torch.Tensor):
+        x = src.detach().to("cpu", torch.float64).reshape(-1)
+        if not x.numel() or not bool(torch.isfinite(x).all()):
+            return None
+        what = "effects" if stage == "indirect_effect" else "values"
+        if x.numel() >= 2 and bool((x == x[0]).all()):
+            v = float(x[0])
+            return f"all {what} {'0' if v == 0 else repr(v)} ({x.numel()} values)"
+        big = float(x.abs().max())
+        limit = DEGENERATE_EPS_MULTIPLE * eps * p_max
+        if stage == "indirect_effect" and limit > 0 and big <= limit:
+            return (f"largest |effect| {big:.3g} is at most {DEGENERATE_EPS_MULTIPLE:g} eps x p = {limit:.3g} (eps {eps:.3g}, "
+                    f"p <= {p_max:.3g}): rounding noise of the probabilities it is a difference of")
+        if not tol.is_exact and not diff_tensors(src, torch.zeros_like(src), tol).failed:
+            return (f"every |{what[:-1]}| (largest {big:.3g}) is within the tolerance of 0 ({tol.describe()}): "
+                    f"a side of zeros would pass as well")
+        return None
+    if stage == "top_heads" and isinstance(src, (list, tuple)) and len(src) >= 2:
+        try:
+            heads = [(int(h[0]), int(h[1]), float(h[2])) for h in src]
+        except (TypeError, ValueError, IndexError):
+            return None
+        if head_effects is not None and isinstance(head_effects, torch.Tensor) and head_effects.ndim == 3:
+            m = head_effects.detach().to("cpu", torch.float64).mean(0)
+            if any(l >= m.shape[0] or h >= m.shape[1] for l, h, _ in heads):
+                return None
+            vals = [float(m[l, h]) for l, h, _ in heads]
+            scale, what = rms(m), "mean indirect effects"
+        else:
+            vals = [sc for _l, _h, sc in heads]
+            scale, what = math.sqrt(sum(v * v for v in vals) / len(vals)), "scores"
+        if not all(math.isfinite(v) for v in vals):
+            return None
+        med = sorted(vals)[(len(vals) - 1) // 2]
+        spread = max(abs(v - med) for v in vals)
+        allow = 0.0 if tol.is_exact else tol.atol + tol.rms_atol * scale
+        if spread <= allow:
+            if spread == 0:
+                return f"the {len(vals)} top heads' {what} are all equal ({med:.3g}): any order of them would pass"
+            return (f"the {len(vals)} top heads' {what} all lie within the tolerance ({allow:.3g}) of their median "
+                    f"{med:.3g} (largest distance {spread:.3g}): any order of them would pass")
+    return None
+
+
+def value_magnitude(stage: str, src: Any, eps: float = 0.0, p_max: float = 0.0) -> dict | None:
+    """How large a tensor stage's expected values are: ``max_abs`` and ``rms``; for indirect effects also the
+    probability they are differences of (``p_max``) and the rounding step ``eps * p_max`` it is held against."""
+    if not isinstance(src, torch.Tensor) or not src.numel():
+        return None
+    x = src.detach().to("cpu", torch.float64).reshape(-1)
+    x = x[torch.isfinite(x)]
+    out = {"max_abs": float(x.abs().max()) if x.numel() else math.nan, "rms": rms(x)}
+    if stage == "indirect_effect" and eps > 0 and p_max > 0:
+        out.update({"p_max": p_max, "eps": eps, "rounding_step": eps * p_max,
+                    "max_abs_over_rounding_step": out["max_abs"] / (eps * p_max)})
+    return out
 
 
 @dataclass
@@ -378,9 +547,17 @@ class StageResult:
     worst: dict | None = None  # the largest numeric difference, reported apart from the first one
     pattern: str = ""  # where the mismatches fall (trials, layers, heads, slots), in words
     reference_function: str = ""  # the reference function behind this stage
+    nonfinite: dict | None = None  # NONFINITE: which side holds NaNs or infinities, and where each first appears
+    degenerate: str | None = None  # a PASS that proves little, and why (all values 0, rounding noise, ...)
+    magnitude: dict | None = None  # how large the expected values are (tensor stages)
+
+    @property
+    def status_text(self) -> str:
+        """The status as the terminal table and reports show it: "PASS (degenerate: all effects 0 (48 values))"."""
+        return f"{self.status} (degenerate: {self.degenerate})" if self.degenerate and self.status == "PASS" else self.status
 
     def summary(self, limit: int = 20) -> str:
-        lines = [f"stage {self.name}: {self.status}, mismatch_count={self.mismatch_count}, max_abs_diff={self.max_abs_diff:.6g}"]
+        lines = [f"stage {self.name}: {self.status_text}, mismatch_count={self.mismatch_count}, max_abs_diff={self.max_abs_diff:.6g}"]
         if self.reference_function and self.status != "PASS":
             lines.append(f"  reference function: {self.reference_function}")
         if self.pattern:
@@ -496,8 +673,19 @@ def compare_stage(stage: str, src: Any, fv: Any, tol: Tolerance, trial_keys: lis
         keys = sorted({m.trial_key for m in mism if m.trial_key}, key=lambda k: trial_keys.index(k) if k in trial_keys else len(trial_keys))
         if keys:
             pattern = f"{len(mism)} differences in {len(keys)} of {len(trial_keys)} trials ({', '.join(keys[:6])}{', ...' if len(keys) > 6 else ''})"
-    return StageResult(stage, "PASS" if count == 0 else "FAIL", count, max_abs, max_rel, duration, mism, per_trial, detail,
-                       worst, pattern)
+    status = "PASS" if count == 0 else "FAIL"
+    nf = nonfinite_report(stage, src, fv, trial_keys, slot_labels)
+    if nf is not None:  # a NaN or an infinity agrees with nothing: the stage has a status of its own
+        status = NONFINITE
+        count = max(count, max((d["count"] for d in (nf["fv"], nf["reference"]) if d), default=1))
+        line = nonfinite_line(stage, nf)
+        detail.insert(0, line)
+        first = nf["fv"] or nf["reference"]
+        mism.insert(0, Mismatch(stage, file, f"non-finite at {nf['where']}", nf["trial"] if nf["trial"] in trial_keys else None,
+                                (nf["reference"] or {}).get("value", "finite"), (nf["fv"] or {}).get("value", "finite")))
+        pattern = f"{first['value']} first at {nf['where']} ({nf['side']})"
+    return StageResult(stage, status, count, max_abs, max_rel, duration, mism, per_trial, detail,
+                       worst, pattern, nonfinite=nf)
 
 
 @dataclass
@@ -507,13 +695,33 @@ class ParityResult:
 
     @property
     def status(self) -> str:
-        # SKIP: a stage the golden source does not hold (user goldens hold three); never all of them
+        # SKIP: a stage the golden source does not hold (user goldens hold three); never all of them.
+        # NONFINITE: any stage holds a NaN or an infinity, whatever the others say
         compared = [s for s in self.stages if s.status != SKIP]
+        if any(s.status == NONFINITE for s in compared):
+            return NONFINITE
         return "PASS" if compared and all(s.status == "PASS" for s in compared) else "FAIL"
 
     @property
     def earliest_failed_stage(self) -> str | None:
-        return next((s.name for s in self.stages if s.status == "FAIL"), None)
+        return next((s.name for s in self.stages if s.status in FAILED_STATUSES), None)
+
+    @property
+    def nonfinite_stages(self) -> list[str]:
+        return [s.name for s in self.stages if s.status == NONFINITE]
+
+    @property
+    def degenerate_stages(self) -> dict[str, str]:
+        return {s.name: s.degenerate for s in self.stages if s.degenerate and s.status == "PASS"}
+
+    @property
+    def proves_little(self) -> str | None:
+        """One line when every effect stage compared (indirect effects, top heads) passed only degenerately."""
+        effects = [s for s in self.stages if s.name in EFFECT_STAGES and s.status != SKIP]
+        if not effects or not all(s.status == "PASS" and s.degenerate for s in effects):
+            return None
+        return ("every compared effect is degenerate (" + "; ".join(f"{s.name}: {s.degenerate}" for s in effects)
+                + "): this gate proves little about the indirect effects and the heads they rank")
 
     def stage(self, name: str) -> StageResult:
         return next(s for s in self.stages if s.name == name)
@@ -522,7 +730,8 @@ class ParityResult:
         """The first mismatch in stage order, then trial order, then index order."""
         for s in self.stages:
             if s.mismatches:
-                return {**s.mismatches[0].as_dict(), "pattern": s.pattern, "reference_function": s.reference_function}
+                return {**s.mismatches[0].as_dict(), "pattern": s.pattern, "reference_function": s.reference_function,
+                        **({"status": s.status, "nonfinite": s.nonfinite} if s.nonfinite else {})}
         return None
 
 
@@ -548,10 +757,22 @@ def probability_scale(values: dict) -> tuple[float, float]:
     return big, min(p, 1.0)
 
 
+def _dtype_eps(tol: Tolerance, meta: dict, dtype: torch.dtype | None) -> float:
+    """The machine epsilon of the dtype the model computes in: ``dtype``, else the meta's, else the tolerance's."""
+    if dtype is None and isinstance(meta.get("dtype"), str):
+        dtype = getattr(torch, meta["dtype"], None)
+    if isinstance(dtype, torch.dtype) and dtype.is_floating_point:
+        return float(torch.finfo(dtype).eps)
+    return tol.eps
+
+
 def compare_all(src: Any, fv: Any, tol: Tolerance, trial_keys: list[str], meta: dict,
-                stage_functions: dict[str, str] | None = None) -> ParityResult:
+                stage_functions: dict[str, str] | None = None, dtype: torch.dtype | None = None) -> ParityResult:
     """Every stage in order; ``src`` and ``fv`` are ``StageValues``. Slot labels and multi-token word slots
-    come from the source's slot stage, so a mean-activation mismatch can be described by slot."""
+    come from the source's slot stage, so a mean-activation mismatch can be described by slot. A stage where
+    either side holds a NaN or an infinity is NONFINITE; a PASS is marked ``degenerate`` when its expected
+    values cannot tell a right computation from a wrong one (``degenerate_reason``; ``dtype``: the model's
+    compute dtype, else the meta's)."""
     slot = src.values.get("slot") or {}
     labels = [str(l) for _p, l in slot.get("dummy_labels", [])] or None
     multi = multi_token_slots(slot) if slot else None
@@ -567,5 +788,10 @@ def compare_all(src: Any, fv: Any, tol: Tolerance, trial_keys: list[str], meta: 
         r = compare_stage(s, src.values[s], fv.values[s], st, trial_keys, fv.durations.get(s, 0.0) + src.durations.get(s, 0.0),
                           labels, multi, src.values.get("indirect_effect") if s == "top_heads" else None)
         r.reference_function = (stage_functions or {}).get(s, "")
+        eps = _dtype_eps(tol, meta, dtype)
+        r.magnitude = value_magnitude(s, src.values[s], eps, p_max)
+        if r.status == "PASS":
+            r.degenerate = degenerate_reason(s, src.values[s], st, eps, p_max,
+                                             src.values.get("indirect_effect") if s == "top_heads" else None)
         stages.append(r)
     return ParityResult(stages, meta)

@@ -212,6 +212,11 @@ def _top_heads_stage(src: SideFolder, fv: SideFolder, tol: Tolerance) -> StageDi
 
 
 def diff_folders(src_dir: str | Path, fv_dir: str | Path, tol: Tolerance = EXACT) -> dict:
+    """Compare a src folder with an fv folder stage by stage (``DIFF_STAGES``) under ``tol``: the report dict
+    with status, each stage's result and the first divergence (stage, file, key, trial, values).
+
+    Raises FVError when a path is not a folder or the two were made from different fixed-trials files.
+    """
     src, fv = SideFolder.open(src_dir, "src"), SideFolder.open(fv_dir, "fv")
     sa, sb = src.trials_sha(), fv.trials_sha()
     if sa and sb and sa != sb:
@@ -239,6 +244,9 @@ def diff_folders(src_dir: str | Path, fv_dir: str | Path, tol: Tolerance = EXACT
 
 
 def write_diff_report(report: dict, out_dir: str | Path, plots: bool = True) -> dict[str, Path]:
+    """Write ``report`` into ``out_dir`` as ``src_vs_fv_diff_report.json`` and ``.md`` (and, with ``plots``, the
+    indirect-effect heatmap PNG when it can be drawn); returns the paths by kind (``json``, ``md``, ``png``).
+    """
     out = Path(out_dir)
     paths = {"json": write_json(out / "src_vs_fv_diff_report.json", report)}
     img = None

@@ -3,7 +3,9 @@
 One folder per model, fixed-trials id and trial count (``snapshots/<model>/<trials id>/t<n>/``), one file per
 artifact: tensors as safetensors (bytes that do not depend on pickling), the rest as JSON. The syrupy
 extension in ``fv.parity.snapshot`` writes and compares these files inside pytest; this module reads them directly,
-so the parity engine can use them wherever the reference is absent.
+so the parity engine can use them wherever the reference is absent. Each folder's meta (``t<n>.meta.json``) records
+the identity of the model and trials it was made with (``fv.parity.identity``); ``check_identity`` refuses goldens of
+another model before any stage.
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ def numerics() -> dict:
 
 
 def golden_dir(root: Path, model: str, trials_id: str, n_trials: int) -> Path:
+    """The golden folder for a model, fixed-trials id and trial count: ``<root>/<model>/<trials id>/t<n>``."""
     return Path(root) / model / trials_id / f"t{n_trials}"
 
 
@@ -79,6 +82,9 @@ def artifact_value(sv: StageValues, name: str) -> Any:
 
 
 def serialize(kind: str, value: Any) -> bytes:
+    """A golden artifact's bytes: a ``tensor`` as safetensors (under ``value``, on the CPU, contiguous),
+    anything else as indented UTF-8 JSON with a trailing newline.
+    """
     if kind == "tensor":
         from safetensors.torch import save
 
@@ -87,6 +93,7 @@ def serialize(kind: str, value: Any) -> bytes:
 
 
 def deserialize(kind: str, data: bytes | str) -> Any:
+    """The value held by a golden artifact's bytes (or text), the inverse of ``serialize``."""
     if kind == "tensor":
         from safetensors.torch import load
 
@@ -118,3 +125,34 @@ def load_goldens(folder: Path) -> StageValues | None:
 def to_jsonable(value: Any) -> Any:
     """Round-trip through JSON so a live value compares like its golden (tuples become lists)."""
     return json.loads(json.dumps(value))
+
+
+REGENERATE = ("`pytest -m m1 --snapshot-update --src-root <reference src>` on this model and trials (or `fv golden import "
+              "DIR --force` for a user's goldens)")
+
+
+def meta_path(folder: Path) -> Path:
+    """The meta (provenance) file beside a golden folder ``.../t<n>/``: ``.../t<n>.meta.json``."""
+    return Path(folder).parent / f"{Path(folder).name}.meta.json"
+
+
+def check_identity(folder: Path, lm: Any, trials: Any, subset: Any = None) -> list[str]:
+    """Refuse, in one line and before any stage, goldens whose meta records another model's identity (or other
+    trials'); returns the notes for the report ("identity not recorded" for goldens written before identities).
+    ``fv.parity.identity`` says what the identity holds."""
+    from fv.errors import FVError
+    from fv.parity.identity import golden_identity, identity_problem, not_recorded_note
+
+    mp = meta_path(folder)
+    meta = json.loads(mp.read_text(encoding="utf-8")) if mp.is_file() else {}
+    recorded = meta.get("identity")
+    if not recorded:
+        return [not_recorded_note(f"the goldens in {folder}", "(their meta predates identities)")]
+    problem = identity_problem(recorded, golden_identity(lm, trials, subset), f"the goldens in {folder}",
+                               f"`fv golden import {meta['imported_from']} --force` on this model" if meta.get("imported_from")
+                               else REGENERATE)
+    if problem:
+        raise FVError(problem)
+    how = recorded.get("recorded_by")
+    return [f"goldens' identity checked: weights digest {recorded.get('weights_sha256', '')[:12]}, config digest "
+            f"{recorded.get('config_sha256', '')[:12]}{', ' + how if how else ''}"]

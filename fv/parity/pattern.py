@@ -8,7 +8,7 @@ differing slots to the slots where some word spans several tokens.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -38,9 +38,11 @@ def _list(items: Sequence[str], limit: int = 6) -> str:
 
 
 def describe(stage: str, bad: torch.Tensor, slot_labels: Sequence[str] | None = None,
-             multi_token_slots: Sequence[int] | None = None, trial_keys: Sequence[str] | None = None) -> str:
+             multi_token_slots: Sequence[int] | None = None, trial_keys: Sequence[str] | None = None,
+             lone_metaspace_slots: Sequence[int] | None = None) -> str:
     """One line: per axis, how many of its indices differ and which; slots named by label and compared with the
-    multi-token word slots. Empty when nothing differs."""
+    multi-token word slots and, when given, the slots a lone SentencePiece ``▁`` token is averaged into
+    (``lone_metaspace_slots``). Empty when nothing differs."""
     if not bool(bad.any()):
         return ""
     names = AXES.get(stage, tuple(f"axis{i}" for i in range(bad.ndim)))
@@ -63,6 +65,10 @@ def describe(stage: str, bad: torch.Tensor, slot_labels: Sequence[str] | None = 
                     text += f": {len(inside)} of the {len(multi)} multi-token word slots and {len(others)} others"
                 elif multi:
                     text += f": none of the {len(multi)} multi-token word slots"
+            if lone_metaspace_slots:
+                lone = sorted(set(lone_metaspace_slots) & set(idx))
+                text += (f"; {len(lone)} of them hold a lone '\u2581' token ({_list([str(i) for i in lone])})" if lone
+                         else "; none of them holds a lone '\u2581' token")
             parts.append(text)
         elif name == "trial" and trial_keys is not None:
             keys = [trial_keys[i] if i < len(trial_keys) else str(i) for i in idx]
@@ -85,3 +91,51 @@ def multi_token_slots(slot_value: dict) -> list[int]:
                 if slot is not None:
                     out.add(int(slot))
     return sorted(out)
+
+
+def lone_metaspace_slots(trials: Any, tokenizer: Any, prepend_bos: bool, dummy: Sequence[tuple[int, str]]) -> dict:
+    """Per trial key and side, the lone SentencePiece ``▁`` tokens of its slot map
+    (``fv.runtime.prompts.lone_metaspace_tokens``: position, label, slot). Sides without one are left out."""
+    from fv.runtime.prompts import lone_metaspace_tokens
+
+    out: dict = {}
+    for tr in trials:
+        sides = {side: found for side, pd_ in (("clean", tr.prompt_data_clean), ("corrupted", tr.prompt_data_corrupted))
+                 if (found := lone_metaspace_tokens(pd_, tokenizer, prepend_bos, dummy))}
+        if sides:
+            out[f"{tr.trial_id}:{tr.trial_idx}"] = sides
+    return out
+
+
+def lone_metaspace_note(found: dict, n_trials: int) -> str:
+    """One line naming where lone ``▁`` tokens sit in the slot maps (``lone_metaspace_slots``'s answer):
+    how many, in how many trials, and per kind of label the positions and slots of the first trial holding it."""
+    entries = [(key, side, e) for key, sides in found.items() for side, es in sides.items() for e in es]
+    if not entries:
+        return f"lone '\u2581' tokens in the slot maps: 0 in {n_trials} trials"
+    by_label: dict[str, list[str]] = {}
+    for key, side, e in entries:
+        kind = e["label"]
+        if kind not in by_label:
+            by_label[kind] = [f"trial {key} {side} position {e['position']} -> slot {e['slot']}"]
+    slots = sorted({e["slot"] for _, _, e in entries if e["slot"] is not None})
+    shown = _list([f"{lab} ({where[0]})" for lab, where in by_label.items()], 8)
+    return (f"lone '\u2581' tokens in the slot maps: {len(entries)} in {len(found)} of {n_trials} trials, averaged into "
+            f"slots {_list([str(s) for s in slots], 12)}; labels: {shown}")
+
+
+def lone_metaspace_summary(trials: Any, tokenizer: Any, verify_n: int | None = None) -> str:
+    """``lone_metaspace_note`` for a fixed-trials file (its first ``verify_n`` trials), with the dummy slots its
+    template and shots give; for ``fv verify-trials`` beside the boundary-token line. Never raises."""
+    from fv.model.tokenizers import tokenizer_prepends_bos
+    from fv.runtime.prompts import dummy_labels, has_bos_text
+
+    subset = trials.subset(verify_n)
+    try:
+        first = subset[0]
+        bos = tokenizer_prepends_bos(tokenizer)
+        dummy = dummy_labels(len(first.prompt_data_clean["examples"]), tokenizer, bos, trials.meta.get("prefixes"),
+                             trials.meta.get("separators"), bos_text=has_bos_text(first.prompt_data_clean))
+        return lone_metaspace_note(lone_metaspace_slots(subset, tokenizer, bos, dummy), len(subset))
+    except Exception as exc:  # a report line: it never stops the command that prints it
+        return f"lone '\u2581' tokens in the slot maps: not counted ({type(exc).__name__}: {exc})"

@@ -92,6 +92,12 @@ def check_trials_tokenizer(trials: Any, tokenizer: Any, tokenizer_name: str) -> 
     bad = verify_token_ids(trials, tokenizer)
     if not bad:
         return None
+    from fv.runtime.trials import BOS_CAUSE, LONE_SPACE_CAUSE
+
+    if bad[0].cause.startswith((BOS_CAUSE, LONE_SPACE_CAUSE)):  # a fork's tokenizer(target) ids, not another tokenizer
+        return Finding(TRIALS_TOKENIZER, (
+            f"{trials.path}: {len(bad)} of {len(trials.trials)} trials' target ids are not ids(prompt + target) minus "
+            f"ids(prompt) ({bad[0]}). Make trials with `{remake_command(trials, tokenizer_name, has_bos_text(trials.trials[0].prompt_data_clean))}`."))
     made_with = trials.meta.get("model_name_for_tokenizer") or "an unnamed tokenizer"
     return Finding(TRIALS_TOKENIZER, (
         f"{trials.path} was made with another tokenizer ({made_with!r}, its model_name_for_tokenizer), not {tokenizer_name!r}: "

@@ -21,7 +21,9 @@ REPORT_LOCK_WAIT_S = 120.0
 
 
 def _num(x: float) -> float | str:
-    return "inf" if isinstance(x, float) and math.isinf(x) else x
+    if isinstance(x, float) and math.isnan(x):
+        return "nan"  # JSON has no NaN: a stage with no finite difference says so in words
+    return ("inf" if x > 0 else "-inf") if isinstance(x, float) and math.isinf(x) else x
 
 
 # what a tensor stage's values are, and what an all-zero side of it means
@@ -62,7 +64,22 @@ def name_constant_sides(result: ParityResult, src: Any, fv: Any, other_side: str
         stage.detail[:0] = notes
 
 
+def _clean(value: Any) -> Any:
+    """``value`` with every NaN and infinity written as a string ("nan", "inf", "-inf"): the report stays JSON."""
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return _num(value) if isinstance(value, float) else value
+
+
 def injection_rows(src_inj: dict, fv_inj: dict) -> list[dict]:
+    """One row per trial key ``"<trial_id>:<trial_idx>"`` and prompt set comparing src and fv injection.
+
+    Each row holds both sides' base, with-FV and delta log-probs of the target; where both sides have the
+    trial, whether target ids, log-probs and logits agree and the max abs top-logit difference (inf when the top
+    ids differ); otherwise ``missing_on`` names the side that lacks it.
+    """
     rows = []
     for key in list(src_inj) + [k for k in fv_inj if k not in src_inj]:
         tid, tidx = key.rsplit(":", 1)
@@ -112,16 +129,23 @@ def write_parity_reports(out_dir: Path, result: ParityResult, src_inj: dict, fv_
     out = Path(out_dir)
     report = {
         "status": result.status, "earliest_failed_stage": result.earliest_failed_stage,
-        "first_divergence": result.first_divergence(),
+        "first_divergence": _clean(result.first_divergence()),
+        # NONFINITE stages (a NaN or an infinity on either side), and PASSes that prove little (``degenerate``)
+        "nonfinite_stages": result.nonfinite_stages,
+        "degenerate_stages": result.degenerate_stages,
+        "proves_little": result.proves_little,
         "stages": [{**s.as_row(), "max_abs_diff": _num(s.max_abs_diff), "max_rel_diff": _num(s.max_rel_diff),
+                    "status_text": s.status_text, "degenerate": s.degenerate, "nonfinite": s.nonfinite,
+                    "magnitude": _clean(s.magnitude),
                     "per_trial_mismatch_count": s.per_trial, "detail": s.detail, "pattern": s.pattern,
-                    "worst": s.worst, "reference_function": s.reference_function,
-                    "mismatches": [m.as_dict() for m in s.mismatches[:50]]} for s in result.stages],
+                    "worst": _clean(s.worst), "reference_function": s.reference_function,
+                    "mismatches": [_clean(m.as_dict()) for m in s.mismatches[:50]]} for s in result.stages],
         "meta": result.meta,
     }
     rows = injection_rows(src_inj, fv_inj)
     inj = result.stage("injection")
     inj_report = {"status": inj.status, "mismatch_count": inj.mismatch_count, "max_abs_diff": _num(inj.max_abs_diff),
+                  "nonfinite": inj.nonfinite,
                   "n_rows": len(rows), "all_logits_identical": all(r.get("base_logits_identical") and r.get("with_logits_identical") for r in rows),
                   "trials": rows, "meta": result.meta}
     with output_lock(out, command=f"{Path(sys.argv[0]).name} writing parity reports", wait_s=REPORT_LOCK_WAIT_S):

@@ -13,7 +13,7 @@ import torch
 from fv.meta import run_meta
 from fv.model.loading import LoadedModel
 from fv.parity.compare import EXACT, ParityResult, StageResult, Tolerance, compare_all, tolerance_for
-from fv.parity.golden import golden_dir, load_goldens, to_jsonable
+from fv.parity.golden import check_identity, golden_dir, load_goldens, to_jsonable
 from fv.parity.report import name_constant_sides, write_parity_reports
 from fv.parity.stages import STAGES, Params, StageValues, fv_stage_values, trial_key
 from fv.paths import SNAPSHOT_ROOT
@@ -81,10 +81,12 @@ class ParityRun:
 
 
 def default_out_dir(root: Path, trials: FixedTrials) -> Path:
+    """The parity run's default output folder: ``<root>/<dataset name>/<trials id>``."""
     return Path(root) / trials.dataset_name / trials.id
 
 
 def src_from_source(source: LiveSource, lm: LoadedModel, trials: FixedTrials, params: Params) -> tuple[StageValues, str | None]:
+    """The source's stage values and its injection error (or None), computed or read from its cache."""
     sv, error, _ = src_with_origin(source, lm, trials, params)
     return sv, error
 
@@ -125,13 +127,14 @@ def run_parity(lm: LoadedModel, trials: FixedTrials, params: Params, ref: LiveSo
         src = load_goldens(folder)
         if src is None:
             raise FileNotFoundError(f"no goldens in {folder}")
+        identity_notes = check_identity(folder, lm, trials, subset)  # goldens of another model: refused before any stage
         inj_error = None
         prov_path = folder.parent / f"{folder.name}.meta.json"
         prov = json.loads(prov_path.read_text()) if prov_path.is_file() else {}
         # imported goldens record the dtype they were made in; the reference's own were made in the model's
         dtype = getattr(torch, prov["golden_dtype"]) if prov.get("golden_dtype") else lm.dtype
         source, tol = "golden", tolerance_for(dtype, exact=False)
-        notes = prov.get("notes", [])
+        notes = prov.get("notes", []) + identity_notes
         other = f"goldens in {folder}" + (f" (imported from {prov['imported_from']})" if prov.get("imported_from") else "")
         origin = f"goldens {folder}"
     fvv = _normalize(fv_values if fv_values is not None else fv_stage_values(lm, subset, params, trials.meta.get("prefixes"), trials.meta.get("separators")))

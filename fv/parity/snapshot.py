@@ -75,6 +75,9 @@ class GoldenExtension(SingleFileSnapshotExtension):
 
 
 def golden_extension(folder: Path, kind: str, tolerance: Tolerance, stage: str = "") -> type[GoldenExtension]:
+    """A syrupy extension class for one artifact kind (``tensor``: binary safetensors, else JSON text) whose
+    goldens live in ``folder`` and are compared under ``tolerance``.
+    """
     mode = WriteMode.BINARY if kind == "tensor" else WriteMode.TEXT
     return type(
         f"Golden_{kind}",

@@ -132,6 +132,7 @@ def cache_key(source_parts: dict, trials: Any, params: Any) -> dict:
 
 
 def key_digest(key: dict) -> str:
+    """sha256 (hex) of a cache key, as sorted-key JSON."""
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 

@@ -27,6 +27,7 @@ PER_TRIAL_STAGES = ("prompt", "slot", "indirect_effect", "injection")
 
 
 def trial_key(tr: Trial) -> str:
+    """A trial's key, ``"<trial_id>:<trial_idx>"``."""
     return f"{tr.trial_id}:{tr.trial_idx}"
 
 

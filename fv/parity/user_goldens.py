@@ -30,6 +30,8 @@ USER_FILES = {
     "indirect_effect": "{dataset}_indirect_effect.pt",
 }
 _FIX = "Check that --golden-dir, the model and the fixed trials are the ones src used."
+REGENERATE = ("src on this model and trials (`fv reference --src-root SRC --model MODEL --fixed-trials FT --out DIR` writes "
+              "the same files with the identity), or give the model and trials the goldens were made with")
 
 
 @dataclass
@@ -131,13 +133,106 @@ def check_fit(ug: UserGoldens, lm: Any, trials: Any) -> None:
                       f"found {ie[0]}. {_FIX}")
 
 
+REFERENCE_META = "reference_meta.json"  # what `fv reference` writes beside src's files, with the identity
+ARGS_FILES = ("indirect_effect_args.txt", "mean_head_activations_args.txt", "fv_eval_args.txt")  # what src writes
+
+
+def recorded_identity(ug: UserGoldens) -> tuple[dict | None, str]:
+    """The identity a user's golden folder records (``reference_meta.json``'s ``identity``, written by ``fv reference``),
+    and where it was read; (None, "") where none is recorded (src's own files carry none)."""
+    p = ug.folder / REFERENCE_META
+    if p.is_file():
+        ident = read_json(p, "reference meta").get("identity")
+        if isinstance(ident, dict) and ident.get("weights_sha256"):
+            return ident, str(p)
+    return None, ""
+
+
+def src_args(ug: UserGoldens) -> tuple[dict, Path | None]:
+    """What src's ``*_args.txt`` beside the goldens records (JSON: model_name, n_shots, n_trials, prefixes, separators,
+    revision, seed), or ({}, None)."""
+    import json as _json
+
+    for name in ARGS_FILES:
+        p = ug.folder / name
+        if p.is_file():
+            try:
+                raw = _json.loads(p.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            if isinstance(raw, dict):
+                return raw, p
+    return {}, None
+
+
+def check_identity(ug: UserGoldens, lm: Any, trials: Any) -> tuple[dict, list[str]]:
+    """Refuse a user's goldens of another model (or other shots, template, trials) in one line, before any stage.
+    Returns the identity to record for them (theirs where recorded, else this model's, marked as asserted) and the
+    notes. src's ``.pt`` files carry no identity: then only what its ``*_args.txt`` holds is checked (shots,
+    template, revision) and the note says the identity was not recorded."""
+    from fv.parity.identity import golden_identity, identity_problem, not_recorded_note, revision_of, template_digest
+
+    subset = trials.subset(ug.n_trials)
+    current = golden_identity(lm, trials, subset)
+    where = f"the goldens in {ug.folder}"
+    recorded, origin = recorded_identity(ug)
+    if recorded is not None:
+        problem = identity_problem(recorded, current, where, REGENERATE)
+        if problem:
+            raise FVError(problem)
+        return ({**recorded, "recorded_by": f"recorded by `fv reference` ({origin})"},
+                [f"goldens' identity checked ({origin}): weights digest {recorded['weights_sha256'][:12]}"])
+    args, args_path = src_args(ug)
+    facts = []
+    if args_path is not None:
+        if args.get("n_shots") is not None and int(args["n_shots"]) != current["n_shots"]:
+            raise FVError(f"goldens of other trials: {args_path} says src made them with n_shots {args['n_shots']}, "
+                          f"these trials ({trials.id}) have {current['n_shots']}. Give the trials src used, or regenerate "
+                          f"with {REGENERATE}")
+        if args.get("prefixes") is not None or args.get("separators") is not None:
+            theirs = template_digest(args.get("prefixes"), args.get("separators"))
+            if theirs != current["template_sha256"]:
+                raise FVError(f"goldens of other trials: {args_path} says src made them with prefixes {args.get('prefixes')!r} "
+                              f"and separators {args.get('separators')!r}, these trials ({trials.id}) use "
+                              f"{trials.meta.get('prefixes')!r} and {trials.meta.get('separators')!r}. Regenerate with {REGENERATE}")
+        ours = revision_of(lm.path)
+        if args.get("revision") and ours and str(args["revision"]) != ours:
+            raise FVError(f"goldens of another model: {args_path} says src made them with revision {args['revision']} of "
+                          f"{args.get('model_name')}, this model ({lm.path}) is revision {ours}. Regenerate with {REGENERATE}")
+        facts = [f"{k} {args[k]}" for k in ("model_name", "n_shots", "n_trials", "revision") if args.get(k) is not None]
+    what = (f"(src's .pt files carry none; {args_path.name} says {', '.join(facts)})" if args_path is not None
+            else "(src's .pt files carry none, and no *_args.txt lies beside them)")
+    return ({**current, "recorded_by": f"asserted by `fv golden import` for {lm.name}: {NOT_RECORDED_BY_SRC}"},
+            [not_recorded_note(where, what)])
+
+
+NOT_RECORDED_BY_SRC = "src's files recorded no identity; this is the model they were imported for"
+
+
+def check_identity_at_start(folder: str | Path, model_name: str, trials: Any) -> None:
+    """The identity check of ``check_identity`` at a session's start, from the model's folder alone (its config and
+    weight files: no model is loaded), so goldens of another model stop the session in one line."""
+    from types import SimpleNamespace
+
+    from fv.model.resolve import display_name, resolve_model_path
+    from fv.model.tiny import tiny_name_of_folder
+
+    path = resolve_model_path(model_name)
+    ug = load_user_goldens(folder)
+    if not 0 < ug.n_trials <= len(trials.trials):
+        return  # check_fit says so, with the model loaded
+    check_identity(ug, SimpleNamespace(path=path, name=tiny_name_of_folder(path.name) or display_name(path), model=None),
+                   trials)
+
+
 def golden_source(folder: str | Path, lm: Any, trials: Any) -> GoldenSource:
     """A user's golden folder as the other side of a parity run, checked against the model and trials."""
     ug = load_user_goldens(folder)
     check_fit(ug, lm, trials)
+    _identity, notes = check_identity(ug, lm, trials)
     dt = str(ug.dtype).replace("torch.", "")
     return GoldenSource(ug.stage_values(), f"user goldens in {ug.folder} ({dt})", tolerance_for(ug.dtype, exact=False),
-                        [f"golden source: {ug.folder} ({', '.join(p.name for p in ug.files.values())})"], USER_GOLDENS,
+                        [f"golden source: {ug.folder} ({', '.join(p.name for p in ug.files.values())})", *notes], USER_GOLDENS,
                         ug.n_trials)
 
 
@@ -173,6 +268,7 @@ def import_goldens(folder: str | Path, lm: Any, trials: Any, snapshot_root: Path
 
     ug = load_user_goldens(folder)
     check_fit(ug, lm, trials)
+    identity, id_notes = check_identity(ug, lm, trials)
     dest = golden_dir(snapshot_root, lm.name, trials.id, ug.n_trials)
     held = sorted(p.name for p in dest.glob("*")) if dest.is_dir() else []
     if held and not force:
@@ -189,7 +285,8 @@ def import_goldens(folder: str | Path, lm: Any, trials: Any, snapshot_root: Path
         **run_meta(lm, trials), "source": USER_GOLDENS, "imported_from": str(ug.folder.resolve()), "dataset": ug.dataset,
         "golden_dtype": dt, "n_trials": ug.n_trials,
         "files": {name: {"file": p.name, "sha256": sha256_file(p)} for name, p in ug.files.items()},
+        "identity": identity,
         "notes": [f"imported by `fv golden import` from {ug.folder.resolve()}: made by src on the user's machine ({dt}); "
-                  "holds mean activations, dummy labels and indirect effects only"],
+                  "holds mean activations, dummy labels and indirect effects only", *id_notes],
     })
     return dest

@@ -214,6 +214,9 @@ def job_state(folder: str | Path, job_id: str, executor: str) -> str:
 
 
 def save_submission(path: Path, executor: str, cc: ClusterConfig, tasks: list[dict], extra: dict | None = None) -> None:
+    """Write a submission record to ``path`` as JSON, atomically: the executor, the cluster config, this
+    interpreter and the tasks, plus any ``extra`` keys.
+    """
     from fv.io import write_json
 
     write_json(path, {"executor": executor, "cluster": asdict(cc), "python": sys.executable, "tasks": tasks, **(extra or {})})

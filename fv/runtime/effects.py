@@ -39,6 +39,11 @@ def _patch_fn(info: ModelInfo, layer: int, rows: Sequence[tuple[int, int]], mean
 
 
 def trial_effect_exact(model: Any, info: ModelInfo, prompt: PreparedPrompt, mean_acts: torch.Tensor) -> torch.Tensor:
+    """One trial's indirect effect of every head, exact mode: one patched forward per (layer, head).
+
+    The change in probability of the target's first token at the last position, patched minus unpatched, on the
+    corrupted ``prompt``. ``mean_acts`` is ``(layers, heads, slots, head_dim)``; returns ``(layers, heads)`` float32.
+    """
     storage = torch.zeros(info.n_layers, info.n_heads, 1)
     clean_probs = torch.softmax(model(**prompt.inputs).logits[:, -1, :][0], dim=-1)
     index = torch.LongTensor([prompt.target_id]).to(info.device).squeeze()

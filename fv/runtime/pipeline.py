@@ -27,6 +27,7 @@ from fv.progress import stage_bar
 from fv.runtime.activations import mean_head_activations
 from fv.runtime.effects import indirect_effects, pad_token_id
 from fv.runtime.evaluation import BaselineStore, eval_rows_per_pass, evaluate_layers, summarize
+from fv.runtime.finite import require_finite, require_finite_rows
 from fv.runtime.prepared import PROMPT_SETS, PreparedTrial, prepare_trials
 from fv.runtime.prompts import dummy_labels, has_bos_text
 from fv.runtime.trials import FixedTrials
@@ -142,8 +143,10 @@ def _run(lm: LoadedModel, trials: FixedTrials, out_dir: str | Path, cfg: RunConf
     reused: list[str] = []
     computed: list[str] = []
 
-    def tensor_stage(name: str, label: str, key: str, compute, stage_name: str = "", **meta_extra) -> torch.Tensor:
-        """Load ``<name>.pt`` when resuming and its meta records ``key``; else compute, save, write the meta."""
+    def tensor_stage(name: str, label: str, key: str, compute, stage_name: str = "", labels: dict | None = None,
+                     **meta_extra) -> torch.Tensor:
+        """Load ``<name>.pt`` when resuming and its meta records ``key``; else compute, check that it is finite
+        (a NaN or an infinity stops the run, naming where, and nothing of the stage is written), save, write the meta."""
         f = out / f"{name}.pt"
         if cfg.resume and outputs_fresh(out / f"{name}_meta.json", key, [f]):
             reused.append(name)
@@ -152,6 +155,7 @@ def _run(lm: LoadedModel, trials: FixedTrials, out_dir: str | Path, cfg: RunConf
                 return load_tensor_file(f)
         with stage(stage_name or label), stage_bar(label, len(subset), quiet) as tick:
             value = compute(tick)
+        require_finite(label, value, meta_extra.get("dims", ()), labels)
         with stage("writing artifacts"):
             save_tensors(f, value)
             write_json(out / f"{name}_meta.json", meta(inputs_key=key, shape=list(value.shape), **meta_extra))
@@ -166,6 +170,7 @@ def _run(lm: LoadedModel, trials: FixedTrials, out_dir: str | Path, cfg: RunConf
         "mean_activations", "mean activations", k_mean,
         lambda tick: mean_head_activations(lm.model, lm.info, [pt.clean for pt in prepared], len(dummy), mode=cfg.mode,
                                            progress=tick, batch=per_pass),
+        labels={"slot": [f"{p} ({l})" for p, l in dummy]},
         dims=["layer", "head", "slot", "head_dim"], dummy_labels=[[p, l] for p, l in dummy])
     k_ie = _key("ie", base_key, k_mean)
     ie = tensor_stage(
@@ -173,7 +178,8 @@ def _run(lm: LoadedModel, trials: FixedTrials, out_dir: str | Path, cfg: RunConf
         lambda tick: indirect_effects(lm.model, lm.info, [pt.corrupted for pt in prepared], mean, pad_token_id(lm.tokenizer),
                                       mode=cfg.mode, progress=tick, keep=store,
                                       trials_per_pass=per_pass),
-        stage_name="indirect effects", dims=["trial", "layer", "head"], trial_keys=[[t.trial_id, t.trial_idx] for t in subset])
+        stage_name="indirect effects", labels={"trial": [f"({t.trial_id}, {t.trial_idx})" for t in subset]},
+        dims=["trial", "layer", "head"], trial_keys=[[t.trial_id, t.trial_idx] for t in subset])
     # top heads and the FV
     k_fv = _key("fv", k_ie, cfg.n_top_heads)
     files_fv = [out / "top_heads.json", out / "fv_by_layer.pt", out / "fv_global_resid.pt"]
@@ -187,6 +193,8 @@ def _run(lm: LoadedModel, trials: FixedTrials, out_dir: str | Path, cfg: RunConf
             heads = top_heads(ie, cfg.n_top_heads)
             fvr = function_vector(mean, heads, lm.info)
             fv_vec = fvr.vector
+            require_finite("function vector", fvr.by_layer, ["layer", "d_model"])
+            require_finite("function vector", fvr.vector.reshape(-1), ["element"])
         with stage("writing artifacts"):
             write_json(out / "top_heads.json", [[l, h, s] for l, h, s in heads])
             save_tensors(out / "fv_by_layer.pt", fvr.by_layer)
@@ -205,6 +213,8 @@ def _run(lm: LoadedModel, trials: FixedTrials, out_dir: str | Path, cfg: RunConf
         with stage("evaluation"), stage_bar("evaluation", len(todo), quiet, unit="layer") as tick:
             by_layer = evaluate_layers(lm.model, lm.tokenizer, lm.info, prepared, fv_vec, todo, progress=tick,
                                        mode=cfg.mode, baseline=store, pad_id=pad_token_id(lm.tokenizer))
+        for L, layer_rows in by_layer.items():  # every layer checked before any is written
+            require_finite_rows("evaluation", layer_rows, L)
         computed.append("evaluation:" + ",".join(str(L) for L in todo))
     if store is not None:
         store.close()  # the prefix caches are spent

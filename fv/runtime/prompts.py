@@ -17,6 +17,10 @@ DEFAULT_SEPARATORS = {"input": "\n", "output": "\n\n", "instructions": ""}
 BOS_TEXT = "<|endoftext|>"
 
 TokenLabel = tuple[int, str, str]  # (token position, decoded token, label)
+# SentencePiece's word-boundary mark. Tokenizers that split digits (Llama 2, Gemma) or lack a piece "▁x" write a space
+# before such a word as a token of its own: " 3" is "▁", "3". Decoded alone it is "" (Llama 2, whose decoder strips
+# the leading space) or " " (Gemma), so the slot map's decoded tokens do not show it; lone_metaspace_tokens does.
+METASPACE = "\u2581"
 
 
 def make_prompt_data(
@@ -202,6 +206,26 @@ def full_idx_map(idx_map: dict[int, int], idx_avg: dict[str, tuple[int, int]]) -
             if k not in idx_map:
                 extra[k] = idx_map[i]
     return {**idx_map, **extra}
+
+
+def lone_metaspace_positions(tokenizer: Any, input_ids: Sequence[int]) -> list[int]:
+    """Positions in ``input_ids`` whose token is the SentencePiece mark ``▁`` alone (a standalone space token)."""
+    pieces = tokenizer.convert_ids_to_tokens([int(i) for i in input_ids])
+    return [i for i, p in enumerate(pieces) if p == METASPACE]
+
+
+def lone_metaspace_tokens(prompt_data: dict, tokenizer: Any, prepend_bos: bool, dummy: Sequence[tuple[int, str]]) -> list[dict]:
+    """The slot map's lone ``▁`` tokens of one prompt: ``[{"position", "label", "slot"}]``, where ``label`` is the
+    token's meta label and ``slot`` the dummy slot its activation is averaged into (``idx_map_full``; None when the
+    slot map drops it). Empty for tokenizers without the mark (byte-level BPEs)."""
+    labels, text = token_meta_labels(prompt_data, tokenizer, prepend_bos=prepend_bos)
+    lone = lone_metaspace_positions(tokenizer, tokenizer(text).input_ids)
+    if not lone:
+        return []
+    idx_map, idx_avg = slot_maps(labels, dummy)
+    full = full_idx_map(idx_map, idx_avg)
+    by_pos = {pos: lab for pos, _, lab in labels}
+    return [{"position": int(i), "label": by_pos.get(i, "(unlabelled)"), "slot": full.get(i)} for i in lone]
 
 
 def answer_ids(tokenizer: Any, prompt: str, target: str) -> list[int]:

@@ -96,6 +96,9 @@ def read_relation_trials(path: str | Path, q_list: Sequence[str] | None = None) 
 
 
 def per_q_trials_name(cfg: RelationConfig, q: str) -> str:
+    """File name of q's trials file: from the user's ``--fixed-trials`` stem, or from the relation CSV's stem,
+    trial count, demo count and seed.
+    """
     if cfg.fixed_trials:
         return f"fixed_trials_{Path(cfg.fixed_trials).stem}_{q}.json"
     return f"fixed_trials_{Path(cfg.relation_csv).stem}_{q}_t{cfg.n_trials_per_q}_d{cfg.n_demos}_seed{cfg.seed}.json"
@@ -106,6 +109,9 @@ def _status_path(root: Path, q: str) -> Path:
 
 
 def read_status(root: Path, q: str) -> dict:
+    """q's ``qid_status.json`` record, or ``{"q_id": q, "status": "pending"}`` when it has none yet (read without
+    the state lock).
+    """
     p = _status_path(root, q)
     return json.loads(p.read_text()) if p.is_file() else {"q_id": q, "status": "pending"}
 
@@ -181,6 +187,7 @@ def prepare_trials(cfg: RelationConfig, tokenizer: Any, model_name: str, prepend
 
 
 def q_trials_path(root: Path, q: str) -> Path:
+    """The ``fixed_trials_*.json`` file in q's folder (the first by name). Raises FVError when there is none."""
     hits = sorted((root / q).glob("fixed_trials_*.json"))
     if not hits:
         raise FVError(f"no trials file for {q} under {root / q}")
@@ -274,10 +281,15 @@ def _run_one_locked(lm: Any, cfg: RelationConfig, root: Path, q: str, after_q: C
             torch.set_num_threads(cfg.cpu_threads)
         result = run_q(lm, cfg, root, q, log)
     except Exception as exc:  # one q's failure is recorded and does not stop the others
+        from fv.runtime.finite import NonFiniteError
+
         _set_status(root, q, "failed", inputs, error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(limit=5),
                     **(extra or {}))
         log(f"{q}: failed: {type(exc).__name__}: {exc}")
-        if cfg.stop_on_error:
+        if cfg.stop_on_error or isinstance(exc, NonFiniteError):
+            # a NaN or an infinity comes from the model in its dtype, not from this q: the run stops, in one line
+            if isinstance(exc, NonFiniteError) and not str(exc).startswith(f"q {q}: "):
+                raise NonFiniteError(f"q {q}: {exc}", exc.stage, exc.where) from exc
             raise
         return "failed"
     finally:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -335,6 +335,9 @@ def load_trials(path: str | Path) -> FixedTrials:
 
 
 def save_trials(path: str | Path, trials: dict) -> Path:
+    """Validate a fixed-trials dict (``validate_trials``: FVError on any fault) and write it to ``path`` as JSON,
+    atomically; returns the path.
+    """
     validate_trials(trials, str(path))
     return write_json(path, trials)
 
@@ -346,9 +349,11 @@ class TokenMismatch:
     field: str
     in_file: Any
     recomputed: Any
+    cause: str = ""  # in words (target_cause): BOS, a lone ▁, or another continuation
 
     def __str__(self) -> str:
-        return f"trial {self.trial_id} (index {self.trial_idx}): {self.field} in file {self.in_file}, tokenizer gives {self.recomputed}"
+        return (f"trial {self.trial_id} (index {self.trial_idx}): {self.field} in file {self.in_file}, tokenizer gives "
+                f"{self.recomputed}" + (f": {self.cause}" if self.cause else ""))
 
 
 def verify_token_ids(trials: FixedTrials, tokenizer: Any, verify_n: int | None = None) -> list[TokenMismatch]:
@@ -357,9 +362,11 @@ def verify_token_ids(trials: FixedTrials, tokenizer: Any, verify_n: int | None =
     for tr in trials.subset(verify_n):
         ids = answer_ids(tokenizer, tr.clean_prompt_str, tr.target_str)
         if tuple(ids) != tr.answer_ids:
-            out.append(TokenMismatch(tr.trial_id, tr.trial_idx, "answer_ids", list(tr.answer_ids), ids))
+            out.append(TokenMismatch(tr.trial_id, tr.trial_idx, "answer_ids", list(tr.answer_ids), ids,
+                                     target_cause(tokenizer, tr.answer_ids, ids)))
         elif ids[0] != tr.first_token_id:
-            out.append(TokenMismatch(tr.trial_id, tr.trial_idx, "first_token_id", tr.first_token_id, ids[0]))
+            out.append(TokenMismatch(tr.trial_id, tr.trial_idx, "first_token_id", tr.first_token_id, ids[0],
+                                     target_cause(tokenizer, [tr.first_token_id], ids[:1])))
     return out
 
 
@@ -371,3 +378,106 @@ def require_tokenizer_agrees(trials: FixedTrials, tokenizer: Any) -> None:
             f"fixed-trials file {trials.path} disagrees with this model's tokenizer in {len(bad)} trial(s); first: {bad[0]}. "
             "Remake it with `fv make-trials --tokenizer <model folder>`."
         )
+
+# ---- the target ids -----------------------------------------------------------------------------------------
+# The target's token ids, checked against their one definition (docs/reference.md, "Fixed trials"):
+# ``answer_ids = ids(prompt + target)[len(ids(prompt)):]``, the first of them the target id the indirect effect and
+# the evaluation score.
+#
+# Forks and teaching material often take it as ``tokenizer(target)["input_ids"][0]``. On a tokenizer that adds BOS
+# that is the BOS id; on a Metaspace (SentencePiece) tokenizer it can be a lone ``▁`` (the target's leading space as
+# a piece of its own); either way the indirect effect is the probability change of a token the model never
+# predicts there, about 0 everywhere, and both sides agree on it, so parity alone cannot see it. Each mismatch is
+# named in words: "the target's first token is BOS", "a lone ▁", or "differs from the prompt's continuation".
+#
+# Used by M0 (``tests/parity/test_m0_fixed_trials.py::test_target_ids``), by ``fv verify-trials`` and by every
+# token-id check of a trials file (``fv.runtime.trials.verify_token_ids``).
+
+BOS_CAUSE = "the target's first token is BOS"
+LONE_SPACE_CAUSE = "a lone ▁"
+CONTINUATION_CAUSE = "differs from the prompt's continuation"
+METASPACE = "\u2581"
+
+
+def expected_ids(tokenizer: Any, prompt: str, target: str) -> list[int]:
+    """``ids(prompt + target)[len(ids(prompt)):]``, the target's ids in context."""
+    return answer_ids(tokenizer, prompt, target)
+
+
+def _piece(tokenizer: Any, token_id: int) -> str | None:
+    try:
+        piece = tokenizer.convert_ids_to_tokens(int(token_id))
+    except Exception:  # an id outside the vocabulary: no piece to name
+        return None
+    return piece if isinstance(piece, str) else None
+
+
+def target_cause(tokenizer: Any, found: Sequence[int], expected: Sequence[int]) -> str:
+    """In words, why ``found`` (a side's target ids) is not ``expected`` (the prompt's continuation)."""
+    found, expected = [int(i) for i in found], [int(i) for i in expected]
+    if not found:
+        return f"no target ids; {CONTINUATION_CAUSE} ({expected})"
+    first = found[0]
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is not None and first == int(bos) and (not expected or expected[0] != first):
+        return (f"{BOS_CAUSE} ({getattr(tokenizer, 'bos_token', None)!r}, id {first}): the target was tokenized alone on a "
+                f"tokenizer that adds BOS (tokenizer(target).input_ids[0]); the prompt's continuation starts with {expected[:1]}")
+    if _piece(tokenizer, first) == METASPACE and (not expected or expected[0] != first):
+        return (f"{LONE_SPACE_CAUSE} (id {first}): the target's leading space as a piece of its own, as a Metaspace "
+                f"(SentencePiece) tokenizer gives the target tokenized alone; the prompt's continuation starts with {expected[:1]}")
+    at = next((i for i, (a, b) in enumerate(zip(found, expected)) if a != b), min(len(found), len(expected)))
+    return (f"{CONTINUATION_CAUSE} at position {at}: {found} where ids(prompt + target) minus ids(prompt) give {expected} "
+            f"(pieces {[_piece(tokenizer, i) for i in found[:3]]} vs {[_piece(tokenizer, i) for i in expected[:3]]})")
+
+
+@dataclass(frozen=True)
+class TargetProblem:
+    trial_id: Any
+    trial_idx: int
+    side: str  # "file first_token_id", "file answer_ids", "reference", ...
+    found: tuple[int, ...]
+    expected: tuple[int, ...]
+    cause: str
+
+    def __str__(self) -> str:
+        return f"trial {self.trial_id} (index {self.trial_idx}): {self.side} {list(self.found)}: {self.cause}"
+
+
+def file_ids(raw_trial: Mapping | None, trial: Any) -> dict[str, list[int]]:
+    """The target ids a trials file states for one trial, by field (the raw dict when at hand, else the loaded trial)."""
+    if raw_trial is not None:
+        out = {"answer_ids": [int(i) for i in raw_trial.get("answer_ids", [])]}
+        for k in ("first_token_id", "target_first_token_id"):
+            if k in raw_trial:
+                out[k] = [int(raw_trial[k])]
+        return out
+    return {"answer_ids": list(trial.answer_ids), "first_token_id": [int(trial.first_token_id)]}
+
+
+def check_target_ids(trials: Iterable[Any], tokenizer: Any, raw_trials: Sequence[Mapping] | None = None,
+                     reference_ids: Mapping[Any, Sequence[int]] | None = None) -> list[TargetProblem]:
+    """Every target id a trials file (``trials``: loaded ``Trial`` objects, ``raw_trials`` their dicts by
+    ``trial_idx``) and the reference (``reference_ids``: trial key ``(trial_id, trial_idx)`` -> the ids it scores)
+    state, compared with ``ids(prompt + target)[len(ids(prompt)):]``; the single-id fields and the reference's
+    first id are compared with its first id. One problem per side and trial, with its cause in words."""
+    out: list[TargetProblem] = []
+    for t in trials:
+        want = expected_ids(tokenizer, t.clean_prompt_str, t.target_str)
+        raw = raw_trials[t.trial_idx] if raw_trials is not None and t.trial_idx < len(raw_trials) else None
+        sides = {f"file {k}": v for k, v in file_ids(raw, t).items()}
+        if reference_ids is not None and t.key in reference_ids:
+            sides["reference's target id"] = [int(i) for i in reference_ids[t.key]]
+        for side, found in sides.items():
+            expected = want if side == "file answer_ids" else want[:1]
+            found = found if side == "file answer_ids" else found[:1]
+            if list(found) != list(expected):
+                out.append(TargetProblem(t.trial_id, t.trial_idx, side, tuple(found), tuple(expected),
+                                         target_cause(tokenizer, found, expected)))
+    return out
+
+
+def target_summary(problems: Sequence[TargetProblem]) -> str:
+    """One line: how many trials and sides, and the causes named."""
+    causes = sorted({p.cause.split(" (")[0].split(" at position")[0] for p in problems})
+    trials = len({(p.trial_id, p.trial_idx) for p in problems})
+    return f"target ids: {len(problems)} mismatch(es) in {trials} trial(s): {'; '.join(causes)}"

@@ -276,6 +276,12 @@ def run_task_effects(lm: Any, cfg: UniversalConfig, task: Task, quiet: bool = Tr
             ie = indirect_effects(lm.model, lm.info, [pt.corrupted for pt in p.prepared], mean, pad_token_id(lm.tokenizer),
                                   mode=cfg.mode, progress=tick)
         top1 = clean_top1(lm.model, p.prepared)
+    from fv.runtime.finite import require_finite
+
+    trials = {"trial": [f"({t.trial_id}, {t.trial_idx})" for t in p.subset]}
+    require_finite(f"{task.name}: mean activations", mean, ["layer", "head", "slot", "head_dim"],
+                   {"slot": [f"{i} ({l})" for i, l in p.dummy]})
+    require_finite(f"{task.name}: indirect effect", ie, ["trial", "layer", "head"], trials)
     targets = [pt.clean.target_id for pt in p.prepared]
     save_tensors(task.folder / "mean_activations.pt", mean)
     save_tensors(task.folder / "indirect_effect.pt", ie)
@@ -291,6 +297,10 @@ def run_task_effects(lm: Any, cfg: UniversalConfig, task: Task, quiet: bool = Tr
 
 
 def read_heads(out: Path) -> list[tuple[int, int, float]]:
+    """The universal heads from ``universal_top_heads.json`` under ``out``, as ``(layer, head, score)`` tuples.
+
+    Raises FVError when the file is missing or not valid JSON.
+    """
     return [(int(l), int(h), float(s)) for l, h, s in read_json(Path(out) / "universal_top_heads.json")]
 
 
@@ -316,6 +326,12 @@ def run_task_vector(lm: Any, cfg: UniversalConfig, task: Task, heads: Sequence[t
         fvr = function_vector(mean, list(heads), lm.info)
         with stage_bar(f"{task.name}: evaluation", len(layers), quiet, unit="layer") as tick:
             by_layer = evaluate_layers(lm.model, lm.tokenizer, lm.info, p.prepared, fvr.vector, layers, progress=tick)
+    from fv.runtime.finite import require_finite, require_finite_rows
+
+    require_finite(f"{task.name}: universal function vector", fvr.by_layer, ["layer", "d_model"])
+    require_finite(f"{task.name}: universal function vector", fvr.vector.reshape(-1), ["element"])
+    for L, rows in by_layer.items():
+        require_finite_rows(f"{task.name}: evaluation", rows, L)
     save_tensors(task.folder / "fv_universal.pt", fvr.vector.reshape(-1).to("cpu"))
     write_json(task.folder / "universal_eval.json", {
         "task": task.name, "edit_layers": layers,

@@ -20,6 +20,10 @@ Head = tuple[int, int, float]
 
 
 def top_heads(indirect_effect: torch.Tensor, n_top: int) -> list[Head]:
+    """The ``n_top`` heads with the largest trial-mean indirect effect, as ``(layer, head, score)``, best first.
+
+    ``indirect_effect`` is ``(trials, layers, heads)``; scores are rounded to 4 decimals, ties broken by ``torch.topk``.
+    """
     mean = indirect_effect.mean(dim=0)
     n_heads = mean.shape[1]
     vals, inds = torch.topk(mean.view(-1), k=n_top, largest=True)
@@ -34,6 +38,11 @@ class FunctionVector:
 
 
 def function_vector(mean_acts: torch.Tensor, heads: list[Head], info: ModelInfo) -> FunctionVector:
+    """The FV: the summed output-projection of each top head's last-slot mean activation, with each layer's share.
+
+    ``mean_acts`` is ``(layers, heads, slots, head_dim)``; the vector is ``(1, d_model)`` in the model's dtype and
+    ``by_layer`` ``(layers, d_model)`` float32. A biased projection adds its bias once per head.
+    """
     width = info.n_heads * info.head_dim
     fv = torch.zeros((1, 1, info.d_model)).to(info.device)
     by_layer = torch.zeros(info.n_layers, info.d_model)

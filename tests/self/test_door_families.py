@@ -41,7 +41,7 @@ EDIT_LAYER, MAX_TRIALS = 3, 3  # the family models have 6 layers; three trials k
 def run_session(src: Path, out: Path, models: list[str], fv_options, env: dict | None = None) -> tuple[int, str]:
     """``pytest -m m2 --fv-model <models>`` against ``src`` in the default (own) mode, in a fresh process started
     from ``out``, with the src-values cache off (the live reference computes every value). Returns (exit code,
-    output)."""
+    output, whole; ``tail`` shortens it for a failure message)."""
     cmd = [sys.executable, "-m", "pytest", str(REPO_ROOT / "tests"), "-m", "m2", "-p", "no:cacheprovider", "-p", "no:xdist",
            "-q", "--fv-model", ",".join(models), "--dataset", str(FIXTURES / "antonym_tiny.json"),
            "--edit-layer", str(EDIT_LAYER), "--max-trials", str(MAX_TRIALS), "--src-root", str(src), "--require-src",
@@ -52,7 +52,12 @@ def run_session(src: Path, out: Path, models: list[str], fv_options, env: dict |
     full.update(env or {})
     out.mkdir(parents=True, exist_ok=True)
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=out, env=full, timeout=1500)
-    return proc.returncode, proc.stdout[-6000:] + proc.stderr[-3000:]
+    return proc.returncode, proc.stdout + proc.stderr  # whole: a warning early on stderr is searched for
+
+
+def tail(output: str) -> str:
+    """The end of a session's output, for a failure message."""
+    return output[-6000:]
 
 
 def reports(out: Path) -> dict[str, dict]:
@@ -65,7 +70,7 @@ def reports(out: Path) -> dict[str, dict]:
 
 
 def assert_bit_exact_own(report: dict, name: str, output: str) -> None:
-    assert report["status"] == "PASS", f"{name}: {report['status']} at {report['earliest_failed_stage']}\n{output}"
+    assert report["status"] == "PASS", f"{name}: {report['status']} at {report['earliest_failed_stage']}\n{tail(output)}"
     meta = report["meta"]
     assert meta["src_model_mode"] == "own", meta["src_model_mode"]
     assert meta["tolerance"]["name"] == "exact", meta["tolerance"]
@@ -93,12 +98,12 @@ def test_every_reference_family_passes_the_door_in_own_mode(reference, fv_option
     assert "neox" not in pythia.name and "pythia" in pythia.name
     models = ["gpt2-xl", "tiny-gpt-j", "tiny-gpt-neox", str(pythia), "tiny-llama", "tiny-gemma", "tiny-olmo"]
     rc, output = run_session(reference.src_root, tmp_path / "run", models, fv_options, hub_env(hub_cache))
-    assert "cannot run" not in output, output
-    assert rc == 0, output
+    assert "cannot run" not in output, tail(output)
+    assert rc == 0, tail(output)
     got = reports(tmp_path / "run")
     want = {"gpt2-xl", "tiny-gpt-j", "tiny-gpt-neox", pythia.name, "tiny-llama", "tiny-gemma", "tiny-olmo"}
     missing = want - {Path(k).name for k in got}
-    assert not missing, f"no M2 report for {sorted(missing)}; reports for {sorted(got)}\n{output}"
+    assert not missing, f"no M2 report for {sorted(missing)}; reports for {sorted(got)}\n{tail(output)}"
     for name, report in got.items():
         assert_bit_exact_own(report, name, output)
     gpt2 = got["gpt2-xl"]["meta"]  # the typed hub id, resolved by fv to the cache's snapshot for its own copy
@@ -123,10 +128,10 @@ def test_a_fork_that_indexes_slots_its_own_way_fails_at_the_fv_stage(reference, 
     the FV stage, every stage before it bit-exact."""
     src = build_fork(reference.src_root, tmp_path / "slot-fork", SLOT_FORK_CHANGES)
     rc, output = run_session(src, tmp_path / "run", ["tiny-llama"], fv_options)
-    assert "cannot run" not in output and "IndexError" not in output, output
-    assert rc == 1, output
+    assert "cannot run" not in output and "IndexError" not in output, tail(output)
+    assert rc == 1, tail(output)
     report = reports(tmp_path / "run")["tiny-llama"]
-    assert report["status"] == "FAIL" and report["earliest_failed_stage"] == "fv", (report["earliest_failed_stage"], output)
+    assert report["status"] == "FAIL" and report["earliest_failed_stage"] == "fv", (report["earliest_failed_stage"], tail(output))
     stages = {s["name"]: s for s in report["stages"]}
     order = [s["name"] for s in report["stages"]]
     for name in order[:order.index("fv")]:
@@ -141,12 +146,12 @@ def test_a_fork_whose_loader_matches_an_exact_hub_id(reference, fv_options, tmp_
     build_hf_cache(hub_cache, "gpt2", ensure_tiny_model("tiny-gpt2"))
     src = build_fork(reference.src_root, tmp_path / "gpt2-fork", GPT2_FORK_CHANGES)
     rc, output = run_session(src, tmp_path / "run", ["gpt2"], fv_options, hub_env(hub_cache))
-    assert rc == 0, output
+    assert rc == 0, tail(output)
     assert_bit_exact_own(reports(tmp_path / "run")["gpt2"], "gpt2", output)
     rc, output = run_session(reference.src_root, tmp_path / "upstream", ["gpt2"], fv_options, hub_env(hub_cache))
-    assert rc == 4, output
+    assert rc == 4, tail(output)
     refusal = [line for line in output.splitlines() if "cannot run gpt2" in line]
-    assert len(refusal) == 1 and "'gpt2'" in refusal[0] and "snapshots" not in refusal[0], output
+    assert len(refusal) == 1 and "'gpt2'" in refusal[0] and "snapshots" not in refusal[0], tail(output)
 
 
 # a fork that checks each head's FV contribution is finite (``.item()``): on real weights it runs; on the door's
@@ -161,7 +166,7 @@ def test_a_probe_failure_on_the_stand_in_is_a_warning_not_a_refusal(reference, f
     bit-exact."""
     src = build_fork(reference.src_root, tmp_path / "finite-fork", FINITE_FORK_CHANGES)
     rc, output = run_session(src, tmp_path / "run", ["tiny-llama"], fv_options)
-    assert rc == 0, output
-    warning = [line for line in output.splitlines() if line.startswith("fv: warning: preflight reference family")]
-    assert len(warning) == 1 and "compute_function_vector" in warning[0] and "Not a refusal" in warning[0], output
+    assert rc == 0, tail(output)
+    warning = [line for line in output.splitlines() if "fv: warning: preflight reference family" in line]
+    assert len(warning) == 1 and "compute_function_vector" in warning[0] and "Not a refusal" in warning[0], tail(output)
     assert_bit_exact_own(reports(tmp_path / "run")["tiny-llama"], "tiny-llama", output)

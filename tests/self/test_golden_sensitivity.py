@@ -17,7 +17,6 @@ compared): each asserts the failing stage and the reason.
 from __future__ import annotations
 
 import copy
-import dataclasses
 from pathlib import Path
 
 import pytest
@@ -25,7 +24,7 @@ import torch
 
 from fv.model.tiny import FAMILY_TINY
 from fv.parity.compare import rms, tolerance_for
-from fv.parity.golden import GOLDEN_ARTIFACTS, golden_dir, serialize
+from fv.parity.golden import GOLDEN_ARTIFACTS, golden_dir
 from fv.parity.run import compare_with, run_parity
 from fv.parity.snapshot import golden_extension
 from fv.parity.stages import Params, fv_stage_values

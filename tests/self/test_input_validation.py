@@ -8,7 +8,6 @@ import copy
 import functools
 import io
 import json
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -112,7 +111,7 @@ def test_prompt_mismatch_shows_where_the_strings_differ(tmp_path, icl):
     with pytest.raises(FVError) as exc:
         validate_trials(icl, "t.json")
     msg = str(exc.value)
-    assert f"trials[2].corrupted_prompt_str" in msg and f"first difference at character {at}" in msg
+    assert "trials[2].corrupted_prompt_str" in msg and f"first difference at character {at}" in msg
     assert repr(s[at - 5:at + 1])[1:-1] in msg and "#" in msg  # context on both sides of the place
     assert "\n" not in msg
 

@@ -82,9 +82,9 @@ def test_layers_import_only_downwards():
 def test_the_tree_shows_the_stages():
     for sub, modules in {
         "runtime": ["datasets", "trials", "prompts", "prepared", "hooks", "activations", "effects", "vectors", "injection", "evaluation", "pipeline", "relation",
-                    "cluster", "relation_cluster", "universal"],
+                    "cluster", "relation_cluster", "universal", "finite"],
         "parity": ["stages", "compare", "dump", "golden", "user_goldens", "snapshot", "src_cache", "report", "diff", "pattern", "run",
-                   "preflight", "boundaries"],
+                   "preflight", "boundaries", "identity"],
         "reference": ["adapter", "stages", "capability", "universal", "memory", "probes", "probe_cache", "process", "worker"],
         "cli": ["trials", "reference", "run", "diff", "relation", "gate", "golden", "plot", "doctor", "models", "universal"],
     }.items():
@@ -131,6 +131,8 @@ def test_each_prompt_is_prepared_once(parity_run, monkeypatch):
 # ---- gates apart from fv's own tests ---------------------------------------------------------------------------
 
 GATE_FOLDERS = ("parity", "golden", "relation")
+# test modules that still import another test module (the house issue moves them to tests/support); none may be added
+KNOWN_TEST_IMPORTS = 11
 
 
 def _collect(*args: str) -> list[str]:
@@ -147,8 +149,13 @@ def _collect(*args: str) -> list[str]:
 def test_tests_are_gates_or_fvs_own():
     tests = PKG.parent / "tests"
     folders = sorted(p.name for p in tests.iterdir() if p.is_dir() and p.name != "__pycache__")
-    assert folders == sorted(GATE_FOLDERS + ("self",))
+    assert folders == sorted(GATE_FOLDERS + ("self", "support"))
     assert (tests / "self" / "__init__.py").is_file()
+    # what tests share lives in tests/support: no test module imports another test module
+    imports = [f"{p.relative_to(tests)}: {line.strip()}" for p in tests.rglob("test_*.py")
+               for line in p.read_text().splitlines() if line.strip().startswith(("from tests.", "import tests."))
+               and not line.strip().startswith(("from tests.support", "import tests.support"))]
+    assert len(imports) <= KNOWN_TEST_IMPORTS, "test modules importing other test modules:\n" + "\n".join(imports)
 
 
 def test_a_users_inputs_collect_only_the_gates_on_them():

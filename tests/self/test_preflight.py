@@ -85,7 +85,7 @@ def test_trials_from_another_tokenizer_stop_the_session(src, tmp_path):
     r = _pytest(*src, "--fv-model", "tiny-llama", "--fixed-trials", str(ft.path), cwd=tmp_path)
     (line,) = _stopped(r, "trials tokenizer")
     assert "made with another tokenizer ('tiny-llama3tok'" in line and "not 'tiny-llama'" in line
-    assert f"3 of 3 trials' answer ids differ" in line
+    assert "3 of 3 trials' answer ids differ" in line
     assert "`fv make-trials --dataset " in line and "--tokenizer tiny-llama --prepend-bos-token-used false" in line
 
 

@@ -118,3 +118,38 @@ def test_growing_the_q_list_reuses_completed_qs(tmp_path, fv_model_name, fv_opti
     lines.clear()
     run_relation(cfg, log=lines.append)
     assert any(line.startswith("Q4: resumed") for line in lines), lines
+
+
+@pytest.mark.first_pair
+def test_growing_the_q_list_leaves_a_completed_qs_pictures_untouched(tmp_path, fv_model_name, fv_options):
+    """Issue 30, item 8: `fv relation` with --q-list A, then A,B: A's data files and its two pictures keep their
+    bytes and time stamps (a picture records a digest of what it was drawn from and is drawn only when that
+    changes); B's pictures are drawn, and so is the all-q picture, whose inputs grew."""
+    pytest.importorskip("matplotlib")
+    from fv.cli import main
+    from fv.paths import FIXTURES
+    from fv.plots import ALL_Q_PNG, IE_PNG, SWEEP_PNG, recorded_digest
+
+    def relation(q_list: str) -> int:
+        return main(["relation", "--relation-csv", str(FIXTURES / "relation_tiny.csv"), "--model", fv_model_name,
+                     "--device", fv_options.device or "auto", "--q-list", q_list, "--n-trials-per-q", "1",
+                     "--edit-layers", "8-9", "--out", str(tmp_path), "--quiet"])
+
+    def stamps(folder: Path) -> dict:
+        return {p.relative_to(folder): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.rglob("*"))
+                if p.is_file() and not p.name.startswith(".fv")}
+
+    assert relation("Q2") == 0
+    root = tmp_path / "relation_tiny"
+    pictures = [root / "Q2" / IE_PNG, root / "Q2" / SWEEP_PNG]
+    assert all(p.is_file() and recorded_digest(p) for p in pictures)
+    before, grid = stamps(root / "Q2"), (root / ALL_Q_PNG).read_bytes()
+    assert relation("Q2,Q4") == 0
+    assert stamps(root / "Q2") == before  # data files and pictures: same bytes, same time stamps
+    assert (root / "Q4" / IE_PNG).is_file() and (root / "Q4" / SWEEP_PNG).is_file()
+    assert (root / ALL_Q_PNG).read_bytes() != grid  # the all-q picture now has Q4's panel
+    # a picture that no longer records its inputs' digest (here: overwritten) is drawn again, to the same bytes
+    (root / "Q2" / IE_PNG).write_bytes(b"not the picture")
+    assert relation("Q2,Q4") == 0
+    assert (root / "Q2" / IE_PNG).read_bytes() == before[Path(IE_PNG)][0]
+    assert (root / "Q2" / SWEEP_PNG).stat().st_mtime_ns == before[Path(SWEEP_PNG)][1]

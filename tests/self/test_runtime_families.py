@@ -1,5 +1,6 @@
 """fv's runtime on decoder families the reference's loader has no branch for (or whose attention it never saw):
-tiny Mistral, Qwen2, Gemma 2, Gemma 3, Phi-3 and OLMo 2 (``fv.model.tiny.RUNTIME_FAMILY_TINY``), each run by
+tiny Mistral, Qwen2, Gemma 2, Gemma 3, Phi-3 and OLMo 2 (``fv.model.tiny.RUNTIME_FAMILY_TINY``), and the multimodal
+Gemma 3 wrapper (``MULTIMODAL_TINY``: a vision tower beside the language model, tests/self/test_multimodal.py), each run by
 ``fv run`` in both modes with no extra flags, fast mode checked against exact mode within the compute dtype's
 tolerance, with the same top heads. A self-test: fv checking itself on its own tiny models.
 
@@ -21,7 +22,7 @@ import torch
 
 from fv.cli import main
 from fv.io import load_tensor_file
-from fv.model.tiny import RUNTIME_FAMILY_TINY, SLIDING_WINDOW, ensure_tiny_model
+from fv.model.tiny import MULTIMODAL_TINY, RUNTIME_FAMILY_TINY, SLIDING_WINDOW, TINY_MODELS, ensure_tiny_model
 from fv.parity.compare import diff_tensors, rms, tolerance_for
 
 pytestmark = pytest.mark.tiny
@@ -30,17 +31,22 @@ N_TRIALS, N_TOP, EDIT_LAYER = 2, 5, 3
 _RUNS: dict = {}
 
 
+def edit_layer(name: str) -> int:
+    """EDIT_LAYER, or the last layer of a model with fewer layers (the 2-layer multimodal Gemma 3)."""
+    return min(EDIT_LAYER, TINY_MODELS[name].n_layers - 1)
+
+
 def _fv_run(name: str, mode: str, out: Path, dtype: str | None) -> tuple[int, str]:
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
         rc = main(["run", "--model", name, "--mode", mode, "--out", str(out), "--max-trials", str(N_TRIALS),
-                   "--n-top-heads", str(N_TOP), "--edit-layer", str(EDIT_LAYER), "--no-plots"]
+                   "--n-top-heads", str(N_TOP), "--edit-layer", str(edit_layer(name)), "--no-plots"]
                   + (["--dtype", dtype] if dtype else []))
     return rc, err.getvalue()
 
 
 # every family with no flags (tiny-gemma2 and tiny-gemma3 compute in float16 by the Gemma rule), and a bfloat16 run
-RUNS = [(n, None) for n in RUNTIME_FAMILY_TINY] + [("tiny-mistral", "bfloat16")]
+RUNS = [(n, None) for n in RUNTIME_FAMILY_TINY + MULTIMODAL_TINY] + [("tiny-mistral", "bfloat16")]
 
 
 @pytest.fixture(scope="module", params=RUNS, ids=lambda p: p[0] + (f"-{p[1]}" if p[1] else ""))
