@@ -111,7 +111,8 @@ def main(argv=None) -> int:
         else:
             prefixes = {"input": "Q:", "output": "A:", "instructions": ""}
             seps = {"input": "\n", "output": "\n\n", "instructions": ""}
-            import contextlib, io  # noqa: E401
+            import contextlib  # noqa: E401
+            import io
 
             def run_ref():
                 with contextlib.redirect_stderr(io.StringIO()):  # its tqdm bar

@@ -15,7 +15,6 @@ from typing import Any, Callable
 
 from fv.errors import FVError
 
-
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 

@@ -89,10 +89,11 @@ def pytest_configure(config: pytest.Config) -> None:
         try:
             opts = FVOptions.of(config)
             check_options(opts)
-            from fv.parity.preflight import session_preflight  # one line per refusal, exit code 4 (docs/preflight.md)
+            from fv.parity.preflight import (
+                session_preflight,  # one line per refusal, exit code 4 (docs/preflight.md)
+                session_shots,
+            )
             from fv.reference.capability import session_probe
-
-            from fv.parity.preflight import session_shots
 
             for warning in session_preflight(opts, session_probe(lambda: session_reference(opts), opts.src_model,
                                                                  *probe_cache(opts), n_shots=session_shots(opts))):
@@ -593,9 +594,8 @@ def assert_golden(run: Any, artifact: str, snapshot: Any, update: bool) -> None:
     from fv.parity.compare import EXACT, tolerance_for
     from fv.parity.golden import GOLDEN_ARTIFACTS, artifact_value, golden_dir
     from fv.parity.snapshot import golden_extension
-    from fv.paths import SNAPSHOT_ROOT
-
     from fv.parity.user_goldens import USER_GOLDENS, artifact_problems, imported_from
+    from fv.paths import SNAPSHOT_ROOT
 
     if run.source == USER_GOLDENS:  # --golden-dir: the user's files, not the snapshots
         if update:
@@ -617,7 +617,6 @@ def assert_golden(run: Any, artifact: str, snapshot: Any, update: bool) -> None:
             pytest.fail("refusing to write goldens without the reference: goldens are the reference's numbers. "
                         "Pass --src-root <reference src>.", pytrace=False)
         from fv.parity.golden import numerics
-
         from fv.parity.identity import golden_identity
 
         # the model's and trials' identity: replaying these goldens on another model is refused (fv.parity.identity)

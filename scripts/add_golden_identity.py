@@ -8,7 +8,8 @@ default (every committed golden's trials were made by fv's makers with it: the p
 
     python scripts/add_golden_identity.py [--check]
 
-``--check`` changes nothing and exits 1 when a meta lacks its identity or records another one.
+``--check`` changes nothing and exits 1 when a meta lacks its identity or records another one. The universal
+gate's goldens (``<model>/universal/t<n>/identity.json``, the tasks' trials digests) get the model part as ``model``.
 """
 
 from __future__ import annotations
@@ -73,6 +74,20 @@ def main(argv: list[str] | None = None) -> int:
         out.setdefault("identity", ident)
         write_json(mp, out)
         print(f"wrote identity into {mp}")
+    for ip in sorted(Path(a.root).glob("*/universal/t*/identity.json")):
+        name = ip.parents[2].name
+        if name not in TINY_MODELS:
+            print(f"skipped {ip}: not a tiny model's goldens")
+            continue
+        data = json.loads(ip.read_text(encoding="utf-8"))
+        ident = model_identity(folder=ensure_tiny_model(name), name=name)
+        same = data.get("model") == ident
+        if a.check:
+            bad += not same
+            print(f"{'OK  ' if same else 'DIFF'} {ip}")
+        elif not same:
+            write_json(ip, {**data, "model": ident})
+            print(f"wrote the model's identity into {ip}")
     return 1 if bad else 0
 
 

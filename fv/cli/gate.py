@@ -149,7 +149,6 @@ def _run_gate_locked(gc: GateConfig, cc: Any, log, quiet: bool) -> dict:
     from fv.io import write_json
     from fv.progress import stage_bar
     from fv.runtime.cluster import array_id, job_record, make_executor, wait_jobs
-
     from fv.runtime.datasets import load_relation_csv
     from fv.runtime.trials import plan_relation_qs
 

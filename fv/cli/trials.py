@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-
 from pathlib import Path
 
 from fv.cli.common import parse_bool, parse_q_list, tokenizer_for
@@ -56,7 +55,8 @@ def cmd_verify_trials(a: argparse.Namespace) -> int:
         print(f"MISMATCH {m}")
     print(f"{ft.path}: {n} trials checked, {len(bad)} token-id mismatches (mismatch_count={len(bad)})")
     if bad:  # the target ids against ids(prompt + target) minus ids(prompt), causes in words (as M0's test_target_ids)
-        from fv.runtime.trials import check_target_ids, target_summary as summary
+        from fv.runtime.trials import check_target_ids
+        from fv.runtime.trials import target_summary as summary
 
         problems = check_target_ids(ft.subset(a.verify_n), tok, ft.raw.get("trials"))
         if problems:

@@ -34,9 +34,8 @@ def cmd_universal(a: argparse.Namespace) -> int:
 
 
 def _locked(a: argparse.Namespace, cfg, log) -> int:
-    from fv.runtime.universal import run_universal
-
     from fv.errors import FVError
+    from fv.runtime.universal import run_universal
 
     if a.no_wait:
         raise FVError("--no-wait: fv universal waits for its tasks (the AIE needs them all before the FVs); drop --no-wait.")

@@ -10,12 +10,11 @@ from typing import Any
 import torch
 
 from fv.errors import FVError
-from fv.model.tree import ModelInfo, inspect_model
 from fv.model.loading_rules import dtype_name, pick_rule
 from fv.model.resolve import display_name, resolve_model_path
 from fv.model.tiny import tiny_name_of_folder
 from fv.model.tokenizers import load_tokenizer, tokenizer_prepends_bos
-
+from fv.model.tree import ModelInfo, inspect_model
 
 
 def pick_device(device: str | None, worker: int | None = None) -> str:

@@ -17,7 +17,6 @@ from torch import nn
 
 from fv.errors import FVError
 
-
 # How a patched projection input is turned back into the projection's output (the reference's per-family op):
 ADDMM_CONV1D = "addmm(bias, x, W)"  # GPT-2: Conv1D, bias kept
 ADDMM_LINEAR = "addmm(bias, x, W.T)"  # GPT-NeoX / Pythia: nn.Linear with bias, bias kept

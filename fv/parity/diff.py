@@ -12,12 +12,11 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
-from fv.parity.compare import BF16, EXACT, FP16, FP32, Tolerance, diff_tensors, walk_diffs
-from fv.parity.pattern import describe, multi_token_slots
+from fv import schema
 from fv.errors import FVError
 from fv.io import load_tensor_file, read_json, write_json, write_text
-from fv import schema
+from fv.parity.compare import BF16, EXACT, FP16, FP32, Tolerance, diff_tensors, walk_diffs
+from fv.parity.pattern import describe, multi_token_slots
 
 DIFF_STAGES = ("prompt", "slot", "mean_activations", "indirect_effect", "top_heads", "fv", "injection")
 DUMPS = ("src_reference_dump.json", "fv_runtime_dump.json")

@@ -14,7 +14,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-
 from fv.parity.stages import StageValues
 
 # artifact name -> (kind, stage it belongs to)

@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fv.parity.compare import ParityResult
 from fv.io import write_json, write_text
 from fv.lock import output_lock
+from fv.parity.compare import ParityResult
 from fv.parity.stages import PROMPT_SETS
 
 # Writing the four reports takes milliseconds; two writers of one folder are pytest workers (or gate tasks)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-
 from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
@@ -20,8 +19,8 @@ from fv.paths import SNAPSHOT_ROOT
 from fv.runtime.trials import FixedTrials, Trial
 
 if TYPE_CHECKING:
-    from fv.parity.user_goldens import GoldenSource
     from fv.parity.src_cache import SrcCache
+    from fv.parity.user_goldens import GoldenSource
 
 
 @dataclass

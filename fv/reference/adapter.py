@@ -25,7 +25,7 @@ import torch
 
 from fv.errors import FVError
 from fv.model.loading import LoadedModel
-from fv.reference.worker import (BOS_TEXT, Driver, DriverError)
+from fv.reference.worker import BOS_TEXT, Driver, DriverError
 from fv.runtime.trials import Trial
 
 REFERENCE_MARKER = Path("utils") / "prompt_utils.py"

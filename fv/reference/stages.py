@@ -7,13 +7,12 @@ from typing import Sequence
 
 import torch
 
+from fv.errors import FVError
 from fv.model.loading import LoadedModel
 from fv.parity.run import LiveSource
 from fv.parity.stages import Params, StageValues, prompt_entry, score_pair, slot_entry
 from fv.reference.adapter import InjectionNoOp, Reference
-from fv.errors import FVError
 from fv.runtime.trials import FixedTrials, Trial
-
 
 # the reference function behind each parity stage, named in reports when a stage fails
 STAGE_FUNCTIONS = {

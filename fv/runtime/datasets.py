@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from fv import schema
 from fv.errors import FVError
 from fv.io import read_json, read_text
-from fv import schema
 
 Pair = dict  # {"input": str, "output": str}
 

@@ -22,7 +22,7 @@ from fv.errors import FVError
 from fv.io import read_json, sha256_file
 from fv.lock import held_by
 from fv.runtime.cluster import ClusterConfig, array_id, job_record, job_state, make_executor, save_submission, wait_jobs
-from fv.runtime.relation import RelationConfig, q_trials_path, relation_root, read_status, start_run, update_status, write_summary
+from fv.runtime.relation import RelationConfig, q_trials_path, read_status, relation_root, start_run, update_status, write_summary
 
 JOBS_DIR = "_jobs"
 SUBMISSION = "submission.json"

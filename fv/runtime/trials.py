@@ -15,9 +15,9 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from fv import schema
-from fv.runtime.datasets import load_icl_dataset, load_relation_csv, split_indices
 from fv.errors import FVError
 from fv.io import read_json, sha256_file, write_json
+from fv.runtime.datasets import load_icl_dataset, load_relation_csv, split_indices
 from fv.runtime.prompts import DEFAULT_PREFIXES, DEFAULT_SEPARATORS, answer_ids, make_prompt_data, prompt_string
 
 ICL_TRIAL_KEYS = (

@@ -419,8 +419,8 @@ def run_universal(cfg: UniversalConfig, quiet: bool = True, log: Callable[[str],
         result = aggregate(cfg, tasks, log)
         run_phase(lm, cfg, tasks, "vector", quiet, log)
     else:
-        from fv.runtime.relation_cluster import _light_model
         from fv.runtime.relation import RelationConfig
+        from fv.runtime.relation_cluster import _light_model
 
         tok, name, bos, _ident = _light_model(RelationConfig(relation_csv="", out=cfg.out, model=cfg.model, dtype=cfg.dtype))
         tasks = prepare_tasks(cfg, tok, name, bos)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from fv.runtime.prompts import dummy_labels, full_idx_map, has_bos_text, prompt_string, slot_maps, token_meta_labels
-from fv.pytest_plugin import trials_for
 from fv.paths import FIXTURES
+from fv.pytest_plugin import trials_for
+from fv.runtime.prompts import dummy_labels, full_idx_map, has_bos_text, prompt_string, slot_maps, token_meta_labels
 from fv.runtime.trials import load_trials, verify_token_ids
 
 pytestmark = pytest.mark.m0
@@ -104,8 +104,9 @@ def test_target_ids(fv_options, fv_model, m0_trials):
     one the reference scores (its ``get_answer_id`` on the trial's prompt, first id) are ``ids(prompt + target)``
     minus ``ids(prompt)``: a fork's ``tokenizer(target).input_ids[0]`` (BOS, or a lone ▁ on SentencePiece) makes
     the indirect effect about 0 everywhere on both sides, which no later gate can see. Each mismatch is named."""
-    from fv.runtime.trials import check_target_ids, target_summary as summary
     from fv.pytest_plugin import get_reference
+    from fv.runtime.trials import check_target_ids
+    from fv.runtime.trials import target_summary as summary
 
     tok = fv_model.tokenizer
     ref = get_reference(fv_options)

@@ -8,9 +8,9 @@ import shutil
 
 import pytest
 
-from fv.parity.diff import diff_folders, write_diff_report
 from fv.errors import FVError
 from fv.io import load_tensor_file, save_tensors, write_json
+from fv.parity.diff import diff_folders, write_diff_report
 
 pytestmark = pytest.mark.m5
 

@@ -27,6 +27,7 @@ import torch
 from fv.io import load_tensor_file, read_json
 from fv.parity.compare import EXACT, diff_tensors, tolerance_for
 from fv.parity.golden import EXTENSIONS, GOLDEN_ARTIFACTS, deserialize
+from fv.parity.identity import identity_problem, model_identity
 from fv.pytest_plugin import assert_golden, get_reference, parity_for, reference_own_model, trials_for
 
 # on the default tiny models, tiny-llama only: the gate is about the aggregation over tasks, and the 128k-vocabulary
@@ -101,9 +102,16 @@ def reference_side(fv_options, fv_model, task_trials):
         if not meta.is_file():
             pytest.skip(f"[fv: nothing to compare] {fv_model.name} x universal: no reference and no goldens in {folder}. Make them "
                         "with `pytest -m universal --snapshot-update --src-root PATH`")
-        if read_json(meta) != _identity(task_trials):
+        recorded = read_json(meta)
+        regenerate = "`pytest -m universal --snapshot-update --src-root PATH`"
+        # goldens of another model (a checkpoint sweep, another seed) are refused in one line (fv.parity.identity)
+        problem = identity_problem(recorded.pop("model", None), model_identity(fv_model), f"the universal goldens in {folder}",
+                                   regenerate)
+        if problem:
+            pytest.fail(problem, pytrace=False)
+        if recorded != _identity(task_trials):
             pytest.fail(f"the universal goldens in {folder} were made from other trials than these; regenerate them with "
-                        "`pytest -m universal --snapshot-update --src-root PATH`", pytrace=False)
+                        f"{regenerate}", pytrace=False)
 
         def load(name, kind):
             return deserialize(kind, (folder / f"{name}.{EXTENSIONS[kind]}").read_bytes())
@@ -137,7 +145,7 @@ def _golden(request, snapshot, fv_options, lm, task_trials, name, kind, ref_valu
     from fv.parity.snapshot import golden_extension
 
     folder = _folder(fv_options, lm)
-    write_json(folder / "identity.json", _identity(task_trials))
+    write_json(folder / "identity.json", {**_identity(task_trials), "model": model_identity(lm)})
     assert ref_value == snapshot.use_extension(golden_extension(folder, kind, EXACT))(name=name)
 
 
@@ -182,7 +190,7 @@ def test_icl_top1_matches_the_reference(fv_options, fv_model, task_trials, unive
 
 
 # ---- the aggregation and the filter -----------------------------------------------------------------------------
-def test_aggregation_and_filter(fv_options, fv_model, task_trials, universal_run, reference_side, snapshot, request):
+def test_aggregation_and_filter(fv_options, fv_model, task_trials, reference_side, universal_run, snapshot, request):
     from fv.runtime.universal import filter_tasks, universal_heads
 
     out, result, names = universal_run

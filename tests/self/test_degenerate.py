@@ -15,7 +15,7 @@ import math
 import pytest
 import torch
 
-from fv.parity.compare import (EXACT, FP16, FP32, compare_all, degenerate_reason, probability_scale, tolerance_for)
+from fv.parity.compare import EXACT, FP16, FP32, compare_all, degenerate_reason, probability_scale, tolerance_for
 from fv.parity.golden import load_goldens
 from fv.parity.stages import StageValues
 from fv.paths import SNAPSHOT_ROOT

@@ -1,5 +1,6 @@
 """The docs cannot drift from the code: every `fv` command shown in README.md and docs/ runs here on the tiny
-model, and every `pytest` command shown there is collected with its options and selects tests.
+model, every `pytest` command shown there is collected with its options and selects tests, and every `ruff`
+command runs on the checkout (skipped where the dev extra is not installed).
 
 Commands are taken from fenced ``bash`` blocks. Placeholders users replace (``$MODEL``, ``$SRC``, ``$FT``,
 ``/path/to/...``, ``REF_DIR``, ``GOLDEN_DIR``, ``DATASET.json``) become the tiny model, the reference beside the checkout when there is one,
@@ -11,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 
@@ -31,7 +33,7 @@ def _commands() -> list[tuple[str, str]]:
                 line = line.split(" #")[0].strip()
                 for part in re.split(r"\s*&&\s*", line):
                     part = re.sub(r"^\.venv/bin/(python -m )?", "", part.strip())
-                    if part.startswith(("fv ", "pytest ", "python -m pytest ")):
+                    if part.startswith(("fv ", "pytest ", "python -m pytest ", "ruff ")):
                         out.append((doc.name, part.removeprefix("python -m ")))
     return out
 
@@ -105,6 +107,13 @@ def _documented_command_runs(doc, cmd, places, fv_options):
     needs_ref = any(a.startswith("--src-root") for a in argv) or argv[:2] == ["fv", "reference"]
     if needs_ref and places["src"] is None:
         pytest.skip("reference src/ not found: this documented command needs it (pass --src-root)")
+    if argv[0] == "ruff":  # the linter of the dev extra, on the checkout
+        ruff = shutil.which("ruff", path=os.path.dirname(sys.executable)) or shutil.which("ruff")
+        if ruff is None:
+            pytest.skip("ruff is not installed (pip install -e '.[dev]')")
+        r = subprocess.run([ruff, *argv[1:]], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, f"{doc}: `{cmd}` exited {r.returncode}:\n{r.stdout[-3000:]}\n{r.stderr[-1000:]}"
+        return
     if argv[0] == "pytest":
         # collected with the same options, not run: running the suite inside the suite would be circular
         if "--snapshot-update" in argv:

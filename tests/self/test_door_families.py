@@ -29,7 +29,6 @@ import pytest
 
 from fv.model.tiny import ensure_tiny_model
 from fv.paths import FIXTURES, REPO_ROOT
-
 from tests.support.forks import build_fork
 from tests.support.hf_cache import build_hf_cache
 

@@ -19,11 +19,11 @@ import torch
 from fv.model.loading_rules import pick_rule, reference_rule
 from fv.model.tiny import FAMILY_TINY
 from fv.model.tree import ADDMM_CONV1D, ADDMM_LINEAR, MATMUL
+from fv.parity.compare import tolerance_for
+from fv.parity.golden import GOLDEN_ARTIFACTS
 from fv.parity.run import compare_with, run_parity
 from fv.parity.stages import STAGES, Params, fv_stage_values
 from fv.paths import FIXTURES
-from fv.parity.compare import tolerance_for
-from fv.parity.golden import GOLDEN_ARTIFACTS
 from fv.pytest_plugin import assert_golden, load_session_model
 from fv.runtime.prompts import has_bos_text
 from fv.runtime.trials import load_trials, make_icl_trials, save_trials

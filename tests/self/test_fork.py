@@ -26,7 +26,6 @@ import pytest
 import torch
 
 from fv.paths import REPO_ROOT
-
 from tests.support.forks import build_fork
 
 pytestmark = [pytest.mark.m2, pytest.mark.tiny, pytest.mark.slow]
@@ -76,7 +75,6 @@ def test_fork_and_upstream_want_different_trials_on_a_no_bos_tokenizer(fv_option
     two srcs compute different numbers, and fv, matching each (the gates above), follows the trials it is given."""
     from fv.parity.stages import Params, fv_stage_values
     from fv.pytest_plugin import load_session_model
-
     from tests.self.test_families import family_trials
 
     lm = load_session_model(fv_options, "tiny-gpt-j")
@@ -115,7 +113,6 @@ def test_a_fork_with_a_mistral_branch_makes_mistral_comparable(reference, tmp_pa
     from fv.model.tiny import SLIDING_WINDOW, ensure_tiny_model
     from fv.reference.adapter import Reference
     from fv.reference.capability import probe_reference
-
     from tests.self.test_reference_process import assert_bit_exact, gate
 
     src = build_fork(reference.src_root, tmp_path / "mistral-fork", MISTRAL_FORK_CHANGES)

@@ -7,16 +7,17 @@ parity engine), ``--golden-dir`` (at the session's start and in the gate) and ``
 does not change the computation: ``transformers_version``, ``_name_or_path``, the dtype key's spelling, the rope
 keys' spelling, the weight files' layout (one file, shards, a ``.bin``).
 
-transformers 4.44.2 cannot be installed beside 5.x in this venv, so "one tiny model built under 4.44.2 and 5.x has
-one identity" is simulated: the 5.x build's config.json is rewritten the way 4.44.2 writes it (``torch_dtype``, its
-``transformers_version``, ``rope_theta``/``rope_scaling`` instead of ``rope_parameters``, no null keys); the
-tensors are numpy's PCG64 draws either way (fv/model/tiny.py).
+"One tiny model built under transformers 4.44.2 and 5.x has one identity" is checked for real: the user's pinned
+4.44.2 (tests/support/pinned_transformers.py, set up by ``.ci/run``) builds the SentencePiece tiny Llama 2 in a
+subprocess, writing its own config.json (``torch_dtype``, ``rope_theta``/``rope_scaling`` instead of
+``rope_parameters``); the tensors are numpy's PCG64 draws either way (fv/model/tiny.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -119,6 +120,30 @@ def test_identity_as_transformers_4_44_2_writes_the_config(tmp_path):
     old.update({"torch_dtype": cfg["dtype"], "transformers_version": "4.44.2",
                 "rope_theta": cfg["rope_parameters"]["rope_theta"], "rope_scaling": None})
     assert config_digest(old) == config_digest(cfg)
+
+
+def test_one_identity_under_transformers_4_44_2_and_5(tmp_path):
+    """The same tiny model built by the user's pinned transformers 4.44.2 (in its own process) and by this venv's
+    5.x: two config.json files written differently, one identity."""
+    import transformers
+
+    from tests.support.pinned_transformers import install_command, pinned_env
+
+    env = pinned_env()
+    if env is None:
+        pytest.skip(f"transformers 4.44.2 is not set up beside this venv; set it up with: {install_command()}")
+    out = tmp_path / "built-by-4.44.2"
+    script = ("import transformers, sys; from fv.model.tiny import TINY_MODELS, build_tiny_model; "
+              "build_tiny_model(TINY_MODELS['tiny-llama2spm'], sys.argv[1]); print(transformers.__version__)")
+    proc = subprocess.run([sys.executable, "-c", script, str(out)], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split()[-1] == "4.44.2" and transformers.__version__.startswith("5."), proc.stdout
+    new = ensure_tiny_model("tiny-llama2spm")
+    old_cfg, new_cfg = (json.loads((f / "config.json").read_text()) for f in (out, new))
+    assert old_cfg["transformers_version"] == "4.44.2" and "torch_dtype" in old_cfg and "rope_theta" in old_cfg
+    assert "rope_parameters" in new_cfg and old_cfg != new_cfg  # two writers, two files
+    assert model_identity(folder=out, name="m") == model_identity(folder=new, name="m")
 
 
 def test_weights_digest_ignores_file_layout(tmp_path):
@@ -266,3 +291,19 @@ def test_goldens_beside_a_live_reference_are_checked_too(llama, twin, trials, tm
                           trial_keys=[trial_key(t) for t in trials.trials])
     with pytest.raises(pytest.fail.Exception, match="^goldens of another model:"):
         assert_golden(run, "mean_activations", None, update=False)
+
+
+def test_universal_goldens_of_another_model_are_refused(twin, tmp_path):
+    """The universal gate's committed goldens (snapshots/tiny-llama/universal/) replayed on the seed-999 twin, named
+    ``tiny-llama`` as a checkpoint of the same name would be: refused in one line, before fv's universal run."""
+    named = tmp_path / "tiny-llama"
+    shutil.copytree(twin, named)
+    env = {k: v for k, v in os.environ.items() if k not in ("FV_SRC_ROOT", "FV_BAUKIT_ROOT", "PYTEST_XDIST_WORKER",
+                                                             "PYTEST_XDIST_WORKER_COUNT")}
+    proc = subprocess.run([sys.executable, "-m", "pytest", str(REPO_ROOT / "tests" / "parity" / "test_universal.py"),
+                           "-m", "universal", "-k", "aggregation", "--fv-model", str(named), "-p", "no:xdist",
+                           "-p", "no:cacheprovider", "-q"], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=900)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out[-4000:]
+    lines = [line for line in out.splitlines() if line.startswith("goldens of another model: the universal goldens in")]
+    assert len(lines) == 1 and "weights digest" in lines[0] and "--snapshot-update" in lines[0], out[-4000:]

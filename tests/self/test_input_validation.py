@@ -18,8 +18,8 @@ from fv.io import read_json
 from fv.parity.diff import SideFolder
 from fv.paths import FIXTURES
 from fv.runtime.datasets import load_icl_dataset, load_relation_csv
-from fv.schema import text_difference
 from fv.runtime.trials import load_trials, make_icl_trials, make_relation_trials, validate_trials
+from fv.schema import text_difference
 
 RUN_ARGS = ["--model", "tiny-llama", "--max-trials", "1", "--no-plots", "--quiet", "--edit-layer", "1"]
 

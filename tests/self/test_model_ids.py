@@ -15,7 +15,6 @@ from fv.errors import FVError
 from fv.model.resolve import resolve_model_path, resolve_tokenizer_path
 from fv.model.tiny import ensure_tiny_model
 from fv.paths import FIXTURES
-
 from tests.support.hf_cache import COMMIT, build_hf_cache
 
 pytestmark = pytest.mark.m0

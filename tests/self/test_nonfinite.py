@@ -21,9 +21,8 @@ from fv.parity.golden import load_goldens
 from fv.parity.report import write_parity_reports
 from fv.parity.stages import StageValues
 from fv.paths import FIXTURES, SNAPSHOT_ROOT
-
-from tests.support.terminal import terminal_table
 from fv.runtime.finite import NonFiniteError, require_finite, require_finite_rows
+from tests.support.terminal import terminal_table
 
 pytestmark = pytest.mark.tiny
 

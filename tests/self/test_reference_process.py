@@ -20,7 +20,6 @@ import torch
 from fv.model.tiny import ensure_tiny_model
 from fv.parity.stages import Params
 from fv.paths import REPO_ROOT
-
 from tests.self.test_families import family_trials
 from tests.support.hf_cache import build_hf_cache
 

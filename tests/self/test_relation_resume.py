@@ -20,8 +20,8 @@ def _tree(root: Path) -> dict[str, bytes]:
 def test_resume_and_workers_give_byte_identical_outputs(tmp_path, monkeypatch, fv_model_name, fv_options):
     """An uninterrupted run on two workers and a run killed after its first q and resumed on one worker write
     the same bytes, file for file."""
-    from fv.runtime.relation import RelationConfig, read_status, relation_root, run_relation
     from fv.paths import FIXTURES
+    from fv.runtime.relation import RelationConfig, read_status, relation_root, run_relation
 
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
     out = tmp_path / "rel"

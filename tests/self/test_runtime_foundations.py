@@ -7,9 +7,9 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fv.runtime.hooks import add_to_output, capture_inputs, replace_output
-from fv.model.tree import inspect_model
 from fv.model.tiny import TINY_MODELS, build_tiny_model
+from fv.model.tree import inspect_model
+from fv.runtime.hooks import add_to_output, capture_inputs, replace_output
 from fv.runtime.prepared import equal_passes
 
 pytestmark = pytest.mark.tiny

@@ -7,8 +7,16 @@ import pytest
 import torch
 
 from fv.errors import FVError
-from fv.runtime.universal import (UniversalConfig, aie_by_task, average_indirect_effect, filter_tasks, icl_accuracy,
-                                  keep_decision, majority_baseline, universal_heads)
+from fv.runtime.universal import (
+    UniversalConfig,
+    aie_by_task,
+    average_indirect_effect,
+    filter_tasks,
+    icl_accuracy,
+    keep_decision,
+    majority_baseline,
+    universal_heads,
+)
 
 
 def test_majority_baseline_and_icl_accuracy():
