@@ -1,6 +1,7 @@
 """The ``fv`` command line: one module per command group, each registering its subcommands.
 
-``fv <command> --help`` tells more. Every user-facing failure is an ``FVError``, printed as one line.
+``fv <command> --help`` tells more. Every user-facing failure is an ``FVError``, printed as one line; the exit
+codes are the same in every command (``fv.errors``).
 """
 
 from __future__ import annotations
@@ -9,7 +10,11 @@ import argparse
 import sys
 from typing import Sequence
 
-from fv.errors import FVError
+from fv.errors import EXIT_INTERRUPTED, EXIT_USAGE, FVError
+
+EXIT_CODES = ("exit codes: 0 done, every check passed; 1 a check failed or the command stopped on an error; 2 a usage "
+              "error (options that cannot go together, a value out of range); 4 a refusal at the door (inputs the "
+              "reference cannot run); 130 interrupted.")
 
 # command groups in the order of the M0-M7 plan
 GROUPS = ("trials", "reference", "run", "diff", "relation", "universal", "gate", "golden", "plot", "doctor", "models")
@@ -18,7 +23,8 @@ GROUPS = ("trials", "reference", "run", "diff", "relation", "universal", "gate",
 def build_parser() -> argparse.ArgumentParser:
     import importlib
 
-    p = argparse.ArgumentParser(prog="fv", description="Function vectors: a runtime and a parity suite against the reference src/.")
+    p = argparse.ArgumentParser(prog="fv", description="Function vectors: a runtime and a parity suite against the reference src/.",
+                                epilog=EXIT_CODES)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for name in GROUPS:
         importlib.import_module(f"fv.cli.{name}").register(sub)
@@ -30,15 +36,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
-        return 2
+        return EXIT_USAGE
     try:
         return int(args.func(args) or 0)
     except FVError as exc:
         print(f"fv {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
     except KeyboardInterrupt:
         print(f"fv {args.command}: interrupted; finished artifacts are complete, rerun with --resume to go on", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

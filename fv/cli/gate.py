@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fv.errors import FVError
+from fv.errors import FVError, UsageError
 
 M7_TESTS = "tests/relation/test_m7_relation.py"
 PER_Q = "q_trials_follow_the_rule or q_parity"
@@ -217,7 +217,7 @@ def cmd_m7(a: argparse.Namespace) -> int:
     from fv.progress import log_to_stderr
 
     if a.no_wait:
-        raise FVError("fv gate m7: --no-wait is not supported; the gate's verdict needs every q (run it in the background instead)")
+        raise UsageError("fv gate m7: --no-wait is not supported; the gate's verdict needs every q (run it in the background instead)")
     qs = parse_q_list(a.q_list)
     if qs is None:
         from fv.runtime.datasets import load_relation_csv

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from fv.cli.common import add_model_args, add_quiet, add_reference_args, add_stage_args
-from fv.errors import FVError
+from fv.errors import FVError, UsageError
 from fv.lock import HELP as LOCK_HELP
 
 
@@ -42,7 +42,7 @@ def _reference_locked(a: argparse.Namespace, ref, root: Path, ft, out: Path, say
         overrides = [f"--{k.replace('_', '-')} {v}" for k, v in (("dtype", a.dtype), ("attn_implementation", a.attn_implementation))
                      if v not in (None, "", "auto")]
         if overrides:
-            raise FVError(f"{' and '.join(overrides)} given, but the reference's own loader picks the dtype and attention "
+            raise UsageError(f"{' and '.join(overrides)} given, but the reference's own loader picks the dtype and attention "
                           "itself. Drop them, or pass --src-model shared to run the reference on a model fv loads so.")
         from fv.reference.probes import reference_spec
 

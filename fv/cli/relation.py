@@ -10,14 +10,14 @@ from fv.lock import HELP as LOCK_HELP
 
 
 def cmd_relation(a: argparse.Namespace) -> int:
-    from fv.errors import FVError
+    from fv.errors import UsageError
     from fv.lock import output_lock
     from fv.progress import log_to_stderr
     from fv.runtime.cluster import load_cluster_file
     from fv.runtime.relation import RelationConfig, relation_root
 
     if bool(a.relation_csv) == bool(a.fixed_trials):
-        raise FVError("expected exactly one of --relation-csv CSV or --fixed-trials FILE (a sampled-trials file); found "
+        raise UsageError("expected exactly one of --relation-csv CSV or --fixed-trials FILE (a sampled-trials file); found "
                       + ("both" if a.relation_csv else "neither") + " (or `fv relation status OUT` to read a run submitted earlier)")
     n_demos = a.n_demos
     if a.fixed_trials:  # the file decides the demos; the q key records them

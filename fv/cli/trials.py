@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from fv.cli.common import parse_bool, parse_q_list, tokenizer_for
-from fv.errors import FVError
+from fv.errors import FVError, UsageError
 from fv.parity.preflight import EXIT_CODE
 from fv.runtime.trials import FixedTrials, validate_trials
 
@@ -17,7 +17,7 @@ def cmd_make_trials(a: argparse.Namespace) -> int:
     from fv.runtime.trials import make_icl_trials, make_relation_trials, save_trials
 
     if bool(a.dataset) == bool(a.relation_csv):
-        raise FVError("give exactly one of --dataset (an ICL JSON) or --relation-csv.")
+        raise UsageError("give exactly one of --dataset (an ICL JSON) or --relation-csv.")
     tok = tokenizer_for(a.tokenizer)
     bos = tokenizer_prepends_bos(tok) if a.model_prepend_bos is None else a.model_prepend_bos
     if a.dataset:

@@ -34,11 +34,11 @@ def cmd_universal(a: argparse.Namespace) -> int:
 
 
 def _locked(a: argparse.Namespace, cfg, log) -> int:
-    from fv.errors import FVError
+    from fv.errors import UsageError
     from fv.runtime.universal import run_universal
 
     if a.no_wait:
-        raise FVError("--no-wait: fv universal waits for its tasks (the AIE needs them all before the FVs); drop --no-wait.")
+        raise UsageError("--no-wait: fv universal waits for its tasks (the AIE needs them all before the FVs); drop --no-wait.")
     cluster = None
     executor = a.executor
     if a.cluster_config and not executor:

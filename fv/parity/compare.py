@@ -16,7 +16,7 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from fv.parity.pattern import describe, multi_token_slots
-from fv.parity.stages import PER_TRIAL_STAGES, STAGES
+from fv.parity.registry import EFFECT_STAGES, PER_TRIAL_STAGES, STAGE_DIMS, STAGE_FILES, STAGES
 
 
 @dataclass(frozen=True)
@@ -383,11 +383,8 @@ SKIP = "SKIP"  # a stage's status when the other side has no value for it
 NONFINITE = "NONFINITE"  # a stage where either side holds a NaN or an infinity: never a PASS, never a mere FAIL
 FAILED_STATUSES = ("FAIL", NONFINITE)
 
-# the dims of each tensor stage, for naming where a NaN or an infinity first appears
-STAGE_DIMS = {"mean_activations": ("layer", "head", "slot", "head_dim"), "indirect_effect": ("trial", "layer", "head"),
-              "fv": ("element",)}
-# the stages whose values are effects (differences of probabilities, and the heads ranked by them)
-EFFECT_STAGES = ("indirect_effect", "top_heads")
+# STAGE_DIMS (the dims of each tensor stage, for naming where a NaN or an infinity first appears) and EFFECT_STAGES
+# (the stages whose values are effects) come from fv.parity.registry
 # an indirect effect no larger than this many eps x p (p: the probability it is a difference of) is rounding noise
 DEGENERATE_EPS_MULTIPLE = 4.0
 
@@ -573,9 +570,7 @@ class StageResult:
                 "max_abs_diff": self.max_abs_diff, "max_rel_diff": self.max_rel_diff, "duration_sec": round(self.duration_sec, 4)}
 
 
-STAGE_FILES = {"prompt": "prompt.json", "slot": "slot.json", "mean_activations": "mean_activations.pt",
-               "indirect_effect": "indirect_effect.pt", "top_heads": "top_heads.json", "fv": "fv.pt",
-               "injection": "injection.json"}
+# STAGE_FILES (the file of each stage in a dump) comes from fv.parity.registry
 
 
 def _trial_of(path: str, stage: str, trial_keys: list[str]) -> str | None:
@@ -603,11 +598,13 @@ def heads_swap_ok(a: Sequence, b: Sequence, tol: Tolerance, effects: torch.Tenso
 
 def compare_stage(stage: str, src: Any, fv: Any, tol: Tolerance, trial_keys: list[str], duration: float = 0.0,
                   slot_labels: Sequence[str] | None = None, multi_slots: Sequence[int] | None = None,
-                  head_effects: torch.Tensor | None = None) -> StageResult:
+                  head_effects: torch.Tensor | None = None, lone_slots: Sequence[int] | None = None) -> StageResult:
     """One stage's verdict. Keys of per-trial stages must match one to one; a missing or extra one is a mismatch.
 
     Mismatches are listed in trial order, then index order, so the first one is the first place the sides part;
-    the largest difference is reported apart, as ``worst``; ``pattern`` says where the mismatches fall.
+    the largest difference is reported apart, as ``worst``; ``pattern`` says where the mismatches fall (slots by
+    label, the multi-token word slots ``multi_slots``, and the slots a lone SentencePiece ``▁`` is averaged into,
+    ``lone_slots``).
     """
     file = STAGE_FILES[stage]
     mism: list[Mismatch] = []
@@ -631,7 +628,7 @@ def compare_stage(stage: str, src: Any, fv: Any, tol: Tolerance, trial_keys: lis
             wi = list(d.worst_index or ())
             worst = {"key": str(wi), "trial": trial_keys[wi[0]] if stage == "indirect_effect" and wi and wi[0] < len(trial_keys) else None,
                      "src": d.src_value, "fv": d.fv_value, "abs_diff": d.max_abs}
-            pattern = describe(stage, d.bad, slot_labels, multi_slots, trial_keys)
+            pattern = describe(stage, d.bad, slot_labels, multi_slots, trial_keys, lone_slots)
             if stage == "indirect_effect":
                 for t, k in enumerate(trial_keys[: d.bad.shape[0]]):
                     per_trial[k] = int(d.bad[t].sum())
@@ -767,12 +764,14 @@ def _dtype_eps(tol: Tolerance, meta: dict, dtype: torch.dtype | None) -> float:
 
 
 def compare_all(src: Any, fv: Any, tol: Tolerance, trial_keys: list[str], meta: dict,
-                stage_functions: dict[str, str] | None = None, dtype: torch.dtype | None = None) -> ParityResult:
+                stage_functions: dict[str, str] | None = None, dtype: torch.dtype | None = None,
+                lone_slots: Sequence[int] | None = None) -> ParityResult:
     """Every stage in order; ``src`` and ``fv`` are ``StageValues``. Slot labels and multi-token word slots
     come from the source's slot stage, so a mean-activation mismatch can be described by slot. A stage where
     either side holds a NaN or an infinity is NONFINITE; a PASS is marked ``degenerate`` when its expected
     values cannot tell a right computation from a wrong one (``degenerate_reason``; ``dtype``: the model's
-    compute dtype, else the meta's)."""
+    compute dtype, else the meta's). ``lone_slots``: the slots a lone SentencePiece ``▁`` token is averaged into,
+    named in a mean-activation mismatch's pattern (``fv.parity.pattern.lone_metaspace_slot_indices``)."""
     slot = src.values.get("slot") or {}
     labels = [str(l) for _p, l in slot.get("dummy_labels", [])] or None
     multi = multi_token_slots(slot) if slot else None
@@ -786,7 +785,7 @@ def compare_all(src: Any, fv: Any, tol: Tolerance, trial_keys: list[str], meta: 
         if s in ("indirect_effect", "top_heads") and scale:
             st = st.with_probability_floor(scale, p_max)  # effects are differences of probabilities: their rounding floor
         r = compare_stage(s, src.values[s], fv.values[s], st, trial_keys, fv.durations.get(s, 0.0) + src.durations.get(s, 0.0),
-                          labels, multi, src.values.get("indirect_effect") if s == "top_heads" else None)
+                          labels, multi, src.values.get("indirect_effect") if s == "top_heads" else None, lone_slots)
         r.reference_function = (stage_functions or {}).get(s, "")
         eps = _dtype_eps(tol, meta, dtype)
         r.magnitude = value_magnitude(s, src.values[s], eps, p_max)

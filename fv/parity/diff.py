@@ -17,8 +17,9 @@ from fv.errors import FVError
 from fv.io import load_tensor_file, read_json, write_json, write_text
 from fv.parity.compare import BF16, EXACT, FP16, FP32, Tolerance, diff_tensors, walk_diffs
 from fv.parity.pattern import describe, multi_token_slots
+from fv.parity.registry import STAGES
 
-DIFF_STAGES = ("prompt", "slot", "mean_activations", "indirect_effect", "top_heads", "fv", "injection")
+DIFF_STAGES = STAGES  # every parity stage, in data-flow order (fv.parity.registry)
 DUMPS = ("src_reference_dump.json", "fv_runtime_dump.json")
 ARTIFACTS = {
     "mean_activations": ("*_mean_head_activations_FIXED.pt", "mean_activations.pt"),

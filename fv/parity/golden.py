@@ -14,19 +14,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from fv.parity.registry import GOLDEN_ARTIFACTS
 from fv.parity.stages import StageValues
 
-# artifact name -> (kind, stage it belongs to)
-GOLDEN_ARTIFACTS: dict[str, tuple[str, str]] = {
-    "prompt": ("json", "prompt"),
-    "dummy_labels": ("json", "slot"),
-    "slot": ("json", "slot"),
-    "mean_activations": ("tensor", "mean_activations"),
-    "indirect_effect": ("tensor", "indirect_effect"),
-    "top_heads": ("json", "top_heads"),
-    "fv": ("tensor", "fv"),
-    "injection": ("json", "injection"),
-}
+# GOLDEN_ARTIFACTS (artifact name -> (kind, the stage it belongs to)) comes from fv.parity.registry
 EXTENSIONS = {"json": "json", "tensor": "safetensors"}
 
 

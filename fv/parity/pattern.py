@@ -107,6 +107,17 @@ def lone_metaspace_slots(trials: Any, tokenizer: Any, prepend_bos: bool, dummy: 
     return out
 
 
+def lone_metaspace_slot_indices(trials: Any, tokenizer: Any, prepend_bos: bool, dummy: Sequence[tuple[int, str]]) -> list[int]:
+    """The slots (indices of the mean activations' slot axis) some trial's lone ``▁`` token is averaged into, for
+    ``describe`` to name them in a mismatch's pattern. Empty for byte-level tokenizers, and where they cannot be
+    counted (a pattern line never stops a gate)."""
+    try:
+        found = lone_metaspace_slots(trials, tokenizer, prepend_bos, dummy)
+    except Exception:  # a report detail, never the verdict
+        return []
+    return sorted({int(e["slot"]) for sides in found.values() for es in sides.values() for e in es if e["slot"] is not None})
+
+
 def lone_metaspace_note(found: dict, n_trials: int) -> str:
     """One line naming where lone ``▁`` tokens sit in the slot maps (``lone_metaspace_slots``'s answer):
     how many, in how many trials, and per kind of label the positions and slots of the first trial holding it."""

@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from fv.errors import FVError
+from fv.errors import EXIT_REFUSED, FVError
 from fv.runtime.prompts import BOS_TEXT, has_bos_text
 
-EXIT_CODE = 4  # pytest.ExitCode.USAGE_ERROR; fv make-trials / verify-trials exit with it on a refusal too
+EXIT_CODE = EXIT_REFUSED  # 4: pytest.ExitCode.USAGE_ERROR; every fv command exits with it on a refusal too (fv.errors)
 
 TRIALS_TOKENIZER = "trials tokenizer"
 BOS_TEXT_CHECK = "BOS text"
@@ -50,7 +50,10 @@ class Finding:
 
 
 class PreflightFailed(FVError):
-    """One or more preflights refused; ``str`` is one line per finding (the pytest plugin prefixes ``fv: ``)."""
+    """One or more preflights refused; ``str`` is one line per finding (the pytest plugin prefixes ``fv: ``). An
+    ``fv`` command stopped by it exits 4, as a pytest session refused at the door does."""
+
+    exit_code = EXIT_CODE
 
     def __init__(self, findings: Sequence[Finding]):
         self.findings = list(findings)

@@ -106,6 +106,17 @@ def src_with_origin(source: LiveSource, lm: LoadedModel, trials: FixedTrials, pa
     return source.cache.get_or_compute(key, compute)
 
 
+def _lone_slots(lm: LoadedModel, subset: list, src: StageValues) -> list[int]:
+    """The slots a lone SentencePiece ``▁`` token of these trials is averaged into (slot labels from the source's
+    slot stage); empty for byte-level tokenizers."""
+    from fv.parity.pattern import lone_metaspace_slot_indices
+
+    dummy = [(int(p), str(label)) for p, label in ((src.values.get("slot") or {}).get("dummy_labels") or [])]
+    if not dummy or getattr(lm, "tokenizer", None) is None:
+        return []
+    return lone_metaspace_slot_indices(subset, lm.tokenizer, lm.prepend_bos, dummy)
+
+
 def run_parity(lm: LoadedModel, trials: FixedTrials, params: Params, ref: LiveSource | None, out_dir: Path | None,
                snapshot_root: Path = SNAPSHOT_ROOT, fv_values: StageValues | None = None,
                stage_functions: dict[str, str] | None = None, golden: GoldenSource | None = None) -> ParityRun:
@@ -145,7 +156,7 @@ def run_parity(lm: LoadedModel, trials: FixedTrials, params: Params, ref: LiveSo
     meta = run_meta(lm, trials, params.as_dict(), source=source, other_side=other, tolerance=tol.__dict__, src_notes=notes,
                     src_compat=bool(ref.compat) if ref is not None else any("src-compat" in n for n in notes),
                     sides={source: origin, "fv": "computed"}, **side_facts)
-    result = compare_all(src, fvv, tol, keys, meta, stage_functions)
+    result = compare_all(src, fvv, tol, keys, meta, stage_functions, lone_slots=_lone_slots(lm, subset, src))
     name_constant_sides(result, src, fvv, {"reference": "the reference's", "golden": "the goldens'"}.get(source, f"the {source}'"))
     if inj_error:
         i = STAGES.index("injection")
@@ -189,4 +200,5 @@ def _refit_on_tied_heads(ref: LiveSource, lm: LoadedModel, subset: Sequence[Tria
 def compare_with(run: ParityRun, fv_values: StageValues) -> ParityResult:
     """Compare another fv computation with the same source values (used to prove a perturbation is caught)."""
     return compare_all(run.src, _as_held(run.src, _normalize(fv_values)), run.tolerance, run.trial_keys, {},
-                       {s.name: s.reference_function for s in run.result.stages})
+                       {s.name: s.reference_function for s in run.result.stages},
+                       lone_slots=_lone_slots(run.lm, run.trials.subset(run.params.max_trials), run.src))

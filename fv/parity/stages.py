@@ -14,6 +14,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from fv.model.loading import LoadedModel
+from fv.parity.registry import PER_TRIAL_STAGES, STAGES  # noqa: F401  (declared once, in fv.parity.registry)
 from fv.runtime.activations import mean_head_activations
 from fv.runtime.effects import indirect_effects, pad_token_id
 from fv.runtime.injection import TargetScore, intervene
@@ -21,9 +22,6 @@ from fv.runtime.prepared import PROMPT_SETS, PreparedTrial, prepare_trials
 from fv.runtime.prompts import dummy_labels, has_bos_text
 from fv.runtime.trials import Trial
 from fv.runtime.vectors import function_vector, top_heads
-
-STAGES = ("prompt", "slot", "mean_activations", "indirect_effect", "top_heads", "fv", "injection")
-PER_TRIAL_STAGES = ("prompt", "slot", "indirect_effect", "injection")
 
 
 def trial_key(tr: Trial) -> str:

@@ -55,7 +55,7 @@ class RunConfig:
 
 def parse_layers(spec: str | None, n_layers: int, default: int) -> list[int]:
     """``9``, ``0-31``, ``3,5,9`` or ``all``."""
-    from fv.errors import FVError
+    from fv.errors import UsageError
 
     if spec is None:
         return [default]
@@ -71,10 +71,10 @@ def parse_layers(spec: str | None, n_layers: int, default: int) -> list[int]:
             else:
                 out.append(int(part))
         except ValueError as exc:
-            raise FVError(f"cannot read edit layers {spec!r}: use N, A-B, a comma list, or all.") from exc
+            raise UsageError(f"cannot read edit layers {spec!r}: use N, A-B, a comma list, or all.") from exc
     bad = [x for x in out if not 0 <= x < n_layers]
     if bad:
-        raise FVError(f"edit layers {bad} are outside this model's {n_layers} layers (0..{n_layers - 1}).")
+        raise UsageError(f"edit layers {bad} are outside this model's {n_layers} layers (0..{n_layers - 1}).")
     return out
 
 

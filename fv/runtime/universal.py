@@ -38,7 +38,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from fv.errors import FVError
+from fv.errors import FVError, UsageError
 from fv.io import ensure_dir, load_tensor_file, read_json, save_tensors, sha256_file, write_bytes, write_json
 from fv.runtime.pipeline import outputs_fresh
 
@@ -75,16 +75,16 @@ class UniversalConfig:
         given = [n for n, v in (("--datasets", self.datasets), ("--fixed-trials", self.fixed_trials),
                                 ("--relation-csv", self.relation_csv)) if v]
         if len(given) != 1:
-            raise FVError("expected exactly one task source: --datasets A.json,B.json, --fixed-trials F1.json,F2.json, or "
+            raise UsageError("expected exactly one task source: --datasets A.json,B.json, --fixed-trials F1.json,F2.json, or "
                           f"--relation-csv R.csv; found {', '.join(given) if given else 'none'}.")
         if self.task_filter not in FILTERS:
-            raise FVError(f"--task-filter: expected one of {', '.join(FILTERS)}, found {self.task_filter!r}.")
+            raise UsageError(f"--task-filter: expected one of {', '.join(FILTERS)}, found {self.task_filter!r}.")
         if self.mode not in ("exact", "fast"):
-            raise FVError(f"--mode: expected exact or fast, found {self.mode!r}.")
+            raise UsageError(f"--mode: expected exact or fast, found {self.mode!r}.")
         if self.n_top_heads < 1:
-            raise FVError(f"--n-top-heads: expected at least 1, found {self.n_top_heads}.")
+            raise UsageError(f"--n-top-heads: expected at least 1, found {self.n_top_heads}.")
         if self.max_trials is not None and self.max_trials < 1:
-            raise FVError(f"--max-trials: expected at least 1, found {self.max_trials}.")
+            raise UsageError(f"--max-trials: expected at least 1, found {self.max_trials}.")
 
 
 @dataclass
@@ -182,7 +182,7 @@ def keep_decision(accuracy: float, baseline: float, task_filter: str) -> tuple[b
     if task_filter == "all":
         return True, "--task-filter all keeps every task"
     if task_filter != "icl-baseline":
-        raise FVError(f"--task-filter: expected one of {', '.join(FILTERS)}, found {task_filter!r}.")
+        raise UsageError(f"--task-filter: expected one of {', '.join(FILTERS)}, found {task_filter!r}.")
     if accuracy > baseline:
         return True, f"ICL accuracy {accuracy:.4f} > majority baseline {baseline:.4f}"
     return False, f"ICL accuracy {accuracy:.4f} <= majority baseline {baseline:.4f}"

@@ -170,7 +170,7 @@ def test_fv_run_stops_at_the_first_non_finite_stage(overflow_model, tmp_path, ca
     rc = main(["run", "--model", str(overflow_model), "--dtype", "float16", "--device", "cpu", "--max-trials", "2",
                "--out", str(out), "--quiet", "--no-plots"])
     line = _one_error_line(capsys.readouterr().err, "run")
-    assert rc == 2 and "mean activations: NaN at layer 1, head 0" in line and "Nothing of this stage was written" in line
+    assert rc == 1 and "mean activations: NaN at layer 1, head 0" in line and "Nothing of this stage was written" in line
     assert not (out / "mean_activations.pt").exists() and not (out / "mean_activations_meta.json").exists()
     assert not list(out.glob("*.pt"))
     # the same model in float32 runs through: the stop is the dtype's overflow, not the scaling
@@ -186,7 +186,7 @@ def test_fv_relation_stops_and_records_the_q(overflow_model, tmp_path, capsys):
                "--dtype", "float16", "--device", "cpu", "--q-list", "Q1,Q2", "--n-trials-per-q", "1", "--edit-layers", "9",
                "--out", str(tmp_path), "--quiet", "--no-plots"])
     line = _one_error_line(capsys.readouterr().err, "relation")
-    assert rc == 2 and line.startswith("fv relation: error: q Q1: mean activations: NaN at layer 1"), line
+    assert rc == 1 and line.startswith("fv relation: error: q Q1: mean activations: NaN at layer 1"), line
     root = tmp_path / "relation_tiny"
     st = read_status(root, "Q1")
     assert st["status"] == "failed" and "NonFiniteError" in st["error"]
@@ -255,7 +255,7 @@ def test_fv_run_stops_at_a_later_stage_and_writes_nothing_of_it(stage, tmp_path,
     rc = main(["run", "--model", "tiny-llama", "--device", "cpu", "--max-trials", "2", "--out", str(out), "--quiet",
                "--no-plots"])
     line = _one_error_line(capsys.readouterr().err, "run")
-    assert rc == 2
+    assert rc == 1
     assert (out / "mean_activations.pt").is_file() and (out / "indirect_effect.pt").is_file()
     if stage == "fv":
         assert "function vector: NaN at layer 3" in line, line

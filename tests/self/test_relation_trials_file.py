@@ -110,13 +110,13 @@ def test_relation_runs_exactly_a_users_trials_file(tmp_path, capsys):
     assert sorted(p.name for p in root.iterdir() if p.is_dir()) == ["Q3"]
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--relation-csv", "x.csv", "--fixed-trials", "y.json"], "expected exactly one of --relation-csv CSV or --fixed-trials FILE"),
-    (["--fixed-trials", str(FIXTURES / "data" / "fixed_trials_antonym_t10_s10_seed0.json")], "expected relation trials (each with q_id)"),
+@pytest.mark.parametrize("args, needle, code", [  # 2: options that cannot go together; 1: a file of the wrong kind
+    (["--relation-csv", "x.csv", "--fixed-trials", "y.json"], "expected exactly one of --relation-csv CSV or --fixed-trials FILE", 2),
+    (["--fixed-trials", str(FIXTURES / "data" / "fixed_trials_antonym_t10_s10_seed0.json")], "expected relation trials (each with q_id)", 1),
 ])
-def test_relation_trials_file_errors_are_one_line(args, needle, capsys):
+def test_relation_trials_file_errors_are_one_line(args, needle, code, capsys):
     from fv.cli import main
 
-    assert main(["relation", *args, "--no-plots"]) == 2
+    assert main(["relation", *args, "--no-plots"]) == code
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and needle in err

@@ -269,6 +269,27 @@ def test_spm_lone_metaspace_tokens_are_labelled_alike(spm_run):
     assert n_lone > 0, "the trials hold no lone '▁' token: the test tests nothing"
 
 
+@pytest.mark.m2
+def test_a_mean_activation_mismatch_names_its_lone_metaspace_slots(spm_run):
+    """A port that drops the lone ``▁`` tokens from its averages differs at their slots only; the gate's pattern says
+    those slots hold a lone ``▁`` (the report's ``pattern``, beside the slot labels)."""
+    import dataclasses
+
+    from fv.parity.pattern import lone_metaspace_slot_indices
+    from fv.parity.run import compare_with
+
+    run = spm_run
+    dummy = [(int(p), str(label)) for p, label in run.src.values["slot"]["dummy_labels"]]
+    lone = lone_metaspace_slot_indices(run.trials.subset(run.params.max_trials), run.lm.tokenizer, run.lm.prepend_bos, dummy)
+    assert lone, "no slot holds a lone '▁': the test tests nothing"
+    mean = run.fv.values["mean_activations"].clone()
+    mean[:, :, lone[0]] += 1.0  # the slot averaged differently
+    port = dataclasses.replace(run.fv, values={**run.fv.values, "mean_activations": mean})
+    stage = compare_with(run, port).stage("mean_activations")
+    assert stage.status == "FAIL"
+    assert f"1 of them hold a lone '\u2581' token ({lone[0]})" in stage.pattern, stage.pattern
+
+
 @pytest.mark.parametrize("name, lone", [("tiny-llama2spm", True), ("tiny-gemmaspm", True), ("tiny-llama", False)])
 def test_verify_trials_names_the_lone_metaspace_tokens(name, lone, tmp_path, capsys):
     """``fv verify-trials`` (M0's command) says, beside the tokens straddling prompt parts, where lone ``▁`` tokens sit
