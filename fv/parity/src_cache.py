@@ -60,7 +60,7 @@ def tree_digest(root: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def _file_digest_memo(path: Path, memo_dir: Path | None) -> str:
+def file_digest_memo(path: Path, memo_dir: Path | None) -> str:
     """A weight file's sha256, remembered by (path, size, mtime) so an 8B model's files are read once."""
     st = path.stat()
     tag = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:32]
@@ -97,7 +97,7 @@ def weights_digest(path: Path | None, model: Any, memo_dir: Path | None = None) 
         return "tensors:" + _tensor_digest(model)
     h = hashlib.sha256()
     for p in files:
-        h.update(f"{p.name}|{_file_digest_memo(p, memo_dir)}\n".encode())
+        h.update(f"{p.name}|{file_digest_memo(p, memo_dir)}\n".encode())
     return "files:" + h.hexdigest()
 
 

@@ -192,13 +192,13 @@ class Reference:
         snapshot path), in the reference's own process: its dtype, attention, quantization, placement and
         MODEL_CONFIG, read there. One process per (src, model) and session. Names its loader cannot load fail in
         one line."""
-        from fv.reference.process import _LoaderRefused, reference_process
+        from fv.reference.process import LoaderRefused, reference_process
 
         name = str(name_or_path)
         proc = reference_process(self.src_root, self.baukit_root, self.compat, model_key=f"{name}|{device}")
         try:
             rm = proc.load(name, fv_path or Path(name), device)
-        except _LoaderRefused as exc:
+        except LoaderRefused as exc:
             hint = (" Its GPT-2 branch matches only the exact name 'gpt2-xl': share fv's model instead (the shared mode)."
                     if "gpt2" in name.lower() else " Keep the family's word (llama, gemma, olmo, gpt-j, gpt-neox, pythia) in the path.")
             raise FVError(f"the reference's loader cannot load {name}: it picks a branch by substrings of the name and none "

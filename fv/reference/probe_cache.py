@@ -37,9 +37,9 @@ def default_probe_cache_dir() -> Path:
 
 def _baukit_files(src_root: Path, baukit_root: str | None) -> list[str]:
     """The baukit files the src would import: the installed package's, else the candidates' ``nethook.py``."""
-    from fv.reference.worker import _baukit_candidates
+    from fv.reference.worker import baukit_candidates
 
-    files = [str(p) for p in _baukit_candidates(src_root, baukit_root) if p.is_file()]
+    files = [str(p) for p in baukit_candidates(src_root, baukit_root) if p.is_file()]
     loaded = sys.modules.get("baukit")
     try:
         spec = importlib.util.find_spec("baukit") if loaded is None else getattr(loaded, "__spec__", None)

@@ -215,7 +215,7 @@ class ReferenceProcess:
         ans = self._read()
         if not ans.get("ok"):
             if op == "load" and ans.get("error") == "NotImplementedError":
-                raise _LoaderRefused(ans)
+                raise LoaderRefused(ans)
             raise ReferenceProcessError(self._one_line(ans, op if op != "load" else f"loading {kw.get('name')!r}"))
         return ans
 
@@ -238,7 +238,7 @@ class ReferenceProcess:
                            describe=ans["describe"], load_seconds=float(ans["load_seconds"]))
 
 
-class _LoaderRefused(ReferenceProcessError):
+class LoaderRefused(ReferenceProcessError):
     """The reference's loader raised NotImplementedError: no branch matched the name."""
 
     def __init__(self, ans: dict):

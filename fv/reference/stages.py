@@ -118,13 +118,13 @@ def remote_model_key(rm, memo_dir: Path | None) -> dict:
     produced them (read there), the weight files of the folder fv resolved, and its quantized modules."""
     import json
 
-    from fv.parity.src_cache import WEIGHT_SUFFIXES, _file_digest_memo, device_kind
+    from fv.parity.src_cache import WEIGHT_SUFFIXES, device_kind, file_digest_memo
 
     cfg = dict(rm.describe["config"])
     cfg.pop("_name_or_path", None)
     folder = Path(rm.fv_path)
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES) if folder.is_dir() else []
-    weights = "files:" + "|".join(f"{p.name}:{_file_digest_memo(p, memo_dir)}" for p in files) if files else f"spec:{rm.spec}"
+    weights = "files:" + "|".join(f"{p.name}:{file_digest_memo(p, memo_dir)}" for p in files) if files else f"spec:{rm.spec}"
     return {"config": json.loads(json.dumps(cfg, sort_keys=True, default=str)), "weights": weights, "dtype": f"torch.{rm.describe['dtype']}",
             "device": device_kind(str(rm.device)), "attn_implementation": rm.attn_implementation,
             "quantized": sorted({(v["class"], v["quant_type"], v["compute_dtype"]) for v in rm.quantized.values()})}

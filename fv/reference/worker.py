@@ -46,7 +46,7 @@ class DriverError(Exception):
 
 
 # ---- baukit and bitsandbytes ------------------------------------------------------------------------------
-def _baukit_candidates(src_root: Path, baukit_root: str | None) -> list[Path]:
+def baukit_candidates(src_root: Path, baukit_root: str | None) -> list[Path]:
     roots = [baukit_root, os.environ.get("FV_BAUKIT_ROOT"), str(src_root.parent / "baukit"), str(src_root / "baukit"),
              str(src_root.parent)]
     out = []
@@ -68,7 +68,7 @@ def install_baukit(src_root: Path, baukit_root: str | None, notes: list[str]) ->
             return
     except Exception:
         sys.modules.pop("baukit", None)
-    for cand in _baukit_candidates(src_root, baukit_root):
+    for cand in baukit_candidates(src_root, baukit_root):
         if cand.is_file():
             spec = importlib.util.spec_from_file_location("baukit.nethook", cand)
             nethook = importlib.util.module_from_spec(spec)

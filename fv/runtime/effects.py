@@ -20,6 +20,7 @@ import torch
 from fv.model.kv_cache import returned_cache, with_cache
 from fv.model.tree import ModelInfo
 from fv.runtime.hooks import forward_until, replace_output
+from fv.runtime.memory import free_bytes, logits_rows, model_sizes
 from fv.runtime.prepared import PreparedPrompt, equal_passes
 
 
@@ -333,46 +334,16 @@ def _seq_patch(info: ModelInfo, layer: int, rows: list[tuple[int, int]], mean_ac
     return hook
 
 
-# float32 logits (with their softmax and the model's own copy) one pass may hold, whatever the number of trials: the
-# unembedding of a 128k vocabulary is 0.5 MiB per row, so without a bound a pass over 8 trials' (layer, head) rows
-# holds a gigabyte of logits, and the peak grows with the trials batched together
-LOGITS_BUDGET = 256 << 20
-
-
-def logits_rows(vocab: int, positions: int = 1, budget: int = LOGITS_BUDGET) -> int:
-    """Rows of ``positions`` positions each whose float32 logits, softmax and the model's copy fit ``budget`` bytes."""
-    return int(budget // max(1, 3 * 4 * int(vocab) * max(1, positions))) if vocab else 1 << 30
-
-
 def chunk_size(model: Any, info: ModelInfo, width: int, device: torch.device, share: float = 0.25,
                most: int = 4096, least: int = 16) -> int:
     """Rows per last-token pass from the memory free on the device: a share of it over one row's need (its
     attention scores over the prefix and the other rows, its hidden states, its logits and softmax in float32),
-    and never more rows than ``LOGITS_BUDGET`` of logits (so the peak does not grow with the trials)."""
-    cfg = getattr(model.config, "get_text_config", lambda: model.config)()
-    elem = torch.empty(0, dtype=info.dtype).element_size()
-    vocab = int(getattr(cfg, "vocab_size", 0) or 0)
-    inter = int(getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None) or 4 * info.d_model)
+    and never more rows than ``LOGITS_BUDGET`` of logits (``fv.runtime.memory``: the peak does not grow with the trials)."""
+    elem, vocab, inter = model_sizes(model, info)
     keys = width + info.n_layers * info.n_heads
     per_row = (3 * info.n_heads * keys * 4 + keys * elem + 4 * info.d_model * elem + (info.n_layers + 8) * info.d_model * elem
                + 3 * inter * elem + 3 * vocab * 4)
-    if torch.device(device).type == "cuda":
-        free = torch.cuda.mem_get_info(torch.device(device))[0]
-    else:
-        free = _available_ram()
-    return int(max(least, min(most, logits_rows(vocab), share * free // max(per_row, 1))))
-
-
-def _available_ram() -> int:
-    """MemAvailable from /proc/meminfo (Linux), else a conservative 2 GiB."""
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 2 << 30
+    return int(max(least, min(most, logits_rows(vocab), share * free_bytes(device) // max(per_row, 1))))
 
 
 def indirect_effects(model: Any, info: ModelInfo, prompts: Sequence[PreparedPrompt], mean_acts: torch.Tensor,

@@ -11,7 +11,8 @@ same scores (within float rounding) at a fraction of the cost:
 * the zero-shot prompts run in right-padded batches (causal attention never looks at the pads), their clean
   rows and the edited rows of every edit layer in one pass (every position's logits: a tensor ``logits_to_keep``
   is read differently across transformers releases);
-* rows per pass are sized from the free memory, and hold at most ``LOGITS_BUDGET`` of logits.
+* rows per pass are sized from the free memory, and hold at most ``LOGITS_BUDGET`` of logits
+  (``fv.runtime.memory``, shared with the indirect effects).
 """
 
 from __future__ import annotations
@@ -133,16 +134,12 @@ def eval_rows_per_pass(model: Any, info: ModelInfo, tokens: int, device: Any, sh
     and never more than ``LOGITS_BUDGET`` of logits (so the peak does not grow with the trials).
     ``logit_positions``: positions per row whose logits the pass computes (default: all ``tokens``; 1 for passes
     that unembed one position, as mean activations and the indirect effect's prefix pass do)."""
-    from fv.runtime.effects import _available_ram, logits_rows
+    from fv.runtime.memory import free_bytes, logits_rows, model_sizes
 
-    cfg = getattr(model.config, "get_text_config", lambda: model.config)()
-    elem = torch.empty(0, dtype=info.dtype).element_size()
-    vocab = int(getattr(cfg, "vocab_size", 0) or 0)
-    inter = int(getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None) or 4 * info.d_model)
+    elem, vocab, inter = model_sizes(model, info)
     positions = tokens if logit_positions is None else logit_positions
     per_row = tokens * (12 * info.d_model * elem + 3 * inter * elem + 2 * info.n_heads * tokens * 4) + 3 * positions * vocab * 4
-    free = torch.cuda.mem_get_info(torch.device(device))[0] if torch.device(device).type == "cuda" else _available_ram()
-    return int(max(1, min(most, logits_rows(vocab, positions), share * free // max(per_row, 1))))
+    return int(max(1, min(most, logits_rows(vocab, positions), share * free_bytes(device) // max(per_row, 1))))
 
 
 def _batched_scores(model: Any, info: ModelInfo, prompts: Sequence[PreparedPrompt], vector: torch.Tensor,

@@ -32,6 +32,7 @@ from fv.errors import FVError
 from fv.io import ensure_dir, load_tensor_file, read_json, sha256_file, write_json, write_text
 from fv.lock import LOCK_NAME, held_by, output_lock, state_lock
 from fv.meta import now_iso
+from fv.runtime.threads import cpu_threads
 
 STATES = ("pending", "running", "completed", "failed", "skipped")
 SUMMARY = "relation_summary.json"
@@ -238,7 +239,7 @@ def run_q(lm: Any, cfg: RelationConfig, root: Path, q: str, log: Callable[[str],
     return {"best_layer": best, "n_trials": len(ft.trials)}
 
 
-def _worker(cfg_dict: dict, qs: list[str], root: str, index: int | None, extra: dict | None = None,
+def run_worker(cfg_dict: dict, qs: list[str], root: str, index: int | None, extra: dict | None = None,
             log: Callable[[str], None] = lambda _s: None) -> list[tuple[str, str]]:
     """A worker process or a scheduler's array task: load the model once (on its own GPU when there are
     several), run its qs; ``extra`` (the task's job id and log) goes into the status of a q that fails."""
@@ -265,7 +266,6 @@ def _run_one(lm: Any, cfg: RelationConfig, root: Path, q: str, after_q: Callable
 
 def _run_one_locked(lm: Any, cfg: RelationConfig, root: Path, q: str, after_q: Callable[[str], None] | None,
                     log: Callable[[str], None], extra: dict | None) -> str:
-    import torch
 
     inputs = cfg.q_key(lm, sha256_file(q_trials_path(root, q)))
     st = read_status(root, q)
@@ -275,11 +275,9 @@ def _run_one_locked(lm: Any, cfg: RelationConfig, root: Path, q: str, after_q: C
     if st.get("resumed_from") == "running":
         log(f"{q}: resumed (a previous run stopped while it was running; its finished stages are reused)")
     _set_status(root, q, "running", inputs, started=now_iso(), pid=os.getpid(), **(extra or {}))
-    threads = torch.get_num_threads()
     try:
-        if not str(lm.device).startswith("cuda"):
-            torch.set_num_threads(cfg.cpu_threads)
-        result = run_q(lm, cfg, root, q, log)
+        with cpu_threads(cfg.cpu_threads, lm.device):  # restored when the q ends, failed or not
+            result = run_q(lm, cfg, root, q, log)
     except Exception as exc:  # one q's failure is recorded and does not stop the others
         from fv.runtime.finite import NonFiniteError
 
@@ -292,8 +290,6 @@ def _run_one_locked(lm: Any, cfg: RelationConfig, root: Path, q: str, after_q: C
                 raise NonFiniteError(f"q {q}: {exc}", exc.stage, exc.where) from exc
             raise
         return "failed"
-    finally:
-        torch.set_num_threads(threads)
     _set_status(root, q, "completed", inputs, **result)
     if after_q:
         after_q(q)
@@ -323,7 +319,7 @@ def run_relation(cfg: RelationConfig, after_q: Callable[[str], None] | None = No
         shares = [qs[i :: cfg.workers] for i in range(cfg.workers)]
         with cf.ProcessPoolExecutor(cfg.workers, mp_context=mp.get_context("spawn")) as pool, \
                 stage_bar("qs", len(qs), quiet, unit="q") as tick:
-            futs = [pool.submit(_worker, asdict(cfg), share, str(root), i) for i, share in enumerate(shares) if share]
+            futs = [pool.submit(run_worker, asdict(cfg), share, str(root), i) for i, share in enumerate(shares) if share]
             for f in cf.as_completed(futs):
                 for q, status in f.result():
                     results[q] = status

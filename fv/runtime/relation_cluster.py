@@ -35,24 +35,24 @@ class RelationTask(submitit.helpers.Checkpointable):
     call; completed qs are then reused and a q cut short resumes from its finished stages."""
 
     def __call__(self, cfg_dict: dict, root: str, qs: list[str]) -> list[tuple[str, str]]:
-        from fv.runtime.relation import _worker
+        from fv.runtime.relation import run_worker
 
         env = submitit.JobEnvironment()
         extra = {"job_id": str(env.job_id), "scheduler_log": str(env.paths.stderr).replace("%j", str(env.job_id))}
-        return _worker(cfg_dict, qs, root, None, extra=extra, log=lambda line: print(line, flush=True))
+        return run_worker(cfg_dict, qs, root, None, extra=extra, log=lambda line: print(line, flush=True))
 
 
-def _light_model(cfg: RelationConfig) -> tuple[Any, str, bool, dict]:
-    """Tokenizer, model name, BOS rule and the weight-free part of the q identity, without loading weights
-    (the driver may run on a login node)."""
+def light_model(model: str, dtype: str | None) -> tuple[Any, str, bool, dict]:
+    """Tokenizer, model name, BOS rule and the weight-free part of the q identity of ``model`` (a name or folder)
+    computing in ``dtype``, without loading weights (the driver of a job array may run on a login node)."""
     from fv.model.dtypes import pick_dtype
     from fv.model.loading import LoadedModel
     from fv.model.resolve import resolve_model_path
     from fv.model.tokenizers import load_tokenizer, tokenizer_prepends_bos
 
-    path = resolve_model_path(cfg.model)
+    path = resolve_model_path(model)
     tok = load_tokenizer(path)
-    dt = pick_dtype(cfg.dtype)
+    dt = pick_dtype(dtype)
     lm = LoadedModel(path=path, model=None, tokenizer=tok, info=None, device="meta", dtype=dt, prepend_bos=tokenizer_prepends_bos(tok))
     ident = {"model_config_sha256_16": hashlib.sha256((path / "config.json").read_bytes()).hexdigest()[:16],
              "model_name": lm.name, "dtype": str(dt).replace("torch.", "")}
@@ -95,7 +95,7 @@ def run_relation_cluster(cfg: RelationConfig, cc: ClusterConfig, wait: bool = Tr
     else return right after submission (``job_id`` set, no summary yet)."""
     from fv.progress import stage_bar
 
-    tok, name, bos, ident = _light_model(cfg)
+    tok, name, bos, ident = light_model(cfg.model, cfg.dtype)
     qs, skipped, root = start_run(cfg, tok, name, bos, log)
     todo = [q for q in qs if not _is_done(cfg, root, q, ident)]
     reused = [q for q in qs if q not in todo]

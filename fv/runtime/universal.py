@@ -41,6 +41,7 @@ import torch
 from fv.errors import FVError, UsageError
 from fv.io import ensure_dir, load_tensor_file, read_json, save_tensors, sha256_file, write_bytes, write_json
 from fv.runtime.pipeline import outputs_fresh
+from fv.runtime.threads import cpu_threads
 
 FILTERS = ("icl-baseline", "all")
 TRIALS_FILE = "trials.json"
@@ -375,22 +376,6 @@ def aggregate(cfg: UniversalConfig, tasks: Sequence[Task], log: Callable[[str], 
 
 
 # ---- driving it all ----------------------------------------------------------------------------------------
-def _with_threads(cfg: UniversalConfig, lm: Any):
-    import contextlib
-
-    @contextlib.contextmanager
-    def ctx():
-        before = torch.get_num_threads()
-        if cfg.cpu_threads and not str(lm.device).startswith("cuda"):
-            torch.set_num_threads(cfg.cpu_threads)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(before)
-
-    return ctx()
-
-
 def run_phase(lm: Any, cfg: UniversalConfig, tasks: Sequence[Task], phase: str, quiet: bool = True,
               log: Callable[[str], None] = lambda _s: None) -> dict[str, str]:
     """``effects`` or ``vector`` for each task, on one loaded model."""
@@ -398,7 +383,7 @@ def run_phase(lm: Any, cfg: UniversalConfig, tasks: Sequence[Task], phase: str, 
 
     heads = read_heads(Path(cfg.out)) if phase == "vector" else None
     done = {}
-    with _with_threads(cfg, lm), stage_bar(f"tasks ({phase})", len(tasks), quiet, unit="task") as tick:
+    with cpu_threads(cfg.cpu_threads, lm.device), stage_bar(f"tasks ({phase})", len(tasks), quiet, unit="task") as tick:
         for t in tasks:
             done[t.name] = (run_task_effects(lm, cfg, t, quiet, log) if phase == "effects"
                             else run_task_vector(lm, cfg, t, heads, quiet, log))
@@ -419,10 +404,9 @@ def run_universal(cfg: UniversalConfig, quiet: bool = True, log: Callable[[str],
         result = aggregate(cfg, tasks, log)
         run_phase(lm, cfg, tasks, "vector", quiet, log)
     else:
-        from fv.runtime.relation import RelationConfig
-        from fv.runtime.relation_cluster import _light_model
+        from fv.runtime.relation_cluster import light_model
 
-        tok, name, bos, _ident = _light_model(RelationConfig(relation_csv="", out=cfg.out, model=cfg.model, dtype=cfg.dtype))
+        tok, name, bos, _ident = light_model(cfg.model, cfg.dtype)
         tasks = prepare_tasks(cfg, tok, name, bos)
         _array(cfg, cluster, tasks, "effects", quiet, log)
         result = aggregate(cfg, tasks, log)

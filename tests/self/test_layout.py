@@ -82,13 +82,26 @@ def test_layers_import_only_downwards():
 def test_the_tree_shows_the_stages():
     for sub, modules in {
         "runtime": ["datasets", "trials", "prompts", "prepared", "hooks", "activations", "effects", "vectors", "injection", "evaluation", "pipeline", "relation",
-                    "cluster", "relation_cluster", "universal", "finite"],
+                    "cluster", "relation_cluster", "universal", "finite", "memory", "threads"],
         "parity": ["stages", "compare", "dump", "golden", "user_goldens", "snapshot", "src_cache", "report", "diff", "pattern", "run",
-                   "preflight", "boundaries", "identity"],
+                   "preflight", "boundaries", "identity", "registry"],
         "reference": ["adapter", "stages", "capability", "universal", "memory", "probes", "probe_cache", "process", "worker"],
         "cli": ["trials", "reference", "run", "diff", "relation", "gate", "golden", "plot", "doctor", "models", "universal"],
     }.items():
         assert sorted(p.stem for p in (PKG / sub).glob("*.py") if p.stem != "__init__" and p.stem != "common") == sorted(modules)
+
+
+def test_no_module_imports_another_modules_private_names():
+    """A name that starts with ``_`` is its module's own: no module of fv imports one from another module."""
+    import ast
+
+    bad = []
+    for path in sorted(PKG.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("fv"):
+                bad += [f"{path.relative_to(PKG.parent)}: from {node.module} import {a.name}" for a in node.names
+                        if a.name.startswith("_") and not a.name.startswith("__")]
+    assert bad == [], "\n".join(bad)
 
 
 def test_only_the_adapter_knows_reference_names():
@@ -173,3 +186,20 @@ def test_a_users_inputs_collect_only_the_gates_on_them():
     assert line.startswith(f"fv: {len(own)} self-tests deselected") and "--fv-self-tests or -m self" in line, line
     both = [x for x in _collect(*user, "--fv-self-tests") if x.startswith("tests/")]
     assert sorted(both) == sorted(ids + own)
+
+
+def test_the_thread_count_is_restored_after_a_stage():
+    """``fv.runtime.threads.cpu_threads``: the count the relation and universal drivers set for a q or a task is the
+    one before it once the block ends, an exception included; 0 or a GPU leaves it alone."""
+    import torch
+
+    from fv.runtime.threads import cpu_threads
+
+    before = torch.get_num_threads()
+    with pytest.raises(RuntimeError):
+        with cpu_threads(1, "cpu"):
+            assert torch.get_num_threads() == 1
+            raise RuntimeError("a q fails")
+    assert torch.get_num_threads() == before
+    with cpu_threads(0, "cpu"), cpu_threads(1, "cuda:0"):
+        assert torch.get_num_threads() == before
