@@ -12,11 +12,10 @@ run never leaves a file that a resumed one would trust.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Sequence
+from typing import Callable, ContextManager, Sequence
 
 import torch
 
@@ -30,6 +29,7 @@ from fv.runtime.evaluation import BaselineStore, eval_rows_per_pass, evaluate_la
 from fv.runtime.finite import require_finite, require_finite_rows
 from fv.runtime.prepared import PROMPT_SETS, PreparedTrial, prepare_trials
 from fv.runtime.prompts import dummy_labels, has_bos_text
+from fv.runtime.resume import inputs_key, outputs_fresh
 from fv.runtime.trials import FixedTrials
 from fv.runtime.vectors import function_vector, top_heads
 
@@ -76,20 +76,6 @@ def parse_layers(spec: str | None, n_layers: int, default: int) -> list[int]:
     if bad:
         raise UsageError(f"edit layers {bad} are outside this model's {n_layers} layers (0..{n_layers - 1}).")
     return out
-
-
-def _key(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def outputs_fresh(meta_path: Path, key: str, outputs: Sequence[Path]) -> bool:
-    """Whether ``outputs`` all exist and ``meta_path`` records ``inputs_key == key`` (resume reuses them)."""
-    if not meta_path.is_file() or not all(p.is_file() for p in outputs):
-        return False
-    try:
-        return json.loads(meta_path.read_text()).get("inputs_key") == key
-    except (OSError, json.JSONDecodeError):
-        return False
 
 
 @dataclass
@@ -165,14 +151,14 @@ def _run(lm: LoadedModel, trials: FixedTrials, out_dir: str | Path, cfg: RunConf
     # fast mode's prompts per full-width pass, from the free memory (capped at 16, where batching stops paying)
     width = max(int(pt.clean.inputs["input_ids"].shape[1]) for pt in prepared)
     per_pass = max(1, min(16, eval_rows_per_pass(lm.model, lm.info, width, lm.info.device, logit_positions=1))) if cfg.mode == "fast" else 1
-    k_mean = _key("mean", base_key)
+    k_mean = inputs_key("mean", base_key)
     mean = tensor_stage(
         "mean_activations", "mean activations", k_mean,
         lambda tick: mean_head_activations(lm.model, lm.info, [pt.clean for pt in prepared], len(dummy), mode=cfg.mode,
                                            progress=tick, batch=per_pass),
         labels={"slot": [f"{p} ({l})" for p, l in dummy]},
         dims=["layer", "head", "slot", "head_dim"], dummy_labels=[[p, l] for p, l in dummy])
-    k_ie = _key("ie", base_key, k_mean)
+    k_ie = inputs_key("ie", base_key, k_mean)
     ie = tensor_stage(
         "indirect_effect", "indirect effect", k_ie,
         lambda tick: indirect_effects(lm.model, lm.info, [pt.corrupted for pt in prepared], mean, pad_token_id(lm.tokenizer),
@@ -181,7 +167,7 @@ def _run(lm: LoadedModel, trials: FixedTrials, out_dir: str | Path, cfg: RunConf
         stage_name="indirect effects", labels={"trial": [f"({t.trial_id}, {t.trial_idx})" for t in subset]},
         dims=["trial", "layer", "head"], trial_keys=[[t.trial_id, t.trial_idx] for t in subset])
     # top heads and the FV
-    k_fv = _key("fv", k_ie, cfg.n_top_heads)
+    k_fv = inputs_key("fv", k_ie, cfg.n_top_heads)
     files_fv = [out / "top_heads.json", out / "fv_by_layer.pt", out / "fv_global_resid.pt"]
     if cfg.resume and outputs_fresh(out / "fv_global_resid_meta.json", k_fv, files_fv):
         with stage("top heads and FV"):
@@ -204,7 +190,7 @@ def _run(lm: LoadedModel, trials: FixedTrials, out_dir: str | Path, cfg: RunConf
                                                                norm=float(fvr.vector.float().norm())))
         computed.append("fv")
     # evaluation per edit layer
-    todo = [L for L in cfg.edit_layers if not (cfg.resume and outputs_fresh(cfg.step6_path(out, L), _key("eval", k_fv, L), [cfg.step6_path(out, L)]))]
+    todo = [L for L in cfg.edit_layers if not (cfg.resume and outputs_fresh(cfg.step6_path(out, L), inputs_key("eval", k_fv, L), [cfg.step6_path(out, L)]))]
     if len(todo) < len(cfg.edit_layers):
         reused.append("evaluation:" + ",".join(str(L) for L in cfg.edit_layers if L not in todo))
         log(f"evaluation: reused edit layers {[L for L in cfg.edit_layers if L not in todo]}")
@@ -220,7 +206,7 @@ def _run(lm: LoadedModel, trials: FixedTrials, out_dir: str | Path, cfg: RunConf
         store.close()  # the prefix caches are spent
     with stage("writing artifacts"):
         for L, rows in by_layer.items():
-            write_json(cfg.step6_path(out, L), {"inputs_key": _key("eval", k_fv, L), "edit_layer": L,
+            write_json(cfg.step6_path(out, L), {"inputs_key": inputs_key("eval", k_fv, L), "edit_layer": L,
                                                 "summary": summarize(rows), "trials": rows})
         summaries = {L: read_json(cfg.step6_path(out, L))["summary"] for L in cfg.edit_layers}
         primary = cfg.edit_layers[0]

@@ -64,9 +64,15 @@ class RelationConfig:
         """What one q's outputs depend on: the model's weights and loading, the q's own trials, and the stage
         parameters. Not the list of other qs, nor how a default was spelled: a q completed under the same
         identity is never recomputed."""
-        return {"model_config_sha256_16": lm.config_hash, "model_name": lm.name, "dtype": str(lm.dtype).replace("torch.", ""),
-                "device_type": str(lm.device).split(":")[0], "trials_sha256": trials_sha256, "n_demos": self.n_demos,
-                "topk": self.topk, "edit_layers": self.edit_layers, "mode": self.mode, "cpu_threads": self.cpu_threads}
+        return self.q_identity({"model_config_sha256_16": lm.config_hash, "model_name": lm.name,
+                                "dtype": str(lm.dtype).replace("torch.", ""), "device_type": str(lm.device).split(":")[0]},
+                               trials_sha256)
+
+    def q_identity(self, model: dict, trials_sha256: str) -> dict:
+        """``q_key`` from the model's part of it (``model``: its config digest, name and dtype, and its device type
+        where the model is loaded; a job array's driver, which loads no weights, knows all but the device)."""
+        return {**model, "trials_sha256": trials_sha256, "n_demos": self.n_demos, "topk": self.topk,
+                "edit_layers": self.edit_layers, "mode": self.mode, "cpu_threads": self.cpu_threads}
 
 
 def relation_root(cfg: RelationConfig) -> Path:

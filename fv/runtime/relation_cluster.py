@@ -27,7 +27,6 @@ from fv.runtime.relation import RelationConfig, q_trials_path, read_status, rela
 JOBS_DIR = "_jobs"
 SUBMISSION = "submission.json"
 # what a driver can check without the weights; the task checks the rest (device type) itself
-DRIVER_KEYS = ("model_config_sha256_16", "model_name", "dtype", "trials_sha256", "n_demos", "topk", "edit_layers", "mode", "cpu_threads")
 
 
 class RelationTask(submitit.helpers.Checkpointable):
@@ -63,10 +62,9 @@ def _is_done(cfg: RelationConfig, root: Path, q: str, ident: dict) -> bool:
     st = read_status(root, q)
     if st.get("status") != "completed":
         return False
-    want = {**ident, "trials_sha256": sha256_file(q_trials_path(root, q)), "n_demos": cfg.n_demos, "topk": cfg.topk,
-            "edit_layers": cfg.edit_layers, "mode": cfg.mode, "cpu_threads": cfg.cpu_threads}
+    want = cfg.q_identity(ident, sha256_file(q_trials_path(root, q)))  # the q's identity, less its device type
     have = st.get("inputs", {})
-    return all(have.get(k) == want[k] for k in DRIVER_KEYS)
+    return all(have.get(k) == v for k, v in want.items())
 
 
 def _record_lost(root: Path, qs: list[str], rec: dict, error: BaseException | str) -> list[str]:

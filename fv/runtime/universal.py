@@ -30,7 +30,6 @@ universal heads and edit layers are the same. Nothing depends on the other tasks
 from __future__ import annotations
 
 import collections
-import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,7 +39,7 @@ import torch
 
 from fv.errors import FVError, UsageError
 from fv.io import ensure_dir, load_tensor_file, read_json, save_tensors, sha256_file, write_bytes, write_json
-from fv.runtime.pipeline import outputs_fresh
+from fv.runtime.resume import inputs_key, outputs_fresh
 from fv.runtime.threads import cpu_threads
 
 FILTERS = ("icl-baseline", "all")
@@ -96,10 +95,6 @@ class Task:
     @property
     def trials_path(self) -> Path:
         return self.folder / TRIALS_FILE
-
-
-def _key(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _safe_name(name: str) -> str:
@@ -264,7 +259,7 @@ def run_task_effects(lm: Any, cfg: UniversalConfig, task: Task, quiet: bool = Tr
 
     p = _prepare(lm, task, cfg.max_trials)
     ident = task_identity(lm, p.trials.sha256, len(p.subset), cfg.mode)
-    key = _key("effects", ident)
+    key = inputs_key("effects", ident)
     files = [task.folder / f for f in EFFECT_FILES]
     if outputs_fresh(task.folder / "effects_meta.json", key, files):
         log(f"{task.name}: effects reused (same model, trials and mode)")
@@ -316,7 +311,7 @@ def run_task_vector(lm: Any, cfg: UniversalConfig, task: Task, heads: Sequence[t
 
     layers = parse_layers(cfg.edit_layers, lm.info.n_layers, min(9, lm.info.n_layers - 1))
     effects_key = json.loads((task.folder / "effects_meta.json").read_text())["inputs_key"]
-    key = _key("vector", effects_key, [list(h) for h in heads], layers)
+    key = inputs_key("vector", effects_key, [list(h) for h in heads], layers)
     files = [task.folder / "fv_universal.pt", task.folder / "universal_eval.json"]
     if outputs_fresh(task.folder / "fv_universal_meta.json", key, files):
         log(f"{task.name}: universal FV and evaluation reused")

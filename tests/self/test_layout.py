@@ -82,7 +82,7 @@ def test_layers_import_only_downwards():
 def test_the_tree_shows_the_stages():
     for sub, modules in {
         "runtime": ["datasets", "trials", "prompts", "prepared", "hooks", "activations", "effects", "vectors", "injection", "evaluation", "pipeline", "relation",
-                    "cluster", "relation_cluster", "universal", "finite", "memory", "threads"],
+                    "cluster", "relation_cluster", "universal", "finite", "memory", "threads", "resume"],
         "parity": ["stages", "compare", "dump", "golden", "user_goldens", "snapshot", "src_cache", "report", "diff", "pattern", "run",
                    "preflight", "boundaries", "identity", "registry"],
         "reference": ["adapter", "stages", "capability", "universal", "memory", "probes", "probe_cache", "process", "worker"],
