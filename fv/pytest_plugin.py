@@ -591,9 +591,9 @@ def assert_golden(run: Any, artifact: str, snapshot: Any, update: bool) -> None:
     """One golden artifact of a parity run: with ``--snapshot-update`` written from the live reference's value
     (never fv's), otherwise fv's value compared with it within the dtype's tolerance."""
     from fv.io import write_json
-    from fv.parity.compare import EXACT, tolerance_for
     from fv.parity.golden import GOLDEN_ARTIFACTS, artifact_value, golden_dir
     from fv.parity.snapshot import golden_extension
+    from fv.parity.tolerance import EXACT, tolerance_for
     from fv.parity.user_goldens import USER_GOLDENS, artifact_problems, imported_from
     from fv.paths import SNAPSHOT_ROOT
 

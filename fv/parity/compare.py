@@ -1,134 +1,31 @@
-"""Comparing two sides stage by stage: counts, worst differences, and the first place they part.
+"""Comparing two sides stage by stage: each stage's verdict (PASS, FAIL, NONFINITE, SKIP; a PASS that proves little
+named degenerate), its counts, worst difference and the first place the sides part, and the verdict of them all.
 
-Tolerances are named, with where their numbers come from (after TransformerLens). Identities (strings, ids,
-labels, slot maps, top-head (layer, head) pairs) are always compared exactly; only floats use a tolerance.
-A numeric failure reads like pytest-regressions': shape, how many elements differ, max abs and rel error,
-and the worst index with both values.
+The parts are one module per kind of value, after pytest-regressions: named tolerances in ``fv.parity.tolerance``,
+tensors in ``fv.parity.tensor_diff``, JSON-like values in ``fv.parity.json_diff`` (re-exported here). Identities
+(strings, ids, labels, slot maps, top-head (layer, head) pairs) are always compared exactly; only floats use a
+tolerance.
 """
 
 from __future__ import annotations
 
 import math
-import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
 import torch
 
+from fv.parity.json_diff import (  # noqa: F401  (the comparison's parts, read here by name too)
+    field_scales,
+    float_fields,
+    json_norm_problems,
+    max_float_diff,
+    walk_diffs,
+)
 from fv.parity.pattern import describe, multi_token_slots
 from fv.parity.registry import EFFECT_STAGES, PER_TRIAL_STAGES, STAGE_DIMS, STAGE_FILES, STAGES
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    """A named tolerance (docs/tolerances.md): element i of ``actual`` agrees with ``expected`` when
-    ``|actual_i - expected_i| <= atol + rtol * |expected_i| + rms_atol * rms(expected)``, and the whole tensor (or
-    JSON field) agrees when ``||actual - expected||_2 <= norm_rtol * ||expected||_2 + atol * sqrt(n)``.
-
-    ``rms_atol`` scales the allowance by the expected side's RMS instead of each element's size, so an element that
-    cancels to near zero is not held to an impossible relative bound; ``norm_rtol`` (0: no norm check) catches a
-    change spread thinly over many elements that each stay inside the elementwise bound. ``stage_rms_atol`` holds
-    per-stage overrides of ``rms_atol`` (a stage whose numbers lose more digits, as mean activations in fp16 do).
-    """
-
-    name: str
-    atol: float
-    rtol: float
-    origin: str
-    rms_atol: float = 0.0
-    norm_rtol: float = 0.0
-    stage_rms_atol: tuple = ()
-    eps: float = 0.0  # the compute dtype's machine epsilon (0 for the exact tolerance)
-
-    @property
-    def is_exact(self) -> bool:
-        return self.atol == 0 and self.rtol == 0 and self.rms_atol == 0
-
-    def for_stage(self, stage: str) -> "Tolerance":
-        """This tolerance as it applies to one stage (its ``stage_rms_atol`` override, if any)."""
-        over = dict(self.stage_rms_atol).get(stage)
-        return self if over is None else replace(self, name=f"{self.name}/{stage}", rms_atol=over, stage_rms_atol=())
-
-    def with_probability_floor(self, logit_scale: float, p_max: float) -> "Tolerance":
-        """This tolerance with an absolute allowance for differences of probabilities computed from logits of size
-        up to ``logit_scale`` in this dtype, the probabilities being at most ``p_max``.
-
-        A logit of size L is rounded to steps of ``eps * L`` (the last layers' sums and the unembedding round in the
-        compute dtype); a change dz of the logits moves a probability p by ``p * (dz_t - sum_j p_j dz_j)``, at most
-        ``2 p dz``, with ``p (1 - p) <= min(p, 1/4)`` where the target's own logit dominates. An indirect effect is
-        the difference of two such probabilities, so its floor is ``2 * eps * L * min(p_max, 1/4)`` (one step per
-        probability). Below it the two sides cannot be told apart, however small the effects' own RMS (a model's
-        effects are often far smaller than its probabilities); with small probabilities (random tiny models) it
-        stays far below the RMS allowance."""
-        floor = 2 * self.eps * float(logit_scale) * min(float(p_max), 0.25)
-        if self.is_exact or not math.isfinite(floor) or floor <= self.atol:
-            return self
-        return replace(self, name=f"{self.name}/p", atol=floor)
-
-    def bound(self, expected: float, scale: float = 0.0) -> float:
-        """The largest allowed ``|actual - expected|`` for one element, ``scale`` being the RMS of its tensor/field."""
-        return self.atol + self.rtol * abs(expected) + self.rms_atol * scale
-
-    def close(self, a: float, b: float, scale: float = 0.0) -> bool:
-        """``a`` (actual) agrees with ``b`` (expected); ``scale``: the RMS of the expected values it belongs to."""
-        if not (math.isfinite(a) and math.isfinite(b)):
-            return False  # a NaN or an infinity agrees with nothing, itself included (the stage is NONFINITE)
-        if self.is_exact:
-            return a == b
-        return abs(a - b) <= self.bound(b, scale)
-
-    def norm_ok(self, diff_norm: float, expected_norm: float, n: int) -> bool:
-        return self.norm_rtol <= 0 or diff_norm <= self.norm_rtol * expected_norm + self.atol * math.sqrt(max(n, 1))
-
-    def allclose(self, actual: torch.Tensor, expected: torch.Tensor) -> bool:
-        """Both checks (elementwise and norm-wise) on two tensors of one shape."""
-        d = diff_tensors(expected, actual, self)
-        return not d.failed
-
-    def describe(self) -> str:
-        if self.is_exact:
-            return "exact (max_abs_diff == 0.0)"
-        parts = [f"atol {self.atol:.3g}"] + ([f"rtol {self.rtol:.3g}"] if self.rtol else []) \
-            + ([f"{self.rms_atol:.3g}*rms"] if self.rms_atol else []) + ([f"norm {self.norm_rtol:.3g}"] if self.norm_rtol else [])
-        return f"{self.name} ({', '.join(parts)})"
-
-
-# One place for every tolerance, with where its numbers come from (after TransformerLens). The measured noise is
-# fv's exact replay of each family's goldens (written under avx2, one thread) under ATEN_CPU_CAPABILITY=default and
-# avx2 with 1 and 2 threads, max |diff| / rms(golden) over the families; docs/tolerances.md has the table.
-EXACT = Tolerance("exact", 0.0, 0.0, "docs/reference.md, \"Parity\": exact mode follows the reference's operations, so on the same device and dtype every number is bit-identical")
-FP32 = Tolerance(
-    "fp32", torch.finfo(torch.float32).tiny, 0.0,
-    "docs/tolerances.md: fp32 eps 2**-23; a length-K sum (K=64) drifts ~sqrt(K)*eps=9.5e-7 of its scale per layer and "
-    "the drift compounds over the layers; measured across CPU kernels and thread counts up to 3.4e-4*rms (indirect "
-    "effects), 8.5e-5*rms (mean activations), relative norm 4.9e-5: allowance 2e-3*rms (6x), norm 5e-4 (10x)",
-    rms_atol=2e-3, norm_rtol=5e-4, eps=torch.finfo(torch.float32).eps)
-FP16 = Tolerance(
-    "fp16", torch.finfo(torch.float16).tiny, 0.0,
-    "docs/tolerances.md: fp16 eps 2**-10; below its smallest normal (6.1e-5) no relative digit is kept; measured "
-    "across CPU kernels and thread counts up to 8.0e-2*rms (mean activations, tiny-gpt-neox), 6.7e-3*rms "
-    "(injection logits), 5.1e-3*rms (FV), relative norm 4.2e-3: allowance 0.25*rms for mean activations, "
-    "0.05*rms elsewhere (3-7x), norm 0.02 (5x)",
-    rms_atol=0.05, norm_rtol=0.02, stage_rms_atol=(("mean_activations", 0.25),), eps=torch.finfo(torch.float16).eps)
-BF16 = Tolerance(
-    "bf16", torch.finfo(torch.bfloat16).tiny, 0.0,
-    "docs/tolerances.md: bf16 eps 2**-7, 8x fp16's: fp16's measured allowances times 8 (no bf16 golden to measure "
-    "on), capped at 1*rms",
-    rms_atol=0.4, norm_rtol=0.16, stage_rms_atol=(("mean_activations", 1.0),), eps=torch.finfo(torch.bfloat16).eps)
-
-
-def tolerance_for(dtype: torch.dtype, exact: bool) -> Tolerance:
-    """The tolerance of the dtype the model computes in (EXACT for the exact gate against the live reference)."""
-    if exact:
-        return EXACT
-    return {torch.bfloat16: BF16, torch.float16: FP16}.get(dtype, FP32)
-
-
-def rms(t: torch.Tensor) -> float:
-    """Root mean square of a tensor's finite elements (0.0 for none)."""
-    x = t.detach().to("cpu", torch.float64).reshape(-1)
-    x = x[x.isfinite()]
-    return float(x.pow(2).mean().sqrt()) if x.numel() else 0.0
+from fv.parity.tensor_diff import TensorDiff, diff_tensors  # noqa: F401
+from fv.parity.tolerance import BF16, EXACT, FP16, FP32, Tolerance, rms, tolerance_for  # noqa: F401
 
 
 @dataclass
@@ -160,223 +57,6 @@ def _jsonable(v: Any) -> Any:
     if isinstance(v, torch.Tensor):
         return v.tolist() if v.numel() <= 16 else f"tensor{tuple(v.shape)}"
     return v
-
-
-@dataclass
-class TensorDiff:
-    src_shape: tuple
-    fv_shape: tuple
-    dtype: str
-    n_elements: int
-    n_mismatch: int
-    max_abs: float
-    max_rel: float
-    worst_index: tuple | None
-    src_value: float | None
-    fv_value: float | None
-    first_index: tuple | None = None  # the first differing element in index (C) order
-    first_src: float | None = None
-    first_fv: float | None = None
-    bad: torch.Tensor | None = None  # the mismatch mask, for describing where mismatches fall
-    rms: float = 0.0  # RMS of the expected (src) side: the scale of the tolerance's rms term
-    rel_norm: float = 0.0  # ||fv - src|| / ||src||
-    norm_fail: bool = False  # the norm-wise check failed (it may fail with no element outside its own bound)
-
-    @property
-    def shapes_differ(self) -> bool:
-        return self.src_shape != self.fv_shape
-
-    @property
-    def failed(self) -> bool:
-        return self.shapes_differ or bool(self.n_mismatch) or self.norm_fail
-
-    def lines(self, tol: Tolerance) -> list[str]:
-        if self.shapes_differ:
-            return [f"shapes differ: src {self.src_shape} vs fv {self.fv_shape}"]
-        pct = 100.0 * self.n_mismatch / max(self.n_elements, 1)
-        out = [f"shape {self.src_shape}, dtype {self.dtype}, tolerance {tol.describe()}",
-               f"{self.n_mismatch} of {self.n_elements} elements differ ({pct:.2f}%)",
-               f"max abs diff {self.max_abs:.6g}, max rel diff {self.max_rel:.6g}"
-               + (f", rms of the expected side {self.rms:.6g}, allowed {tol.bound(0.0, self.rms):.3g} + rtol*|x|"
-                  if tol.rms_atol else "")
-               + (f", relative norm diff {self.rel_norm:.3g}" if tol.norm_rtol else "")]
-        if self.norm_fail:
-            out.append(f"norm-wise check failed: ||fv - src|| / ||src|| = {self.rel_norm:.3g} > {tol.norm_rtol:.3g}")
-        if self.first_index is not None:
-            out.append(f"first differing index {list(self.first_index)}: src {self.first_src!r} fv {self.first_fv!r}")
-        if self.worst_index is not None and self.n_mismatch:
-            out.append(f"worst at index {list(self.worst_index)}: src {self.src_value!r} fv {self.fv_value!r}")
-        return out
-
-
-def diff_tensors(src: torch.Tensor, fv: torch.Tensor, tol: Tolerance) -> TensorDiff:
-    """Element-wise comparison of ``fv`` with ``src`` (the expected side) under ``tol``, in float64 on the CPU.
-
-    A NaN or an infinity on either side counts as a mismatch; shapes that differ give a ``TensorDiff`` with every
-    element mismatched and infinite errors. Reports the first and the worst differing index with both values.
-    """
-    if tuple(src.shape) != tuple(fv.shape):
-        return TensorDiff(tuple(src.shape), tuple(fv.shape), str(fv.dtype), fv.numel(), max(fv.numel(), 1), math.inf, math.inf, None, None, None)
-    a = src.detach().to("cpu", torch.float64)
-    b = fv.detach().to("cpu", torch.float64)
-    absd = (a - b).abs()
-    reld = absd / a.abs().clamp_min(1e-30)
-    scale = rms(a)
-    fin = torch.isfinite(a) & torch.isfinite(b)
-    # a NaN or an infinity on either side is never equal, even to itself (compare_stage names the stage NONFINITE)
-    if tol.is_exact:
-        bad = ~(a == b) | ~fin
-    else:
-        bad = ~(absd <= tol.atol + tol.rtol * a.abs() + tol.rms_atol * scale) | ~fin
-    n_bad = int(bad.sum())
-    a_norm = float(a[fin].norm()) if a.numel() else 0.0
-    d_norm = float((a - b)[fin].norm()) if a.numel() else 0.0
-    rel_norm = d_norm / a_norm if a_norm > 0 else (0.0 if d_norm == 0 else math.inf)
-    norm_fail = not tol.is_exact and not tol.norm_ok(d_norm, a_norm, a.numel())
-    if a.numel() == 0:
-        return TensorDiff(tuple(a.shape), tuple(b.shape), str(fv.dtype), 0, 0, 0.0, 0.0, None, None, None)
-    if bool(fin.all()):
-        flat = int(torch.argmax(absd))
-        max_abs = float(absd.max())
-    elif bool(fin.any()):  # the worst difference among the elements that are numbers on both sides
-        finite_absd = torch.where(fin, absd, torch.zeros_like(absd))
-        flat = int(torch.argmax(finite_absd))
-        max_abs = float(finite_absd.max())
-    else:
-        flat, max_abs = 0, math.nan
-    idx = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), a.shape)) if a.ndim else ()
-    first = first_src = first_fv = None
-    if n_bad:
-        pos = int(torch.nonzero(bad.reshape(-1))[0])
-        first = tuple(int(i) for i in torch.unravel_index(torch.tensor(pos), a.shape)) if a.ndim else ()
-        first_src, first_fv = float(a.reshape(-1)[pos]), float(b.reshape(-1)[pos])
-    max_rel = float(torch.where(fin, reld, torch.zeros_like(reld)).max()) if max_abs > 0 else (math.nan if math.isnan(max_abs) else 0.0)
-    return TensorDiff(tuple(a.shape), tuple(b.shape), str(fv.dtype), a.numel(), n_bad, max_abs,
-                      max_rel, idx if max_abs > 0 else None,
-                      float(a.reshape(-1)[flat]) if max_abs > 0 else None, float(b.reshape(-1)[flat]) if max_abs > 0 else None,
-                      first, first_src, first_fv, bad, scale, rel_norm, norm_fail)
-
-
-def _field(path: str) -> str:
-    """The JSON field a path ends in, list indices dropped: ``0:1.zero_shot.base.top_logits[3]`` -> ``top_logits``."""
-    return re.sub(r"\[\d+\]", "", path).rsplit(".", 1)[-1]
-
-
-def float_fields(value: Any, path: str = "") -> dict[str, list[float]]:
-    """Every finite float of a JSON-like structure, grouped by the field it sits in (``logit``, ``prob``, ...): the
-    scales of the tolerance's rms term and the norm check. A NaN or an infinity is left out here, never silently
-    passed: ``side_nonfinite`` finds it and ``compare_stage`` makes the stage NONFINITE."""
-    out: dict[str, list[float]] = {}
-
-    def walk(v: Any, p: str) -> None:
-        if isinstance(v, dict):
-            for k, x in v.items():
-                walk(x, f"{p}.{k}" if p else str(k))
-        elif isinstance(v, (list, tuple)):
-            for i, x in enumerate(v):
-                walk(x, f"{p}[{i}]")
-        elif isinstance(v, float) and math.isfinite(v):
-            out.setdefault(_field(p), []).append(v)
-
-    walk(value, path)
-    return out
-
-
-def field_scales(value: Any) -> dict[str, float]:
-    """RMS per JSON field: the scale of the tolerance's rms term for each float of that field."""
-    return {k: math.sqrt(sum(x * x for x in xs) / len(xs)) for k, xs in float_fields(value).items() if xs}
-
-
-def json_norm_problems(src: Any, fv: Any, tol: Tolerance) -> list[str]:
-    """The norm-wise check per JSON field (the floats of one field, as one vector); empty when it holds."""
-    if tol.is_exact or tol.norm_rtol <= 0:
-        return []
-    a, b = float_fields(src), float_fields(fv)
-    out = []
-    for k, xs in a.items():
-        ys = b.get(k, [])
-        if len(ys) != len(xs):
-            continue  # the elementwise walk reports the structure's difference
-        dn = math.sqrt(sum((x - y) ** 2 for x, y in zip(xs, ys)))
-        n = math.sqrt(sum(x * x for x in xs))
-        if not tol.norm_ok(dn, n, len(xs)):
-            out.append(f"field {k}: ||fv - src|| / ||src|| = {dn / n if n else math.inf:.3g} > {tol.norm_rtol:.3g} (norm-wise check)")
-    return out
-
-
-def walk_diffs(src: Any, fv: Any, tol: Tolerance, path: str = "", scales: dict[str, float] | None = None
-               ) -> Iterator[tuple[str, Any, Any, float]]:
-    """Yield ``(path, src, fv, abs_diff)`` where two JSON-like structures disagree; floats within ``tol`` agree,
-    the rms term scaled by the RMS of the src's floats in the same field (``field_scales``)."""
-    if scales is None:
-        scales = field_scales(src) if tol.rms_atol else {}
-    if isinstance(src, dict) and isinstance(fv, dict):
-        for k in list(src) + [k for k in fv if k not in src]:
-            p = f"{path}.{k}" if path else str(k)
-            if k not in fv:
-                yield p, src[k], "<missing>", math.inf
-            elif k not in src:
-                yield p, "<missing>", fv[k], math.inf
-            elif k == "logits_sha256" and not tol.is_exact:
-                continue  # a hash proves bit-identity only; under a tolerance the numbers speak
-            elif k in ("top_ids", "pred_id") and not tol.is_exact and "top_logits" in src and "top_ids" in src:
-                # token ids ranked by logits: two ids may trade ranks where the src's logits are within the tolerance
-                yield from _ranked_id_diffs(src, fv, k, tol, scales.get("top_logits", 0.0), p)
-            else:
-                yield from walk_diffs(src[k], fv[k], tol, p, scales)
-    elif isinstance(src, (list, tuple)) and isinstance(fv, (list, tuple)):
-        if len(src) != len(fv):
-            yield f"{path}.len", len(src), len(fv), math.inf
-        for i, (a, b) in enumerate(zip(src, fv)):
-            yield from walk_diffs(a, b, tol, f"{path}[{i}]", scales)
-    elif isinstance(src, float) or isinstance(fv, float):
-        if isinstance(src, (int, float)) and isinstance(fv, (int, float)) and not isinstance(src, bool):
-            if not tol.close(float(fv), float(src), scales.get(_field(path), 0.0)):
-                yield path, src, fv, abs(float(src) - float(fv))
-        else:
-            yield path, src, fv, math.inf
-    elif src != fv:
-        yield path, src, fv, math.inf
-
-
-def _ranked_id_diffs(src: dict, fv: dict, key: str, tol: Tolerance, scale: float, path: str
-                     ) -> Iterator[tuple[str, Any, Any, float]]:
-    """``top_ids`` / ``pred_id`` under a tolerance: an id at rank i agrees when it is the src's id there, or when
-    the src ranks it too (or it enters at the last rank) with a logit within the tolerance of the src's logit at
-    rank i: near-tied logits may trade ranks on another CPU; any other change of the ranking is a mismatch."""
-    ids, logits = list(src.get("top_ids") or []), list(src.get("top_logits") or [])
-    mine = fv.get(key)
-    pairs = [(0, src.get(key), mine)] if key == "pred_id" else \
-        [(i, a, b) for i, (a, b) in enumerate(zip(src[key], mine))] if isinstance(mine, list) else []
-    if key == "top_ids" and (not isinstance(mine, list) or len(mine) != len(ids)):
-        yield path, src[key], mine, math.inf
-        return
-    fv_logits = list(fv.get("top_logits") or [])
-    for i, a, b in pairs:
-        if a == b:
-            continue
-        if i >= len(logits):
-            yield path, a, b, math.inf
-            continue
-        if b in ids:
-            other = logits[ids.index(b)]
-        elif i == len(ids) - 1 and i < len(fv_logits):  # a new id entering at the last rank: its logit is fv's
-            other = fv_logits[i]
-        else:
-            other = math.inf
-        if not abs(other - logits[i]) <= tol.bound(logits[i], scale):
-            yield (f"{path}[{i}]" if key == "top_ids" else path), a, b, math.inf
-
-
-def max_float_diff(src: Any, fv: Any) -> float:
-    """Largest abs difference between matching floats of two structures (0.0 when none differ); token ids and
-    other integers are labels, not magnitudes, and count only as mismatches."""
-    worst = 0.0
-    for _p, a, b, _d in walk_diffs(src, fv, EXACT):
-        if (isinstance(a, float) or isinstance(b, float)) and isinstance(a, (int, float)) and isinstance(b, (int, float)) \
-                and not isinstance(a, bool) and not isinstance(b, bool):
-            worst = max(worst, abs(float(a) - float(b)))
-    return worst
 
 
 SKIP = "SKIP"  # a stage's status when the other side has no value for it

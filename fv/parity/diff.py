@@ -15,9 +15,11 @@ from pathlib import Path
 from fv import schema
 from fv.errors import FVError
 from fv.io import load_tensor_file, read_json, write_json, write_text
-from fv.parity.compare import BF16, EXACT, FP16, FP32, Tolerance, diff_tensors, walk_diffs
+from fv.parity.json_diff import walk_diffs
 from fv.parity.pattern import describe, multi_token_slots
 from fv.parity.registry import STAGES
+from fv.parity.tensor_diff import diff_tensors
+from fv.parity.tolerance import BF16, EXACT, FP16, FP32, Tolerance
 
 DIFF_STAGES = STAGES  # every parity stage, in data-flow order (fv.parity.registry)
 DUMPS = ("src_reference_dump.json", "fv_runtime_dump.json")

@@ -11,10 +11,11 @@ import torch
 
 from fv.meta import run_meta
 from fv.model.loading import LoadedModel
-from fv.parity.compare import EXACT, ParityResult, StageResult, Tolerance, compare_all, tolerance_for
+from fv.parity.compare import ParityResult, StageResult, compare_all
 from fv.parity.golden import check_identity, golden_dir, load_goldens, to_jsonable
 from fv.parity.report import name_constant_sides, write_parity_reports
 from fv.parity.stages import STAGES, Params, StageValues, fv_stage_values, trial_key
+from fv.parity.tolerance import EXACT, Tolerance, tolerance_for
 from fv.paths import SNAPSHOT_ROOT
 from fv.runtime.trials import FixedTrials, Trial
 

@@ -14,8 +14,11 @@ from typing import Any, Iterator
 
 from syrupy.extensions.single_file import SingleFileSnapshotExtension, WriteMode
 
-from fv.parity.compare import Tolerance, compare_stage, diff_tensors, json_norm_problems, walk_diffs
+from fv.parity.compare import compare_stage
 from fv.parity.golden import EXTENSIONS, deserialize, serialize
+from fv.parity.json_diff import json_norm_problems, walk_diffs
+from fv.parity.tensor_diff import diff_tensors
+from fv.parity.tolerance import Tolerance
 
 
 class GoldenExtension(SingleFileSnapshotExtension):

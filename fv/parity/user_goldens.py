@@ -18,9 +18,10 @@ import torch
 
 from fv.errors import FVError
 from fv.io import read_json, sha256_file, write_bytes, write_json
-from fv.parity.compare import Tolerance, diff_tensors, tolerance_for
 from fv.parity.golden import EXTENSIONS, GOLDEN_ARTIFACTS, golden_dir, serialize
 from fv.parity.stages import StageValues, fv_dummy_labels
+from fv.parity.tensor_diff import diff_tensors
+from fv.parity.tolerance import Tolerance, tolerance_for
 
 USER_GOLDENS = "user goldens"  # ParityRun.source for a run against --golden-dir
 # golden artifact -> the file src writes for it, by dataset name

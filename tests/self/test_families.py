@@ -19,10 +19,11 @@ import torch
 from fv.model.loading_rules import pick_rule, reference_rule
 from fv.model.tiny import FAMILY_TINY
 from fv.model.tree import ADDMM_CONV1D, ADDMM_LINEAR, MATMUL
-from fv.parity.compare import tolerance_for
 from fv.parity.golden import GOLDEN_ARTIFACTS
 from fv.parity.run import compare_with, run_parity
 from fv.parity.stages import STAGES, Params, fv_stage_values
+from fv.parity.tensor_diff import allclose
+from fv.parity.tolerance import tolerance_for
 from fv.paths import FIXTURES
 from fv.pytest_plugin import assert_golden, load_session_model
 from fv.runtime.prompts import has_bos_text
@@ -163,7 +164,7 @@ def test_family_fast_mode_agrees(family_run):
     fast = fv_stage_values(run.lm, subset, params, run.trials.meta.get("prefixes"), run.trials.meta.get("separators"))
     exact = run.fv.values["indirect_effect"]
     tol = tolerance_for(run.lm.dtype, exact=False)  # the fast path sums in another order: rounding of the model's dtype
-    assert tol.for_stage("indirect_effect").allclose(fast.values["indirect_effect"], exact), (fast.values["indirect_effect"] - exact).abs().max()
+    assert allclose(tol.for_stage("indirect_effect"), fast.values["indirect_effect"], exact), (fast.values["indirect_effect"] - exact).abs().max()
 
 
 EXPECTED_TREE = {  # model_type: (projection module class, recompute op, tokenizer adds BOS)

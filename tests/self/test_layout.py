@@ -84,7 +84,7 @@ def test_the_tree_shows_the_stages():
         "runtime": ["datasets", "trials", "prompts", "prepared", "hooks", "activations", "effects", "vectors", "injection", "evaluation", "pipeline", "relation",
                     "cluster", "relation_cluster", "universal", "finite", "memory", "threads", "resume"],
         "parity": ["stages", "compare", "dump", "golden", "user_goldens", "snapshot", "src_cache", "report", "diff", "pattern", "run",
-                   "preflight", "boundaries", "identity", "registry"],
+                   "preflight", "boundaries", "identity", "registry", "tolerance", "tensor_diff", "json_diff"],
         "reference": ["adapter", "stages", "capability", "universal", "memory", "probes", "probe_cache", "process", "worker"],
         "cli": ["trials", "reference", "run", "diff", "relation", "gate", "golden", "plot", "doctor", "models", "universal"],
     }.items():

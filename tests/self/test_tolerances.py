@@ -1,4 +1,4 @@
-"""The named tolerances (fv/parity/compare.py, docs/tolerances.md): the dtype picks them, the exact gate stays at
+"""The named tolerances (fv/parity/tolerance.py, docs/tolerances.md): the dtype picks them, the exact gate stays at
 0.0, the RMS-scaled allowance spares near-zero elements, the norm-wise check catches what the elementwise one lets
 through, top heads trade ranks only when the src cannot tell them apart, and every golden records its numerics."""
 
