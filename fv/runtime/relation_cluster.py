@@ -26,7 +26,6 @@ from fv.runtime.relation import RelationConfig, q_trials_path, read_status, rela
 
 JOBS_DIR = "_jobs"
 SUBMISSION = "submission.json"
-# what a driver can check without the weights; the task checks the rest (device type) itself
 
 
 class RelationTask(submitit.helpers.Checkpointable):
@@ -59,6 +58,8 @@ def light_model(model: str, dtype: str | None) -> tuple[Any, str, bool, dict]:
 
 
 def _is_done(cfg: RelationConfig, root: Path, q: str, ident: dict) -> bool:
+    """Whether q is completed under the identity a driver can check without the weights (the task checks the rest,
+    its device type, itself)."""
     st = read_status(root, q)
     if st.get("status") != "completed":
         return False
