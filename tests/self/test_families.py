@@ -28,6 +28,7 @@ from fv.paths import FIXTURES
 from fv.pytest_plugin import assert_golden, load_session_model
 from fv.runtime.prompts import has_bos_text
 from fv.runtime.trials import load_trials, make_icl_trials, save_trials
+from tests.support.stage_parity import assert_stage_matches
 
 pytestmark = [pytest.mark.m2, pytest.mark.tiny]  # the plugin adds `src` to the tests that need the reference
 
@@ -91,16 +92,7 @@ def test_family_golden(family_run, snapshot, request, artifact):
 
 @pytest.mark.parametrize("stage", STAGES)
 def test_family_stage(family_run, stage):
-    run = family_run
-    result = run.result.stage(stage)
-    if stage == "injection" and run.injection_error:
-        pytest.skip(f"{run.injection_error} (run with --src-compat)")
-    table = "\n".join(f"  {s.name}: {s.status}, {s.mismatch_count} mismatches, max_abs_diff {s.max_abs_diff}" for s in run.result.stages)
-    where = (f"{run.lm.name} ({run.lm.info.model_type}, projection {run.lm.info.projection}; fv {run.lm.dtype}, "
-             f"{run.lm.attn_implementation}; against {run.other_side}), stage {stage}:\n{table}")
-    assert result.mismatch_count == 0, where
-    if run.tolerance.name == "exact":
-        assert result.max_abs_diff == 0.0, where
+    assert_stage_matches(family_run, stage, f"projection {family_run.lm.info.projection}")
 
 
 def test_family_bos_rule_recorded(family_run):

@@ -30,6 +30,7 @@ from fv.paths import FIXTURES, REPO_ROOT
 from fv.pytest_plugin import load_session_model
 from fv.runtime.prompts import METASPACE, dummy_labels, lone_metaspace_positions
 from fv.runtime.trials import load_trials, make_icl_trials, save_trials
+from tests.support.stage_parity import assert_stage_matches
 
 pytestmark = pytest.mark.tiny
 
@@ -226,16 +227,7 @@ def spm_run(request, fv_options, tmp_path_factory):
 @pytest.mark.m2
 @pytest.mark.parametrize("stage", STAGES)
 def test_spm_stage(spm_run, stage):
-    run = spm_run
-    result = run.result.stage(stage)
-    if stage == "injection" and run.injection_error:
-        pytest.skip(f"{run.injection_error} (run with --src-compat)")
-    table = "\n".join(f"  {s.name}: {s.status}, {s.mismatch_count} mismatches, max_abs_diff {s.max_abs_diff}" for s in run.result.stages)
-    where = (f"{run.lm.name} ({run.lm.info.model_type}, {type(run.lm.tokenizer).__name__}; fv {run.lm.dtype}, "
-             f"{run.lm.attn_implementation}; against {run.other_side}), stage {stage}:\n{table}")
-    assert result.mismatch_count == 0, where
-    if run.tolerance.name == "exact":
-        assert result.max_abs_diff == 0.0, where
+    assert_stage_matches(spm_run, stage, type(spm_run.lm.tokenizer).__name__)
 
 
 @pytest.mark.m2

@@ -1,0 +1,22 @@
+"""One parity stage of a run asserted equal to the other side: no mismatch, and bit-exact under the exact tolerance;
+the failure message names the model, what sets it apart, the other side, and every stage's verdict."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+
+def assert_stage_matches(run: Any, stage: str, about: str) -> None:
+    """``run``: a ``fv.parity.run.ParityRun``; ``about``: what the message says of the model beside its family
+    (its projection, its tokenizer). An injection the reference left a no-op skips, naming ``--src-compat``."""
+    result = run.result.stage(stage)
+    if stage == "injection" and run.injection_error:
+        pytest.skip(f"{run.injection_error} (run with --src-compat)")
+    table = "\n".join(f"  {s.name}: {s.status}, {s.mismatch_count} mismatches, max_abs_diff {s.max_abs_diff}" for s in run.result.stages)
+    where = (f"{run.lm.name} ({run.lm.info.model_type}, {about}; fv {run.lm.dtype}, "
+             f"{run.lm.attn_implementation}; against {run.other_side}), stage {stage}:\n{table}")
+    assert result.mismatch_count == 0, where
+    if run.tolerance.name == "exact":
+        assert result.max_abs_diff == 0.0, where
