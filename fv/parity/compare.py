@@ -81,15 +81,11 @@ def _nonfinite_floats(value: Any, path: str = "") -> Iterator[tuple[str, float]]
         yield path, value
 
 
-def _word(x: float) -> str:
-    return "NaN" if math.isnan(x) else "+inf" if x > 0 else "-inf"
-
-
 def side_nonfinite(stage: str, value: Any, trial_keys: Sequence[str] = (), slot_labels: Sequence[str] | None = None
                    ) -> dict | None:
     """Where one side's value of ``stage`` first holds a NaN or an infinity: ``{"where", "index", "value", "count",
     "trial"}`` (``where`` in words: "trial t:0, layer 3, head 1", "rank 2 (layer 4, head 0)", a JSON path), or None."""
-    from fv.runtime.finite import describe_index, first_nonfinite
+    from fv.runtime.finite import describe_index, first_nonfinite, nonfinite_word
 
     if isinstance(value, torch.Tensor):
         hit = first_nonfinite(value)
@@ -101,7 +97,7 @@ def side_nonfinite(stage: str, value: Any, trial_keys: Sequence[str] = (), slot_
         if stage == "mean_activations" and slot_labels:
             labels["slot"] = [f"{i} ({l})" for i, l in enumerate(slot_labels)]
         trial = trial_keys[idx[0]] if stage == "indirect_effect" and idx and idx[0] < len(trial_keys) else None
-        return {"where": describe_index(idx, dims, labels), "index": list(idx), "value": _word(x), "count": n,
+        return {"where": describe_index(idx, dims, labels), "index": list(idx), "value": nonfinite_word(x), "count": n,
                 "n_values": value.numel(), "trial": trial}
     if stage == "top_heads" and isinstance(value, (list, tuple)):
         bad = [(i, h) for i, h in enumerate(value) if isinstance(h, (list, tuple)) and len(h) > 2
@@ -109,14 +105,14 @@ def side_nonfinite(stage: str, value: Any, trial_keys: Sequence[str] = (), slot_
         if not bad:
             return None
         i, h = bad[0]
-        return {"where": f"rank {i} (layer {h[0]}, head {h[1]})", "index": [i], "value": _word(float(h[2])),
+        return {"where": f"rank {i} (layer {h[0]}, head {h[1]})", "index": [i], "value": nonfinite_word(float(h[2])),
                 "count": len(bad), "n_values": len(value), "trial": None}
     hits = list(_nonfinite_floats(value))
     if not hits:
         return None
     path, x = hits[0]
     trial = _trial_of(path, stage, list(trial_keys))
-    return {"where": (f"trial {trial}, " if trial else "") + path, "index": path, "value": _word(x), "count": len(hits),
+    return {"where": (f"trial {trial}, " if trial else "") + path, "index": path, "value": nonfinite_word(x), "count": len(hits),
             "n_values": None, "trial": trial}
 
 

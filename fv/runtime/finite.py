@@ -23,7 +23,8 @@ class NonFiniteError(FVError):
         self.where = where
 
 
-def _word(x: float) -> str:
+def nonfinite_word(x: float) -> str:
+    """How a non-finite value is named in a message: "NaN", "+inf" or "-inf"."""
     return "NaN" if math.isnan(x) else "+inf" if x > 0 else "-inf"
 
 
@@ -60,7 +61,7 @@ def nonfinite_message(stage: str, t: torch.Tensor, dims: Sequence[str], labels: 
         return None
     idx, value, n = hit
     where = describe_index(idx, dims, labels)
-    return (f"{stage}: {_word(value)} at {where} (index {list(idx)}; {n} of {t.numel()} values are not finite); "
+    return (f"{stage}: {nonfinite_word(value)} at {where} (index {list(idx)}; {n} of {t.numel()} values are not finite); "
             f"the model's activations overflow or are undefined in its dtype (try --dtype float32). "
             f"Nothing of this stage was written."), where
 
@@ -84,6 +85,6 @@ def require_finite_rows(stage: str, rows: Sequence[dict], layer: int) -> None:
             if isinstance(v, float) and not math.isfinite(v):
                 where = f"layer {layer}, trial ({r.get('trial_id')}, {r.get('trial_idx')}), prompt set {r.get('prompt_set')}"
                 raise NonFiniteError(
-                    f"{stage}: {k} is {_word(v)} at edit layer {layer}, trial ({r.get('trial_id')}, {r.get('trial_idx')}), "
+                    f"{stage}: {k} is {nonfinite_word(v)} at edit layer {layer}, trial ({r.get('trial_id')}, {r.get('trial_idx')}), "
                     f"prompt set {r.get('prompt_set')}; the model's logits overflow or are undefined in its dtype "
                     f"(try --dtype float32). Nothing of this stage was written.", stage, where)
