@@ -26,7 +26,7 @@ from fv.model.loading import load_model  # noqa: E402
 from fv.runtime.activations import mean_head_activations  # noqa: E402
 from fv.runtime.effects import indirect_effects, pad_token_id  # noqa: E402
 from fv.runtime.prepared import prepare_trials  # noqa: E402
-from fv.runtime.prompts import dummy_labels  # noqa: E402
+from fv.runtime.slots import dummy_labels  # noqa: E402
 from fv.runtime.trials import load_trials  # noqa: E402
 
 

@@ -2,7 +2,7 @@
 
 For each model shape (by default three, built offline: the tiny model; a mid-size Llama, 16 layers, 8 heads with
 2 key/value heads, width 256, a 2k vocabulary; the same with the real Llama 3 tokenizer and its 128k vocabulary)
-it runs ``fv.runtime.pipeline.run_runtime`` in exact and fast mode and reports, per stage (preparation, mean
+it runs ``fv.pipelines.run.run_runtime`` in exact and fast mode and reports, per stage (preparation, mean
 activations, indirect effects, top heads and FV, evaluation, writing artifacts):
 
 * forward passes per trial: the stage's seconds over the unit, measured in the same run: per trial, the median
@@ -50,9 +50,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import PeakMemory, add_common_args, apply_threads, make_trials, sync  # noqa: E402
 
 from fv.model.loading import load_model  # noqa: E402
-from fv.runtime.pipeline import STAGE_NAMES, RunConfig, run_runtime  # noqa: E402
+from fv.pipelines.run import STAGE_NAMES, RunConfig, run_runtime  # noqa: E402
 from fv.runtime.prepared import prepare_trials  # noqa: E402
-from fv.runtime.prompts import dummy_labels, has_bos_text  # noqa: E402
+from fv.runtime.prompts import has_bos_text  # noqa: E402
+from fv.runtime.slots import dummy_labels
 
 # the benchmark's shapes; a mid-size Llama's MLP is 3.5 times its width, as Llama-3.1-8B's
 SHAPES = {

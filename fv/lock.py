@@ -1,6 +1,6 @@
 """One writer per output folder: a ``filelock`` lock plus a small JSON record of who holds it.
 
-Two ``fv run`` (or ``fv reference``, ``fv relation``, ``fv gate m7``) writing into one folder would interleave
+Two ``fv runtime run`` (or ``fv reference``, ``fv relation``, ``fv gate m7``) writing into one folder would interleave
 their artifacts: a mean-activation file from one run beside the indirect effects of the other, each with a meta
 that looks right. So a writer takes the folder's lock first, and a second writer **refuses at once**, in one
 line that names the holder (pid, host, command, since when) — waiting would only hide that two jobs were
@@ -34,7 +34,7 @@ from filelock import FileLock, Timeout
 from fv.errors import FVError
 
 LOCK_NAME = ".fv.lock"
-HELP = ("One writer per output folder: a second `fv run`, `fv reference` or `fv relation` on the same --out refuses at once, in one line "
+HELP = ("One writer per output folder: a second `fv runtime run`, `fv reference run` or `fv relation run` on the same --out refuses at once, in one line "
         "naming the holder (pid, host, command); a lock left by a killed process is taken over with a one-line note.")
 HOLDER_NAME = ".fv.lock.json"
 STATE_LOCK_NAME = ".fv.state.lock"
@@ -64,7 +64,7 @@ def read_holder(folder: str | Path) -> dict | None:
 
 
 def describe_holder(rec: dict | None) -> str:
-    """``pid 123 on host h (`fv run --out x`, since 2026-01-01T00:00:00Z)``, or a note that none is recorded yet."""
+    """``pid 123 on host h (`fv runtime run --out x`, since 2026-01-01T00:00:00Z)``, or a note that none is recorded yet."""
     if not rec:
         return "a process that has not yet recorded itself"
     return f"pid {rec.get('pid')} on host {rec.get('host')} (`{rec.get('command')}`, since {rec.get('since')})"

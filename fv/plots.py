@@ -1,4 +1,4 @@
-"""Pictures of results, drawn with matplotlib from the artifacts on disk (so ``fv plot`` can redraw them).
+"""Pictures of results, drawn with matplotlib from the artifacts on disk (so ``fv results plot`` can redraw them).
 
 - a run: the trial-mean indirect effect over (layer, head), and, when several edit layers ran, the evaluation
   against the edit layer (delta p, delta log-prob, accuracy);
@@ -300,7 +300,7 @@ def redraw(results_dir: str | Path) -> list[Path]:
     """Every picture under ``results_dir``, redrawn from the artifacts alone."""
     root = Path(results_dir)
     if not root.is_dir():
-        raise FVError(f"{root} is not a folder; give a folder written by fv run, fv relation or fv diff.")
+        raise FVError(f"{root} is not a folder; give a folder written by fv runtime run, fv relation run or fv parity diff.")
     _plt()
     pics: list[Picture] = []
     relation_roots = {p.parent for p in root.rglob("relation_summary.json")}

@@ -3,7 +3,7 @@
 It sits beside ``fv/io.py``, below runtime and parity, so that both check their inputs at the door with it.
 
 Kept in one place so that a fixed-trials file (ICL or relation, docs/reference.md "Fixed trials"), an ICL
-dataset and a dump read back by ``fv diff`` are checked once, where they enter, and every later stage may
+dataset and a dump read back by ``fv parity diff`` are checked once, where they enter, and every later stage may
 index them without guarding: a string where a list belongs is reported as ``trials[3].prompt_data_clean.examples:
 expected a list ..., found a string ...`` instead of a ``TypeError`` deep inside prompt rendering.
 

@@ -19,7 +19,7 @@ tokenizers 0.19 reads too (BPE merges as ``"a b"`` strings, no ``ignore_merges``
 
 Deterministic: the corpus is the committed fixtures only (``antonym_tiny.json``, ``sentiment_tiny.json``,
 ``spm_tricky.json``), fed in a fixed order to a one-thread trainer with no sampling or shuffling, so rerunning
-this script reproduces the files byte for byte (checked by ``tests/self/test_spm_tokenizers.py``).
+this script reproduces the files byte for byte (checked by ``tests/self/runtime/test_spm_tokenizers.py``).
 
 Usage::
 

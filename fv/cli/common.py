@@ -5,6 +5,23 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from fv.errors import EXIT_USAGE
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with a usage error in one stderr line: what was expected and what was found (argparse's words, the
+    choices included), and where the help is; exit 2 (``fv.errors.EXIT_USAGE``), as every usage error."""
+
+    def error(self, message: str):  # argparse's signature: never returns
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
+
+
+def add_noun(sub: argparse._SubParsersAction, name: str, help: str, description: str) -> argparse._SubParsersAction:  # noqa: SLF001
+    """A command noun (``fv trials``), whose verbs the caller adds to the returned subparsers. A verb is required:
+    ``fv trials`` alone, or with a verb it does not have, is a one-line usage error naming the verbs (exit 2)."""
+    p = sub.add_parser(name, help=help, description=description)
+    return p.add_subparsers(title="verbs", required=True)
+
 
 def parse_bool(s: str) -> bool:
     v = s.strip().lower()
@@ -29,23 +46,48 @@ def tokenizer_for(spec: str | None) -> Any:
     return load_tokenizer(resolve_tokenizer_path(spec))
 
 
-def add_model_args(p: argparse.ArgumentParser) -> None:
+MODEL_HELP = ("local model folder, Hugging Face hub id in the local cache (works offline), cache snapshot path, or a tiny "
+              "model: tiny-llama, tiny-llama3tok, or one per family: tiny-gpt2, tiny-gpt-j, tiny-gpt-neox, tiny-llama-mha, "
+              "tiny-gemma, tiny-olmo, tiny-mistral, tiny-qwen2, tiny-gemma2, tiny-gemma3, tiny-phi3, tiny-olmo2 (default: the "
+              "embedded tiny-llama)")
+
+
+def add_model_args(p: argparse.ArgumentParser, dtype: str = "auto", attn: bool = True, model_note: str = "") -> None:
+    """``--model``, ``--device``, ``--dtype`` and ``--attn-implementation``: the one declaration of the options that
+    pick and load a model, with one help text and one default each, in every command that loads one. ``dtype``: a
+    command whose pipeline has another default (``fv relation run``: float32); ``attn=False``: a command whose
+    loader takes no attention implementation (it is then not offered); ``model_note``: what else ``--model`` may
+    name there."""
     p.add_argument("--model", "--model_name", dest="model", default=None,
-                   help="local model folder, Hugging Face hub id in the local cache (works offline), cache snapshot path, or a tiny model: tiny-llama, tiny-llama3tok, or one per family: tiny-gpt2, "
-                        "tiny-gpt-j, tiny-gpt-neox, tiny-llama-mha, tiny-gemma, tiny-olmo, tiny-mistral, tiny-qwen2, tiny-gemma2, tiny-gemma3, "
-                        "tiny-phi3, tiny-olmo2 (default: the embedded tiny-llama)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default auto: cuda when there is one)")
-    p.add_argument("--dtype", default="auto",
-                   help="float32, bfloat16, float16 or auto (default auto: the dtype the reference's loader would use; "
-                        "see docs/loading.md)")
-    p.add_argument("--attn-implementation", dest="attn_implementation", default="auto",
-                   help="eager, sdpa, ... or auto (default auto: the transformers default, as the reference's loader)")
+                   help=MODEL_HELP + (f"; {model_note}" if model_note else ""))
+    add_device_arg(p)
+    add_dtype_arg(p, default=dtype)
+    if attn:
+        p.add_argument("--attn-implementation", dest="attn_implementation", default="auto",
+                       help="eager, sdpa, ... or auto (default auto: the transformers default, as the reference's loader)")
 
 
-def add_reference_args(p: argparse.ArgumentParser) -> None:
+def add_device_arg(p: argparse.ArgumentParser, default: str = "auto", what: str = "") -> None:
+    """``--device``; ``default`` and ``what`` for a command that puts something else than a loaded model there
+    (``fv model build``: where the random weights are drawn)."""
+    p.add_argument("--device", default=default,
+                   help=(f"{what}: " if what else "") + f"cpu, cuda, cuda:N, or auto: cuda when there is one (default {default})")
+
+
+def add_dtype_arg(p: argparse.ArgumentParser, default: str = "auto", what: str = "",
+                  auto: str = "the dtype the reference's loader would use, docs/loading.md") -> None:
+    """``--dtype``; ``default``, ``what`` and the meaning of ``auto`` for a command that needs others."""
+    p.add_argument("--dtype", default=default,
+                   help=(f"{what}: " if what else "") + f"float32, bfloat16, float16, or auto: {auto} (default {default})")
+
+
+def add_reference_args(p: argparse.ArgumentParser, compat: bool = True) -> None:
+    """``--src-root``, ``--baukit-root`` and (``compat``) ``--src-compat``: where the reference is, and how it runs."""
     p.add_argument("--src-root", dest="src_root", default=None, help="the reference's src/ (else $FV_SRC_ROOT, else ./src)")
     p.add_argument("--baukit-root", dest="baukit_root", default=None,
                    help="folder holding baukit/nethook.py when the baukit package does not import (else $FV_BAUKIT_ROOT)")
+    if not compat:
+        return
     p.add_argument("--src-compat", dest="src_compat", action="store_true",
                    help="apply the reference's FV addition to tensor layer outputs too (its injection is a no-op on "
                         "transformers 5.x otherwise); recorded in every report")

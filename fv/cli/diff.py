@@ -1,9 +1,12 @@
-"""``fv diff`` (M5): a reference folder against an fv folder, stage by stage, with the first divergence."""
+"""``fv parity diff`` (M5; earlier ``fv diff``): a reference folder against an fv folder, stage by stage, with the
+first divergence."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+
+from fv.cli.common import add_noun
 
 
 def cmd_diff(a: argparse.Namespace) -> int:
@@ -27,10 +30,12 @@ def cmd_diff(a: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001 - argparse exposes no public type
-    d = sub.add_parser("diff", help="compare a reference folder with an fv folder stage by stage (M5)",
-                       description="Compare `fv reference --dump` output with `fv run` output in stage order and name the first divergence. Exit 1 when they differ.")
-    d.add_argument("--src", required=True, help="folder written by `fv reference --dump` (or any folder in either layout)")
-    d.add_argument("--fv", required=True, help="folder written by `fv run`")
+    verbs = add_noun(sub, "parity", help="diff: a reference folder against an fv folder, stage by stage (M5)",
+                     description="The two sides of the parity suite compared. Earlier spelling: fv diff.")
+    d = verbs.add_parser("diff", help="compare a reference folder with an fv folder stage by stage (M5; alias: fv diff)",
+                         description="Compare `fv reference run --dump` output with `fv runtime run` output in stage order and name the first divergence. Exit 1 when they differ.")
+    d.add_argument("--src", required=True, help="folder written by `fv reference run --dump` (or any folder in either layout)")
+    d.add_argument("--fv", required=True, help="folder written by `fv runtime run`")
     d.add_argument("--out", required=True, help="where src_vs_fv_diff_report.json and .md go")
     d.add_argument("--tolerance", choices=("exact", "fp32", "fp16", "bf16"), default="exact",
                    help="exact (default: bit-identical), or the named tolerance of the dtype both sides computed in "

@@ -1,4 +1,4 @@
-"""``fv doctor``: one line per check, OK / WARN / FAIL with what to do, before a long run finds out the hard way."""
+"""``fv env check`` (earlier ``fv doctor``): one line per check, OK / WARN / FAIL with what to do, before a long run finds out the hard way."""
 
 from __future__ import annotations
 
@@ -189,7 +189,7 @@ def run_doctor(src_root: str | None = None, model: str | None = None, fixed_tria
                 bad = verify_token_ids(ft, tok)
                 if bad:
                     add("FAIL", "trial token ids", f"{len(bad)} of {len(ft.trials)} disagree with this tokenizer; first: {bad[0]}. "
-                        "Remake the file with `fv make-trials --tokenizer <model>`")
+                        "Remake the file with `fv trials make --tokenizer <model>`")
                 else:
                     add("OK", "trial token ids", f"all {len(ft.trials)} match this tokenizer")
                 _preflights(add, ft, tok, model, ref, lm)
@@ -232,13 +232,15 @@ def cmd_doctor(a) -> int:
 
 
 def register(sub) -> None:
-    dr = sub.add_parser("doctor", help="check the environment, the reference, a model and a trials file",
-                        description="One line per check, OK/WARN/FAIL with what to do; exit 1 on any FAIL.")
-    dr.add_argument("--src-root", dest="src_root", default=None, help="the reference's src/ (else $FV_SRC_ROOT, else ./src)")
-    dr.add_argument("--baukit-root", dest="baukit_root", default=None, help="folder with baukit/nethook.py when the baukit package does not import")
-    dr.add_argument("--model", default=None, help="model folder, Hugging Face hub id in the local cache, cache snapshot path or tiny model name (default tiny-llama); with --fixed-trials a tokenizer-only folder checks the token ids alone")
+    from fv.cli.common import add_model_args, add_noun, add_reference_args
+
+    verbs = add_noun(sub, "env", help="check: the environment, the reference, a model and a trials file",
+                     description="The machine fv runs on, checked before a long run finds out the hard way. Earlier "
+                                 "spelling: fv doctor.")
+    dr = verbs.add_parser("check", help="check the environment, the reference, a model and a trials file (alias: fv doctor)",
+                          description="One line per check, OK/WARN/FAIL with what to do; exit 1 on any FAIL.")
+    add_reference_args(dr, compat=False)
+    add_model_args(dr, attn=False, model_note="with --fixed-trials a tokenizer-only folder checks the token ids alone")
     dr.add_argument("--fixed-trials", dest="fixed_trials", default=None, help="a fixed-trials JSON to validate against the model's tokenizer")
     dr.add_argument("--edit-layer", dest="edit_layer", type=int, default=9, help="the layer parity and runs will inject at (default 9)")
-    dr.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default auto)")
-    dr.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 or auto (default auto: the reference loader's rule, docs/loading.md)")
     dr.set_defaults(func=cmd_doctor)

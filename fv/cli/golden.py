@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fv.cli.common import add_model_args
+from fv.cli.common import add_model_args, add_noun
 
 
 def cmd_import(a: argparse.Namespace) -> int:
@@ -27,14 +27,13 @@ def cmd_import(a: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001 - argparse exposes no public type
-    g = sub.add_parser("golden", help="a user's goldens as snapshots (M1)",
-                       description="Goldens made by src on the user's machine, turned into the suite's snapshots.")
-    gs = g.add_subparsers(dest="golden_command", metavar="import")
+    gs = add_noun(sub, "golden", help="import: a user's goldens as snapshots (M1)",
+                  description="Goldens made by src on the user's machine, turned into the suite's snapshots.")
     i = gs.add_parser("import", help="import a golden folder src wrote",
                       description="Check DIR's <dataset>_mean_head_activations_FIXED.pt, <dataset>_dummy_labels.json and "
                                   "<dataset>_indirect_effect.pt against the model and the fixed trials, then write them as "
                                   "snapshots/<model>/<trials id>/t<n>/ with a provenance file. Goldens recording another model's "
-                                  "identity (reference_meta.json, written by `fv reference`) or other shots or template "
+                                  "identity (reference_meta.json, written by `fv reference run`) or other shots or template "
                                   "(src's *_args.txt) are refused in one line; the provenance records the model's identity "
                                   "(fv/parity/identity.py). Regenerating goldens from the live reference stays "
                                   "`pytest --snapshot-update`.")
@@ -44,4 +43,3 @@ def register(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001 - argpars
     i.add_argument("--force", action="store_true", help="replace goldens already in the target folder")
     add_model_args(i)
     i.set_defaults(func=cmd_import)
-    g.set_defaults(func=lambda _a: g.print_help() or 2)

@@ -1,8 +1,10 @@
-"""``fv plot``: redraw every picture of a results folder from its artifacts alone."""
+"""``fv results plot`` (earlier ``fv plot``): redraw every picture of a results folder from its artifacts alone."""
 
 from __future__ import annotations
 
 import argparse
+
+from fv.cli.common import add_noun
 
 
 def cmd_plot(a: argparse.Namespace) -> int:
@@ -16,8 +18,10 @@ def cmd_plot(a: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001 - argparse exposes no public type
-    p = sub.add_parser("plot", help="redraw the pictures of a results folder from its artifacts",
-                       description="Find every fv run, relation run and diff report under RESULTS_DIR and redraw their "
+    verbs = add_noun(sub, "results", help="plot: redraw the pictures of a results folder from its artifacts",
+                     description="What the runs wrote. Earlier spelling: fv plot.")
+    p = verbs.add_parser("plot", help="redraw the pictures of a results folder from its artifacts (alias: fv plot)",
+                         description="Find every fv run, relation run and diff report under RESULTS_DIR and redraw their "
                                    "PNG pictures from the artifacts alone. Needs matplotlib: pip install 'fv[plots]'.")
-    p.add_argument("results_dir", help="a folder written by fv run, fv relation or fv diff (searched recursively)")
+    p.add_argument("results_dir", help="a folder written by fv runtime run, fv relation run or fv parity diff (searched recursively)")
     p.set_defaults(func=cmd_plot)

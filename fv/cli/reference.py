@@ -1,4 +1,5 @@
-"""``fv reference`` (M1 goldens, M3 dump): the reference's own functions on a fixed-trials file."""
+"""``fv reference run`` (M1 goldens, M3 dump; earlier a bare ``fv reference``): the reference's own functions on a
+fixed-trials file."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from fv.cli.common import add_model_args, add_quiet, add_reference_args, add_stage_args
+from fv.cli.common import add_model_args, add_noun, add_quiet, add_reference_args, add_stage_args
 from fv.errors import FVError, UsageError
 from fv.lock import HELP as LOCK_HELP
 
@@ -89,8 +90,11 @@ def _reference_locked(a: argparse.Namespace, ref, root: Path, ft, out: Path, say
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001 - argparse exposes no public type
-    r = sub.add_parser("reference", help="run the reference src/ on fixed trials (M1 goldens, M3 dump)",
-                       description="Drive the reference's own functions on a fixed-trials file and write its golden artifacts; "
+    verbs = add_noun(sub, "reference", help="run: the reference src/ on fixed trials (M1 goldens, M3 dump)",
+                     description="The reference's own functions on a fixed-trials file. `fv reference` followed by its "
+                                 "options (the earlier spelling) runs `fv reference run`.")
+    r = verbs.add_parser("run", help="run the reference src/ on fixed trials (M1 goldens, M3 dump; alias: fv reference [options])",
+                         description="Drive the reference's own functions on a fixed-trials file and write its golden artifacts; "
                                    "--dump adds the M3 reference dump. Checks that need no model pass (trials against the "
                                    "tokenizer, edit layer, the reference's injection) run before any stage. " + LOCK_HELP)
     add_reference_args(r)

@@ -1,27 +1,27 @@
-"""``fv relation`` (M7): the per-q relation pipeline, resumable, in this process or as a job array
-(``--executor local|slurm``); ``fv relation status OUT`` reads a submitted run back."""
+"""``fv relation run`` (M7; earlier a bare ``fv relation``): the per-q relation pipeline, resumable, in this process
+or as a job array (``--executor local|slurm``); ``fv relation status OUT`` reads a submitted run back."""
 
 from __future__ import annotations
 
 import argparse
 
-from fv.cli.common import add_quiet, parse_q_list
+from fv.cli.common import add_model_args, add_noun, add_quiet, parse_q_list
 from fv.lock import HELP as LOCK_HELP
 
 
 def cmd_relation(a: argparse.Namespace) -> int:
     from fv.errors import UsageError
     from fv.lock import output_lock
+    from fv.pipelines.cluster import load_cluster_file
+    from fv.pipelines.relation import RelationConfig, relation_root
     from fv.progress import log_to_stderr
-    from fv.runtime.cluster import load_cluster_file
-    from fv.runtime.relation import RelationConfig, relation_root
 
     if bool(a.relation_csv) == bool(a.fixed_trials):
         raise UsageError("expected exactly one of --relation-csv CSV or --fixed-trials FILE (a sampled-trials file); found "
                       + ("both" if a.relation_csv else "neither") + " (or `fv relation status OUT` to read a run submitted earlier)")
     n_demos = a.n_demos
     if a.fixed_trials:  # the file decides the demos; the q key records them
-        from fv.runtime.relation import read_relation_trials
+        from fv.pipelines.relation import read_relation_trials
 
         n_demos = read_relation_trials(a.fixed_trials, parse_q_list(a.q_list))["meta"]["n_demos"]
     cfg = RelationConfig(relation_csv=a.relation_csv or "", fixed_trials=a.fixed_trials, out=a.out, model=a.model, device=a.device, dtype=a.dtype,
@@ -37,12 +37,12 @@ def cmd_relation(a: argparse.Namespace) -> int:
 
 
 def _relation_locked(a: argparse.Namespace, cfg, executor: str, log) -> int:
-    from fv.runtime.relation import run_relation
+    from fv.pipelines.relation import run_relation
 
     if executor == "inprocess":
         summary = run_relation(cfg, log=log, quiet=a.quiet)
     else:
-        from fv.runtime.relation_cluster import run_relation_cluster
+        from fv.pipelines.relation_array import run_relation_cluster
 
         a.executor = executor
         summary = run_relation_cluster(cfg, cluster_from_args(a), wait=not a.no_wait, log=log, quiet=a.quiet)
@@ -74,7 +74,7 @@ def print_summary(summary: dict) -> None:
 
 def cluster_from_args(a: argparse.Namespace):  # -> ClusterConfig
     """The per-cluster file, then the options given on the command line."""
-    from fv.runtime.cluster import cluster_config
+    from fv.pipelines.cluster import cluster_config
 
     return cluster_config(a.cluster_config, executor=a.executor, partition=a.slurm_partition, gpus_per_task=a.gpus_per_task,
                           cpus_per_task=a.cpus_per_task, mem=a.mem, time=a.time, array_parallelism=a.array_parallelism,
@@ -106,7 +106,7 @@ def add_cluster_args(p: argparse.ArgumentParser, what: str = "q") -> None:
 def cmd_status(a: argparse.Namespace) -> int:
     import json
 
-    from fv.runtime.relation_cluster import find_roots, relation_state
+    from fv.pipelines.relation_array import find_roots, relation_state
 
     bad = 0
     for root in find_roots(a.out):
@@ -131,13 +131,16 @@ def cmd_status(a: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001 - argparse exposes no public type
-    r = sub.add_parser("relation", help="the per-q relation pipeline (M7)",
-                       description="For each eligible q of a relation CSV: q-wise fixed trials, mean activations, the indirect-effect sweep, top-k heads, the FV, and zero-shot injection at every edit layer. Resumes where a previous run stopped.")
+    verbs = add_noun(sub, "relation", help="run | status: the per-q relation pipeline (M7)",
+                     description="The per-q relation pipeline: run it, or read the state of a run submitted earlier. "
+                                 "`fv relation` followed by its options (the earlier spelling) runs `fv relation run`.")
+    r = verbs.add_parser("run", help="the per-q relation pipeline (M7; alias: fv relation [options])",
+                         description="For each eligible q of a relation CSV: q-wise fixed trials, mean activations, the indirect-effect sweep, top-k heads, the FV, and zero-shot injection at every edit layer. Resumes where a previous run stopped.")
     r.add_argument("--relation-csv", "--relation_csv", dest="relation_csv", default=None, help="CSV with columns id, ex_A, ex_B (this or --fixed-trials)")
     r.add_argument("--fixed-trials", "--fixed_trials", dest="fixed_trials", default=None,
-                   help="an all-q sampled-trials JSON (relation trials with q_id, e.g. from `fv make-trials --relation-csv` or "
+                   help="an all-q sampled-trials JSON (relation trials with q_id, e.g. from `fv trials make --relation-csv` or "
                         "the user's own sampler): run on exactly its trials instead of drawing them from --relation-csv")
-    r.add_argument("--model", default=None, help="model folder, Hugging Face hub id in the local cache, cache snapshot path, or tiny model name (default tiny-llama)")
+    add_model_args(r, dtype="float32", attn=False)
     r.add_argument("--out", default="results_fv", help="output root; results go to <out>/<relation>/<q_id>/ (default "
                    "results_fv). " + LOCK_HELP.replace("--out", "<out>/<relation>"))
     r.add_argument("--q-list", "--q_list", dest="q_list", default=None, help="comma-separated q ids, or all (default all)")
@@ -150,16 +153,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001 - argpars
     r.add_argument("--workers", type=int, default=1, help="worker processes, each loading the model once (default 1)")
     r.add_argument("--stop-on-error", dest="stop_on_error", action="store_true", help="stop at the first failed q instead of recording it and going on")
     r.add_argument("--cpu-threads", dest="cpu_threads", type=int, default=1, help="CPU threads per q (default 1); results depend on it, never on --workers")
-    r.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default auto)")
-    r.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16 (default float32)")
     r.add_argument("--no-plots", dest="no_plots", action="store_true", help="write no pictures (they need matplotlib: pip install 'fv[plots]')")
     add_cluster_args(r)
     add_quiet(r)
     r.set_defaults(func=cmd_relation)
-    sub_r = r.add_subparsers(dest="relation_command", metavar="status")
-    st = sub_r.add_parser("status", help="read the state of a run submitted earlier (--no-wait) and merge its summary",
+    st = verbs.add_parser("status", help="read the state of a run submitted earlier (--no-wait) and merge its summary",
                           description="Per q: status, best layer, and for a failed q its scheduler log. Once no task is "
                                       "queued or running, writes the merged relation_summary.json. Exit code 1 when a q failed.")
-    st.add_argument("out", help="the --out of `fv relation`, or one relation's folder under it")
+    st.add_argument("out", help="the --out of `fv relation run`, or one relation's folder under it")
     st.add_argument("--json", action="store_true", help="print the state as JSON")
     st.set_defaults(func=cmd_status)

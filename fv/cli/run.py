@@ -1,11 +1,12 @@
-"""``fv run`` (M4): the fv runtime end to end, with every artifact, its meta and its pictures."""
+"""``fv runtime run`` (M4; earlier ``fv run``): the fv runtime end to end, with every artifact, its meta and its
+pictures."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from fv.cli.common import add_model_args, add_quiet, add_stage_args
+from fv.cli.common import add_model_args, add_noun, add_quiet, add_stage_args
 from fv.lock import HELP as LOCK_HELP
 
 
@@ -25,7 +26,7 @@ def _run_locked(a: argparse.Namespace, ft, out: Path, log) -> int:
     from fv.model.loading import load_model
     from fv.parity.dump import write_runtime_dump
     from fv.paths import FIXTURES
-    from fv.runtime.pipeline import RunConfig, parse_layers, run_runtime
+    from fv.pipelines.run import RunConfig, parse_layers, run_runtime
     from fv.runtime.trials import load_trials, make_icl_trials, require_tokenizer_agrees, save_trials
 
     lm = load_model(a.model, a.device, a.dtype, attn_implementation=getattr(a, "attn_implementation", None))
@@ -60,8 +61,10 @@ def _run_locked(a: argparse.Namespace, ft, out: Path, log) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001 - argparse exposes no public type
-    u = sub.add_parser("run", help="the fv runtime end to end (M4)",
-                       description="Mean activations, indirect effects, top heads, the FV, and its evaluation, with every "
+    verbs = add_noun(sub, "runtime", help="run: the fv runtime end to end (M4)",
+                     description="fv's own implementation of the stages. Earlier spelling: fv run.")
+    u = verbs.add_parser("run", help="the fv runtime end to end (M4; alias: fv run)",
+                         description="Mean activations, indirect effects, top heads, the FV, and its evaluation, with every "
                                    "artifact, its meta, and pictures of the indirect effects and of the evaluation per layer. "
                                    "The fixed-trials file is checked whole before the model loads. " + LOCK_HELP)
     add_model_args(u)

@@ -1,4 +1,5 @@
-"""``fv make-trials`` and ``fv verify-trials`` (M0): fixed-trials files in the user's schema."""
+"""``fv trials make`` and ``fv trials verify`` (M0; earlier ``fv make-trials``, ``fv verify-trials``): fixed-trials files
+in the user's schema."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from fv.cli.common import parse_bool, parse_q_list, tokenizer_for
+from fv.cli.common import add_noun, parse_bool, parse_q_list, tokenizer_for
 from fv.errors import FVError, UsageError
 from fv.parity.preflight import EXIT_CODE
 from fv.runtime.trials import FixedTrials, validate_trials
@@ -29,7 +30,7 @@ def cmd_make_trials(a: argparse.Namespace) -> int:
                                    prepend_bos_token_used=a.prepend_bos_token_used)
         for s in raw["meta"]["skipped_qs"]:
             print(f"skipped {s['q_id']}: {s['n_rows']} rows, {s['reason']}", file=sys.stderr)
-    if _preflight_refuses("make-trials", FixedTrials(Path(a.out), raw, validate_trials(raw, str(a.out)), ""), tok,
+    if _preflight_refuses(getattr(a, "cli_name", "trials make"), FixedTrials(Path(a.out), raw, validate_trials(raw, str(a.out)), ""), tok,
                           a.tokenizer or "tiny-llama"):
         return EXIT_CODE  # nothing written
     save_trials(a.out, raw)
@@ -78,7 +79,7 @@ def cmd_verify_trials(a: argparse.Namespace) -> int:
         return 1
     refusal = next((f for f in findings if f.refuse and f.check != TRIALS_TOKENIZER), None)
     if refusal is not None:
-        print(f"fv verify-trials: error: {refusal.text()}", file=sys.stderr)
+        print(f"fv {getattr(a, 'cli_name', 'trials verify')}: error: {refusal.text()}", file=sys.stderr)
         return EXIT_CODE
     return 0
 
@@ -97,7 +98,10 @@ def _preflight_refuses(command: str, ft, tok, tokenizer_name: str) -> bool:
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001 - argparse exposes no public type
-    m = sub.add_parser("make-trials", help="make a fixed-trials file (M0)", description="Make a fixed-trials JSON in the user's schema, from an ICL dataset or a relation CSV (q-wise).")
+    verbs = add_noun(sub, "trials", help="make | verify: fixed-trials files (M0)",
+                     description="Fixed-trials files in the user's schema: made from an ICL dataset or a relation CSV, or "
+                                 "checked against a tokenizer. Earlier spellings: fv make-trials, fv verify-trials.")
+    m = verbs.add_parser("make", help="make a fixed-trials file (M0; alias: fv make-trials)", description="Make a fixed-trials JSON in the user's schema, from an ICL dataset or a relation CSV (q-wise).")
     m.add_argument("--dataset", "--dataset_json", dest="dataset", help="ICL dataset: a JSON list of {input, output}")
     m.add_argument("--relation-csv", "--relation_csv", dest="relation_csv", help="relation CSV with columns id, ex_A, ex_B")
     m.add_argument("--out", "--out_path", dest="out", required=True, help="where to write the trials JSON")
@@ -113,7 +117,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001 - argpars
     m.add_argument("--n-demos", "--n_demos", dest="n_demos", type=int, default=9, help="relation: demonstrations per prompt (default 9)")
     m.set_defaults(func=cmd_make_trials)
 
-    v = sub.add_parser("verify-trials", help="recompute a trials file's token ids (M0)", description="Recompute every trial's answer ids with a tokenizer and list each disagreement (exit 1 on any); count the tokens that straddle two prompt parts; exit 4 where a preflight refuses the file (docs/preflight.md).")
+    v = verbs.add_parser("verify", help="recompute a trials file's token ids (M0; alias: fv verify-trials)", description="Recompute every trial's answer ids with a tokenizer and list each disagreement (exit 1 on any); count the tokens that straddle two prompt parts; exit 4 where a preflight refuses the file (docs/preflight.md).")
     v.add_argument("path", help="fixed-trials JSON")
     v.add_argument("--tokenizer", "--model_name_for_tokenizer", "--tokenizer_name", dest="tokenizer", default=None, help="model or tokenizer folder, Hugging Face hub id in the local cache, cache snapshot path, or a tiny model name (default: the file's meta.model_name_for_tokenizer)")
     v.add_argument("--verify-n", "--verify_n", dest="verify_n", type=int, default=None, help="check only the first N trials")

@@ -1,4 +1,4 @@
-"""``fv universal``: the universal FV of a model (Todd et al., appendix G): indirect effects per task, the ICL-baseline
+"""``fv universal run`` (earlier a bare ``fv universal``): the universal FV of a model (Todd et al., appendix G): indirect effects per task, the ICL-baseline
 filter, the AIE over kept tasks, its top-k heads, and each task's FV from those heads (docs/universal.md)."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fv.cli.common import add_model_args, add_quiet, parse_q_list
+from fv.cli.common import add_model_args, add_noun, add_quiet, parse_q_list
 from fv.lock import HELP as LOCK_HELP
 
 
@@ -16,8 +16,8 @@ def _files(spec: str | None) -> list[str] | None:
 
 def cmd_universal(a: argparse.Namespace) -> int:
     from fv.lock import output_lock
+    from fv.pipelines.universal import UniversalConfig
     from fv.progress import log_to_stderr
-    from fv.runtime.universal import UniversalConfig
 
     cfg = UniversalConfig(out=a.out, model=a.model, datasets=_files(a.datasets), fixed_trials=_files(a.fixed_trials),
                           relation_csv=a.relation_csv, q_list=parse_q_list(a.q_list), n_top_heads=a.n_top_heads,
@@ -35,14 +35,14 @@ def cmd_universal(a: argparse.Namespace) -> int:
 
 def _locked(a: argparse.Namespace, cfg, log) -> int:
     from fv.errors import UsageError
-    from fv.runtime.universal import run_universal
+    from fv.pipelines.universal import run_universal
 
     if a.no_wait:
         raise UsageError("--no-wait: fv universal waits for its tasks (the AIE needs them all before the FVs); drop --no-wait.")
     cluster = None
     executor = a.executor
     if a.cluster_config and not executor:
-        from fv.runtime.cluster import load_cluster_file
+        from fv.pipelines.cluster import load_cluster_file
 
         executor = load_cluster_file(a.cluster_config).get("executor")
     if executor and executor != "inprocess":
@@ -72,17 +72,20 @@ def _locked(a: argparse.Namespace, cfg, log) -> int:
 def register(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001 - argparse exposes no public type
     from fv.cli.relation import add_cluster_args
 
-    u = sub.add_parser(
-        "universal", help="the universal FV: indirect effects averaged over tasks (appendix G)",
+    verbs = add_noun(sub, "universal", help="run: the universal FV, indirect effects averaged over tasks (appendix G)",
+                     description="The universal FV of a model (Todd et al., appendix G). `fv universal` followed by its "
+                                 "options (the earlier spelling) runs `fv universal run`.")
+    u = verbs.add_parser(
+        "run", help="the universal FV: indirect effects averaged over tasks (appendix G; alias: fv universal [options])",
         description="Per task: mean activations, indirect effects and ICL accuracy on its fixed trials; the tasks whose "
                     "ICL accuracy beats their majority-label baseline are kept; the AIE (mean over kept tasks) gives the "
                     "top-k universal heads; each task's FV is built from its own mean activations and those heads and "
                     "evaluated zero-shot at --edit-layers. Give exactly one task source. Resumes: a task whose model, "
                     "trials and mode are unchanged is reused. " + LOCK_HELP)
-    add_model_args(u)
+    add_model_args(u, attn=False)
     src = u.add_argument_group("tasks (exactly one)")
     src.add_argument("--datasets", default=None,
-                     help="comma-separated ICL dataset JSONs, one task each; trials made as `fv make-trials` makes them "
+                     help="comma-separated ICL dataset JSONs, one task each; trials made as `fv trials make` makes them "
                           "(--n-trials, --n-shots, --seed)")
     src.add_argument("--fixed-trials", dest="fixed_trials", default=None,
                      help="comma-separated fixed-trials JSONs, one task each, used as given (the task is the file stem)")

@@ -152,3 +152,17 @@ def load_model(model: str | None, device: str | None = None, dtype: str | None =
     return LoadedModel(path=path, model=m, tokenizer=tok, info=inspect_model(m), device=dev, dtype=m.dtype,
                        prepend_bos=tokenizer_prepends_bos(tok), loading_rule=rule_text or rule.describe(), attn_implementation=attn,
                        spec=str(model) if model else "")
+
+
+def light_model(model: str, dtype: str | None) -> tuple[Any, str, bool, dict]:
+    """Tokenizer, model name, BOS rule and the weight-free part of the q identity of ``model`` (a name or folder)
+    computing in ``dtype``, without loading weights (the driver of a job array may run on a login node)."""
+    from fv.model.dtypes import pick_dtype
+
+    path = resolve_model_path(model)
+    tok = load_tokenizer(path)
+    dt = pick_dtype(dtype)
+    lm = LoadedModel(path=path, model=None, tokenizer=tok, info=None, device="meta", dtype=dt, prepend_bos=tokenizer_prepends_bos(tok))
+    ident = {"model_config_sha256_16": hashlib.sha256((path / "config.json").read_bytes()).hexdigest()[:16],
+             "model_name": lm.name, "dtype": str(dt).replace("torch.", "")}
+    return tok, lm.name, lm.prepend_bos, ident

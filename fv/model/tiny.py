@@ -99,7 +99,7 @@ FAMILY_TINY = ("tiny-gpt2", "tiny-gpt-j", "tiny-gpt-neox", "tiny-llama-mha", "ti
 RUNTIME_FAMILY_TINY = ("tiny-mistral", "tiny-qwen2", "tiny-gemma2", "tiny-gemma3", "tiny-phi3", "tiny-olmo2")
 # multimodal wrappers fv's runtime runs on their language model (the reference's loader cannot: it reads
 # num_attention_heads off the top config, which a multimodal config keeps in text_config); 2 layers, so tested on
-# their own (tests/self/test_multimodal.py) with an edit layer that fits
+# their own (tests/self/door/test_multimodal.py) with an edit layer that fits
 MULTIMODAL_TINY = ("tiny-gemma3-mm",)
 # one tiny model per SentencePiece tokenizer kind, run by the gate against the reference like FAMILY_TINY
 SPM_TINY = ("tiny-llama2spm", "tiny-gemmaspm")

@@ -1,4 +1,4 @@
-"""M5: compare a reference folder (``fv reference --dump``) with an fv folder (``fv run``) stage by stage, in
+"""M5: compare a reference folder (``fv reference run --dump``) with an fv folder (``fv runtime run``) stage by stage, in
 the order of docs/reference.md, and name the first place they part: stage, file, key, ``(trial_id, trial_idx)``, values.
 
 Either folder may be in either layout (the reference's file names or fv's), so fv can also be diffed against a
@@ -56,11 +56,11 @@ class SideFolder:
         if dump_path is not None:
             dump = read_json(dump_path, f"--{role} dump")
             schema.check(dump, schema.DUMP, f"--{role} dump {dump_path}", "",
-                         "Rewrite the folder with `fv run` or `fv reference --dump`.")
+                         "Rewrite the folder with `fv runtime run` or `fv reference run --dump`.")
         files = {k: _find(root, v) for k, v in ARTIFACTS.items()}
         if files["top_heads"] is not None:
             schema.check(read_json(files["top_heads"], f"--{role} top heads"), schema.TOP_HEADS,
-                         f"--{role} top heads {files['top_heads']}", "", "Rewrite the folder with `fv run` or `fv reference --dump`.")
+                         f"--{role} top heads {files['top_heads']}", "", "Rewrite the folder with `fv runtime run` or `fv reference run --dump`.")
         return cls(root, dump, dump_path.name if dump_path else None, files)
 
     def trials_sha(self) -> str | None:

@@ -9,7 +9,7 @@ from typing import Any
 from fv.io import read_json, write_json
 from fv.parity.golden import to_jsonable
 from fv.parity.stages import StageValues, fv_prompt_values, fv_slot_values
-from fv.runtime.pipeline import RunResult
+from fv.pipelines.run import RunResult
 
 
 def _inj(entry: dict) -> dict:
@@ -38,7 +38,7 @@ def _id(s: str) -> Any:
 
 
 def write_runtime_dump(out: Path, result: RunResult, edit_layer: int) -> Path:
-    """``fv_runtime_dump.json`` beside a run's artifacts, in the reference dump's layout, so ``fv diff`` can
+    """``fv_runtime_dump.json`` beside a run's artifacts, in the reference dump's layout, so ``fv parity diff`` can
     compare the two folders trial by trial."""
     sv = StageValues()
     sv.values["prompt"] = to_jsonable(fv_prompt_values(result.prepared))

@@ -95,8 +95,8 @@ def multi_token_slots(slot_value: dict) -> list[int]:
 
 def lone_metaspace_slots(trials: Any, tokenizer: Any, prepend_bos: bool, dummy: Sequence[tuple[int, str]]) -> dict:
     """Per trial key and side, the lone SentencePiece ``▁`` tokens of its slot map
-    (``fv.runtime.prompts.lone_metaspace_tokens``: position, label, slot). Sides without one are left out."""
-    from fv.runtime.prompts import lone_metaspace_tokens
+    (``fv.runtime.slots.lone_metaspace_tokens``: position, label, slot). Sides without one are left out."""
+    from fv.runtime.slots import lone_metaspace_tokens
 
     out: dict = {}
     for tr in trials:
@@ -137,9 +137,10 @@ def lone_metaspace_note(found: dict, n_trials: int) -> str:
 
 def lone_metaspace_summary(trials: Any, tokenizer: Any, verify_n: int | None = None) -> str:
     """``lone_metaspace_note`` for a fixed-trials file (its first ``verify_n`` trials), with the dummy slots its
-    template and shots give; for ``fv verify-trials`` beside the boundary-token line. Never raises."""
+    template and shots give; for ``fv trials verify`` beside the boundary-token line. Never raises."""
     from fv.model.tokenizers import tokenizer_prepends_bos
-    from fv.runtime.prompts import dummy_labels, has_bos_text
+    from fv.runtime.prompts import has_bos_text
+    from fv.runtime.slots import dummy_labels
 
     subset = trials.subset(verify_n)
     try:

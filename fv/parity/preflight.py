@@ -2,13 +2,13 @@
 
 One mechanism serves every entry point. A check returns a ``Finding`` (one line: what was found, what was
 expected, what to do) or None. The pytest plugin runs them in ``pytest_configure`` and stops the session with
-exit code 4 (pytest's usage error) before any test; ``fv doctor --fixed-trials`` prints the same words as FAIL
-lines; ``fv make-trials`` and ``fv verify-trials`` exit 4 on a refusal and print a warning otherwise.
+exit code 4 (pytest's usage error) before any test; ``fv env check --fixed-trials`` prints the same words as FAIL
+lines; ``fv trials make`` and ``fv trials verify`` exit 4 on a refusal and print a warning otherwise.
 
 The checks (docs/preflight.md):
 
 - ``trials tokenizer``: the trials were made with another tokenizer. Token ids decide: every trial's prompt and
-  target are tokenized again with the model's tokenizer, as ``fv verify-trials`` does, and compared with the
+  target are tokenized again with the model's tokenizer, as ``fv trials verify`` does, and compared with the
   file; the file's ``model_name_for_tokenizer`` only names the culprit (names differ where ids agree).
 - ``BOS text``: the prompts start with the reference's BOS text, the literal ``<|endoftext|>`` (SPEC section 2),
   while the tokenizer adds its own BOS: the model would read BOS, then that string as plain text.
@@ -71,14 +71,14 @@ def raise_findings(findings: Sequence[Finding | None]) -> list[Finding]:
 
 # ---- the trials file against a tokenizer -------------------------------------------------------------------
 def remake_command(trials: Any, tokenizer_name: str, bos_text: bool) -> str:
-    """The ``fv make-trials`` command that makes ``trials`` again for ``tokenizer_name``, from the file's meta."""
+    """The ``fv trials make`` command that makes ``trials`` again for ``tokenizer_name``, from the file's meta."""
     m = trials.meta
     if m.get("relation_csv"):
         src = f"--relation-csv {m['relation_csv']} --n-trials-per-q {m.get('n_trials_per_q', 25)} --n-demos {m.get('n_demos', 9)}"
     else:
         src = (f"--dataset {m.get('dataset_json') or '<dataset.json>'} --n-trials {m.get('n_trials', len(trials.trials))} "
                f"--n-shots {m.get('n_shots', trials.n_shots)}")
-    return (f"fv make-trials {src} --seed {m.get('seed', 0)} --tokenizer {tokenizer_name} "
+    return (f"fv trials make {src} --seed {m.get('seed', 0)} --tokenizer {tokenizer_name} "
             f"--prepend-bos-token-used {str(bos_text).lower()} --out <new file>")
 
 
@@ -89,7 +89,7 @@ def _bos_text_wanted(tokenizer: Any) -> bool:
 
 
 def check_trials_tokenizer(trials: Any, tokenizer: Any, tokenizer_name: str) -> Finding | None:
-    """Every trial's answer ids recomputed with ``tokenizer`` (as ``fv verify-trials``); any difference refuses."""
+    """Every trial's answer ids recomputed with ``tokenizer`` (as ``fv trials verify``); any difference refuses."""
     from fv.runtime.trials import verify_token_ids
 
     bad = verify_token_ids(trials, tokenizer)

@@ -2,7 +2,7 @@
 trial, the goldens it is kept as, the dims of its tensor, and whether its values are effects.
 
 Every table the suite reads about stages is derived from ``REGISTRY`` here: the stage order (``STAGES``), the
-per-trial stages, the files of a stage dump (``STAGE_FILES``, read by ``fv diff`` and the reports), the golden
+per-trial stages, the files of a stage dump (``STAGE_FILES``, read by ``fv parity diff`` and the reports), the golden
 artifacts and their kinds (``GOLDEN_ARTIFACTS``, the syrupy snapshots), the dims that name where a NaN or an
 infinity first appears (``STAGE_DIMS``) and the stages a degenerate verdict looks at (``EFFECT_STAGES``). The
 reference function behind each stage is named by the reference adapter alone (``fv.reference.stages``), keyed by

@@ -19,9 +19,11 @@ from fv.runtime.activations import mean_head_activations
 from fv.runtime.effects import indirect_effects, pad_token_id
 from fv.runtime.injection import TargetScore, intervene
 from fv.runtime.prepared import PROMPT_SETS, PreparedTrial, prepare_trials
-from fv.runtime.prompts import dummy_labels, has_bos_text
+from fv.runtime.prompts import has_bos_text
+from fv.runtime.slots import dummy_labels
+from fv.runtime.top_heads import top_heads
 from fv.runtime.trials import Trial
-from fv.runtime.vectors import function_vector, top_heads
+from fv.runtime.vectors import function_vector
 
 
 def trial_key(tr: Trial) -> str:

@@ -31,7 +31,7 @@ USER_FILES = {
     "indirect_effect": "{dataset}_indirect_effect.pt",
 }
 _FIX = "Check that --golden-dir, the model and the fixed trials are the ones src used."
-REGENERATE = ("src on this model and trials (`fv reference --src-root SRC --model MODEL --fixed-trials FT --out DIR` writes "
+REGENERATE = ("src on this model and trials (`fv reference run --src-root SRC --model MODEL --fixed-trials FT --out DIR` writes "
               "the same files with the identity), or give the model and trials the goldens were made with")
 
 
@@ -45,6 +45,7 @@ class GoldenSource:
     notes: list[str] = field(default_factory=list)
     kind: str = USER_GOLDENS
     n_trials: int = 0
+    dtype: str | None = None  # the dtype the goldens were computed in (their tolerance's)
 
 
 @dataclass
@@ -234,7 +235,7 @@ def golden_source(folder: str | Path, lm: Any, trials: Any) -> GoldenSource:
     dt = str(ug.dtype).replace("torch.", "")
     return GoldenSource(ug.stage_values(), f"user goldens in {ug.folder} ({dt})", tolerance_for(ug.dtype, exact=False),
                         [f"golden source: {ug.folder} ({', '.join(p.name for p in ug.files.values())})", *notes], USER_GOLDENS,
-                        ug.n_trials)
+                        ug.n_trials, dt)
 
 
 def artifact_problems(run: Any, artifact: str) -> list[str] | None:

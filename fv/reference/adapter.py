@@ -254,7 +254,7 @@ class Reference:
             raise FVError(
                 f"{self.src_root} {'writes' if wants else 'does not write'} the BOS text {BOS_TEXT!r} into its prompts on "
                 f"{lm.name} ({rule}), but the prompts of {trials.path} {'carry' if has else 'lack'} it "
-                f"(prepend_bos_token_used {str(has).lower()}). Each src needs its own trials: make them with `fv make-trials "
+                f"(prepend_bos_token_used {str(has).lower()}). Each src needs its own trials: make them with `fv trials make "
                 f"... --prepend-bos-token-used {str(wants).lower()}`.")
         return wants, rule
 

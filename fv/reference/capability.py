@@ -301,7 +301,7 @@ def probe_reference(ref: Any, model_path: str | Path, model_name: str, src_model
                      f"model's heads are {pm.n_heads} x {pm.head_dim} = {pm.n_heads * pm.head_dim} wide (hidden {pm.d_model}); "
                      "that split only works when heads x head_dim = hidden")
         remedy = ("A fork that splits heads by the config's head_dim would make it comparable; fv's runtime takes head_dim "
-                  "from the config and runs it without the gate (`fv run`).")
+                  "from the config and runs it without the gate (`fv runtime run`).")
     if "hook branch" in kinds:
         fns = sorted({g.function.rsplit(": ", 1)[-1] for g in gaps if g.kind == "hook branch"})
         name = str((mc or {}).get("name_or_path") or pm.path)
@@ -318,7 +318,7 @@ def probe_reference(ref: Any, model_path: str | Path, model_name: str, src_model
             lacks.append(f"its hook code paths ({', '.join(fns)}) have no branch for it: they pick one by words in the model "
                          f"path and none matched {pm.path.name!r}")
             remedy = remedy or (f"A fork with a {pm.model_type} branch in those functions would make it comparable "
-                                f"(--src-root <fork>/src); `fv run` runs it without the gate.")
+                                f"(--src-root <fork>/src); `fv runtime run` runs it without the gate.")
     if "layer names" in kinds:
         lacks.append(f"its hooks read the layer number as the third dotted part of the hook names, which {pm.attn_out_names[0]!r} "
                      "does not have")

@@ -9,7 +9,7 @@ import torch
 
 from fv.errors import FVError
 from fv.model.loading import LoadedModel
-from fv.parity.run import LiveSource
+from fv.parity.sides import LiveSource
 from fv.parity.stages import Params, StageValues, prompt_entry, score_pair, slot_entry
 from fv.reference.adapter import InjectionNoOp, Reference
 from fv.runtime.trials import FixedTrials, Trial

@@ -1,6 +1,6 @@
 """Non-finite values stop a run: a stage whose output holds a NaN or an infinity (a model whose activations
 overflow its dtype, fp16's 65504 most often) is named with the first place it appears, and nothing of that
-stage is written. ``fv run``, ``fv relation`` and ``fv universal`` call ``require_finite`` where mean
+stage is written. ``fv runtime run``, ``fv relation`` and ``fv universal`` call ``require_finite`` where mean
 activations, indirect effects, the FV and the evaluation's logits are produced; the parity engine uses
 ``first_nonfinite`` to say where a side's values stop being numbers."""
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from fv.runtime.prompts import TokenLabel, answer_ids, full_idx_map, prompt_string, slot_maps, token_meta_labels, zero_shot_prompt_data
+from fv.runtime.prompts import TokenLabel, answer_ids, prompt_string, token_meta_labels, zero_shot_prompt_data
+from fv.runtime.slots import full_idx_map, slot_maps
 from fv.runtime.trials import Trial
 
 # The label of the prompt's last token, where the indirect effect patches and the FV is read.

@@ -239,7 +239,7 @@ class FixedTrials:
         return self.trials if not max_trials else self.trials[:max_trials]
 
 
-_REGENERATE = "Fix the file or remake it with `fv make-trials`."
+_REGENERATE = "Fix the file or remake it with `fv trials make`."
 
 
 def _check_trial(t: Any, idx: int, where: str) -> bool:
@@ -376,7 +376,7 @@ def require_tokenizer_agrees(trials: FixedTrials, tokenizer: Any) -> None:
     if bad:
         raise FVError(
             f"fixed-trials file {trials.path} disagrees with this model's tokenizer in {len(bad)} trial(s); first: {bad[0]}. "
-            "Remake it with `fv make-trials --tokenizer <model folder>`."
+            "Remake it with `fv trials make --tokenizer <model folder>`."
         )
 
 # ---- the target ids -----------------------------------------------------------------------------------------
@@ -390,7 +390,7 @@ def require_tokenizer_agrees(trials: FixedTrials, tokenizer: Any) -> None:
 # predicts there, about 0 everywhere, and both sides agree on it, so parity alone cannot see it. Each mismatch is
 # named in words: "the target's first token is BOS", "a lone ▁", or "differs from the prompt's continuation".
 #
-# Used by M0 (``tests/parity/test_m0_fixed_trials.py::test_target_ids``), by ``fv verify-trials`` and by every
+# Used by M0 (``tests/parity/test_m0_fixed_trials.py::test_target_ids``), by ``fv trials verify`` and by every
 # token-id check of a trials file (``fv.runtime.trials.verify_token_ids``).
 
 BOS_CAUSE = "the target's first token is BOS"

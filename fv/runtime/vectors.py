@@ -1,7 +1,6 @@
-"""Top heads and the function vector.
+"""The function vector (its heads: fv.runtime.top_heads).
 
-Top heads are the ``n`` largest trial-mean indirect effects (``torch.topk``, so ties break as the reference's
-do), scored to 4 decimals as the reference reports them. The FV is the sum, over those heads, of the
+The FV is the sum, over those heads, of the
 attention output projection applied to a vector holding only that head's mean activation at the last slot.
 The projection module itself is called, as the reference calls it, so a biased projection (GPT-2's ``Conv1D``,
 GPT-NeoX's ``dense``) adds its bias once per top head.
@@ -15,19 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from fv.model.tree import ModelInfo
-
-Head = tuple[int, int, float]
-
-
-def top_heads(indirect_effect: torch.Tensor, n_top: int) -> list[Head]:
-    """The ``n_top`` heads with the largest trial-mean indirect effect, as ``(layer, head, score)``, best first.
-
-    ``indirect_effect`` is ``(trials, layers, heads)``; scores are rounded to 4 decimals, ties broken by ``torch.topk``.
-    """
-    mean = indirect_effect.mean(dim=0)
-    n_heads = mean.shape[1]
-    vals, inds = torch.topk(mean.view(-1), k=n_top, largest=True)
-    return [(int(i) // n_heads, int(i) % n_heads, round(v.item(), 4)) for v, i in zip(vals, inds)]
+from fv.runtime.top_heads import Head
 
 
 @dataclass

@@ -6,8 +6,10 @@ import pytest
 
 from fv.paths import FIXTURES
 from fv.pytest_plugin import trials_for
-from fv.runtime.prompts import dummy_labels, full_idx_map, has_bos_text, prompt_string, slot_maps, token_meta_labels
+from fv.runtime.prompts import has_bos_text, prompt_string, token_meta_labels
+from fv.runtime.slots import dummy_labels, full_idx_map, slot_maps
 from fv.runtime.trials import load_trials, verify_token_ids
+from tests.support.trials_checks import assert_target_ids, mismatch_report
 
 pytestmark = pytest.mark.m0
 
@@ -34,10 +36,6 @@ def m0_trial(request, m0_trials):
     return m0_trials.trials[request.param]
 
 
-def _report(mismatches: list[str]) -> str:
-    return f"mismatch_count={len(mismatches)}\n" + "\n".join(mismatches[:40])
-
-
 @pytest.mark.parametrize("side", ["clean", "corrupted"])
 def test_prompt_parity(reference, fv_model, m0_trials, m0_trial, side):
     pd_ = m0_trial.prompt_data_clean if side == "clean" else m0_trial.prompt_data_corrupted
@@ -59,7 +57,7 @@ def test_prompt_parity(reference, fv_model, m0_trials, m0_trial, side):
         src_ids = reference.answer_ids(tok, theirs, ref_pd["query_target"]["output"])
         if list(m0_trial.answer_ids) != src_ids:
             mismatches.append(f"answer ids: file {list(m0_trial.answer_ids)} src {src_ids}")
-    assert len(mismatches) == 0, _report(mismatches)
+    assert len(mismatches) == 0, mismatch_report(mismatches)
 
 
 @pytest.mark.parametrize("side", ["clean", "corrupted"])
@@ -91,12 +89,12 @@ def test_slot_parity(reference, fv_model, m0_trials, m0_trial, side):
         for k in sorted(set(s) | set(f), key=str):
             if s.get(k) != f.get(k):
                 mismatches.append(f"{name}[{k}]: src {s.get(k)} fv {f.get(k)}")
-    assert len(mismatches) == 0, _report(mismatches)
+    assert len(mismatches) == 0, mismatch_report(mismatches)
 
 
 def test_token_ids_verified(fv_model, m0_trials):
     bad = verify_token_ids(m0_trials, fv_model.tokenizer)
-    assert len(bad) == 0, _report([str(b) for b in bad])
+    assert len(bad) == 0, mismatch_report([str(b) for b in bad])
 
 
 def test_target_ids(fv_options, fv_model, m0_trials):
@@ -104,14 +102,4 @@ def test_target_ids(fv_options, fv_model, m0_trials):
     one the reference scores (its ``get_answer_id`` on the trial's prompt, first id) are ``ids(prompt + target)``
     minus ``ids(prompt)``: a fork's ``tokenizer(target).input_ids[0]`` (BOS, or a lone ▁ on SentencePiece) makes
     the indirect effect about 0 everywhere on both sides, which no later gate can see. Each mismatch is named."""
-    from fv.pytest_plugin import get_reference
-    from fv.runtime.trials import check_target_ids
-    from fv.runtime.trials import target_summary as summary
-
-    tok = fv_model.tokenizer
-    ref = get_reference(fv_options)
-    ref_ids = None
-    if not isinstance(ref, str):  # without the reference the file's ids are still checked
-        ref_ids = {t.key: ref.answer_ids(tok, t.clean_prompt_str, t.target_str)[:1] for t in m0_trials.trials}
-    problems = check_target_ids(m0_trials.trials, tok, m0_trials.raw.get("trials"), ref_ids)
-    assert not problems, summary(problems) + "\n" + _report([str(p) for p in problems])
+    assert_target_ids(fv_options, fv_model.tokenizer, m0_trials)

@@ -1,39 +1,19 @@
 """q ids for M7 come from the relation CSV (or a user's sampled-trials file, ``--fixed-trials``) at collection time,
-so each q is its own test."""
+so each q is its own test (tests/support/relation_inputs.py); the trials M7 runs on are made once per session."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import pytest
 
-from fv.pytest_plugin import FVOptions, default_relation_csv
-
-
-def relation_csv(opts: FVOptions) -> Path:
-    return Path(opts.relation_csv) if opts.relation_csv else default_relation_csv()
+from fv.pytest_plugin import FVOptions
+from tests.support.relation_inputs import selected_qs
+from tests.support.runs import Runs
 
 
-def relation_trials_file(opts: FVOptions) -> Path | None:
-    """``--fixed-trials`` when it is a relation file (trials with q_id): M7 then runs on exactly its trials."""
-    import json
-
-    if not opts.fixed_trials:
-        return None
-    trials = json.loads(Path(opts.fixed_trials).read_text(encoding="utf-8-sig")).get("trials") or [{}]
-    return Path(opts.fixed_trials) if isinstance(trials[0], dict) and "q_id" in trials[0] else None
-
-
-def selected_qs(opts: FVOptions) -> list[str]:
-    from fv.runtime.datasets import load_relation_csv
-
-    if relation_trials_file(opts):
-        from fv.runtime.relation import read_relation_trials
-
-        qs = read_relation_trials(relation_trials_file(opts))["meta"]["q_ids"]
-        return qs if opts.q_list in (None, "", "all") else [q.strip() for q in opts.q_list.split(",") if q.strip()]
-    groups = load_relation_csv(relation_csv(opts))
-    if opts.q_list in (None, "", "all"):
-        return sorted(groups)
-    return [q.strip() for q in opts.q_list.split(",") if q.strip()]
+@pytest.fixture(scope="session")
+def relation_trials_made() -> Runs:
+    """M7's trials (the all-q file and one file per q) by (model, CSV or trials file, trials per q)."""
+    return Runs()
 
 
 def pytest_generate_tests(metafunc):

@@ -1,11 +1,14 @@
 """One parity stage of a run asserted equal to the other side: no mismatch, and bit-exact under the exact tolerance;
-the failure message names the model, what sets it apart, the other side, and every stage's verdict."""
+the failure message names the model, what sets it apart, the other side, and every stage's verdict. And the stage's
+result as the gate takes it: a stage the other side does not hold is skipped, never passed."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import pytest
+
+from fv.parity.compare import SKIP
 
 
 def assert_stage_matches(run: Any, stage: str, about: str) -> None:
@@ -20,3 +23,11 @@ def assert_stage_matches(run: Any, stage: str, about: str) -> None:
     assert result.mismatch_count == 0, where
     if run.tolerance.name == "exact":
         assert result.max_abs_diff == 0.0, where
+
+
+def compared_stage(run: Any, stage: str) -> Any:
+    """The stage's result; a stage the goldens do not hold (a user's golden folder holds three) is skipped, not passed."""
+    result = run.result.stage(stage)
+    if result.status == SKIP:
+        pytest.skip(f"{run.other_side}: {result.detail[0]}")
+    return result

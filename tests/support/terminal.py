@@ -23,16 +23,15 @@ class _Terminal:
 
 def terminal_table(result, tol=FP32, copies: int = 1) -> list[str]:
     """The ``fv parity`` section pytest prints for ``copies`` runs with this result (more than 8: no tables)."""
-    from fv import pytest_plugin as plugin
+    from fv.pytest_plugin.summary import GateLedger, parity_summary, write_summary
 
-    ledger = plugin.GateLedger()
+    ledger = GateLedger()
     for i in range(copies):
         name = "tiny-x" if i == 0 else f"tiny-x{i}"
         run = SimpleNamespace(lm=SimpleNamespace(name=name, dtype=torch.float32, attn_implementation="sdpa"),
                               trials=SimpleNamespace(id="trials-x"), result=result, other_side="goldens", tolerance=tol,
                               report_paths={}, sides={})
-        ledger.runs[(name, "trials-x", "")] = json.loads(json.dumps(plugin._parity_summary(run)))  # as it crosses xdist
-    config = SimpleNamespace(_fv_gate=ledger, getoption=lambda name: 0 if name == "verbose" else False)
+        ledger.runs[(name, "trials-x", "")] = json.loads(json.dumps(parity_summary(run)))  # as it crosses xdist
     term = _Terminal()
-    plugin.pytest_terminal_summary(term, 0, config)
+    write_summary(term, ledger)
     return term.lines

@@ -1,0 +1,80 @@
+"""What a session collects: the gates parametrized by the session's inputs, and fv's own tests (``tests/self/``)
+kept apart from them (deselected, with one line saying so, when the session names a user's inputs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fv.pytest_plugin.options import USER_INPUT_OPTIONS, FVOptions, trial_sets
+
+SELF_DESELECTED = pytest.StashKey[int]()
+
+
+def generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrize the gates by the session's models, trials sets and trial indices."""
+    opts = FVOptions.of(metafunc.config)
+    if "fv_model_name" in metafunc.fixturenames:
+        metafunc.parametrize("fv_model_name", opts.models, scope="session")
+    if "trials_set" in metafunc.fixturenames:
+        metafunc.parametrize("trials_set", trial_sets(opts), scope="session")
+    if "trial_index" in metafunc.fixturenames:
+        metafunc.parametrize("trial_index", range(opts.max_trials), ids=lambda i: f"trial{i}")
+
+
+def is_self_test(item: pytest.Item) -> bool:
+    """fv's own test: under a ``tests/self/`` folder, or marked ``self``."""
+    parts = Path(str(item.path)).parent.parts
+    return bool(item.get_closest_marker("self")) or any(a == "tests" and b == "self" for a, b in zip(parts, parts[1:]))
+
+
+def user_inputs_named(config: pytest.Config) -> list[str]:
+    """The options of ``USER_INPUT_OPTIONS`` this session gives."""
+    return [name for name in USER_INPUT_OPTIONS if config.getoption(name)]
+
+
+def self_tests_wanted(config: pytest.Config) -> bool:
+    """Self-tests run in the default session, with --fv-self-tests, or when -m names the ``self`` marker."""
+    import re
+
+    return (not user_inputs_named(config) or config.getoption("--fv-self-tests")
+            or bool(re.search(r"(?<![\w-])self(?![\w-])", config.getoption("markexpr") or "")))
+
+
+def modify_items(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The collection policy: fv's own tests marked ``self`` and deselected when the session names a user's inputs
+    (unless asked for), ``first_pair``/``first_tiny`` tests kept to their pair, and the ``tiny``, ``src`` and ``gpu``
+    markers added."""
+    from fv.model.tiny import TINY_MODELS
+
+    opts = FVOptions.of(config)
+    first = {"fv_model_name": opts.models[0], "trials_set": trial_sets(opts)[0]}
+    wanted = self_tests_wanted(config)
+    keep, drop, own = [], [], []
+    for item in items:
+        if is_self_test(item):
+            item.add_marker(pytest.mark.self)
+            if not wanted:
+                own.append(item)
+                continue
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        off = item.get_closest_marker("first_pair") and any(params.get(k, v) != v for k, v in first.items())
+        off = off or (item.get_closest_marker("first_tiny") and not config.getoption("--fv-model")
+                      and params.get("fv_model_name", first["fv_model_name"]) != first["fv_model_name"])
+        (drop if off else keep).append(item)
+    if drop or own:
+        config.hook.pytest_deselected(items=drop + own)
+        items[:] = keep
+    config.stash[SELF_DESELECTED] = len(own)
+    if hasattr(config, "workerinput"):  # told once by the controller (pytest_testnodedown)
+        config.workeroutput["fv_self_deselected"] = len(own)  # type: ignore[attr-defined]
+    for item in items:
+        cs = getattr(item, "callspec", None)
+        name = cs.params.get("fv_model_name") if cs else None
+        if name in TINY_MODELS:
+            item.add_marker(pytest.mark.tiny)
+        if "reference" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.src)
+        if config.getoption("--fv-device").startswith("cuda"):
+            item.add_marker(pytest.mark.gpu)

@@ -1,0 +1,202 @@
+"""The fv options of a pytest session: declared once (``add_options``), read once into ``FVOptions`` and kept in
+``config.stash``, and checked once at the session's start (``check_options``), so a wrong one stops the session in
+one line instead of failing each test that uses it."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from fv.errors import FVError
+
+MARKERS = {
+    "m0": "M0: fixed trials, prompt and slot parity", "m1": "M1: golden artifacts from the reference",
+    "m2": "M2: the stage-by-stage parity gate", "m3": "M3: the reference dump", "m4": "M4: the fv runtime artifacts",
+    "m5": "M5: the stage diff", "m6": "M6: no divergence between fresh runs", "m7": "M7: relation q-wise transfer",
+    "universal": "the universal FV (fv universal): per-task indirect effects, AIE, filter, FV vs the reference",
+    "tiny": "runs on an embedded tiny model", "gpu": "needs a CUDA device", "src": "needs the reference src/",
+    "slow": "takes more than a few seconds",
+    "first_pair": "runs once, on the first model and the first trials set (the others are deselected, not skipped)",
+    "first_tiny": "without --fv-model, runs on the first default tiny model only (the others are deselected, not "
+                  "skipped); on the models --fv-model names, on each",
+    "self": "fv checking itself on its own tiny models (every test under tests/self/); deselected when the session "
+            "names a user's inputs, unless --fv-self-tests or -m self",
+}
+# options that name a user's inputs: with any of them the session runs the gates on those inputs only
+USER_INPUT_OPTIONS = ("--fv-model", "--fixed-trials", "--relation-csv", "--golden-dir", "--dataset")
+TINY_DEFAULT = ("tiny-llama", "tiny-llama3tok")
+
+
+def add_options(parser: pytest.Parser) -> None:
+    """Every fv option, in the ``fv`` group of ``pytest --help``."""
+    g = parser.getgroup("fv", "function-vector parity suite")
+    g.addoption("--fv-model", default=None, help="local model folder or tiny model name; comma-separated for several (default: both tiny models)")
+    g.addoption("--fv-device", default="auto", help="cpu, cuda, cuda:N or auto (cuda when available)")
+    g.addoption("--fv-dtype", default="auto",
+                help="float32, bfloat16, float16 or auto (default auto: the dtype the reference's loader gives the model; docs/loading.md)")
+    g.addoption("--fv-attn-implementation", default="auto",
+                help="eager, sdpa, ... or auto (default auto: the transformers default, as the reference's loader)")
+    g.addoption("--src-model", default="own", choices=("own", "shared"),
+                help="own (default): the reference loads its own copy of the model with its own loader, from the same "
+                     "folder, and the gate compares the two pipelines as users run them; shared: the reference's functions "
+                     "are handed fv's model object (one copy in memory, for models too large for two)")
+    g.addoption("--fv-mode", default="exact", choices=("exact", "fast"), help="fv runtime mode compared with the reference")
+    g.addoption("--src-root", default=None, help="the reference's src/ (else $FV_SRC_ROOT, else ./src)")
+    g.addoption("--baukit-root", default=None, help="folder holding baukit/nethook.py when baukit does not import (else $FV_BAUKIT_ROOT)")
+    g.addoption("--src-compat", action="store_true", help="apply the reference's FV addition to tensor layer outputs (a silent no-op on transformers 5.x otherwise); recorded in reports")
+    g.addoption("--require-src", action="store_true", help="fail, instead of skip, when the reference is missing")
+    g.addoption("--fixed-trials", default=None, help="a fixed-trials JSON to test (default: trials made from fixtures/antonym_tiny.json and fixtures/data/antonym.json)")
+    g.addoption("--dataset", default=None, help="an ICL dataset JSON to make fixed trials from (10 trials, 10 shots, seed 0)")
+    g.addoption("--n-top-heads", type=int, default=10, help="heads in the FV (default 10)")
+    g.addoption("--edit-layer", type=int, default=9, help="layer the FV is added after (default 9)")
+    g.addoption("--max-trials", type=int, default=5, help="trials compared per file (default 5)")
+    g.addoption("--q-list", default=None, help="M7: comma-separated q ids, or 'all'")
+    g.addoption("--relation-csv", default=None, help="M7: relation CSV (default fixtures/relation_tiny.csv; the real fixtures/data/relationA_ex.csv is a good next step)")
+    g.addoption("--n-trials-per-q", type=int, default=3, help="M7: trials per q (default 3)")
+    g.addoption("--fv-out", default=None, help="where reports go (default results_fv/ under the directory pytest runs in)")
+    g.addoption("--golden-dir", default=None,
+                help="M1/M2: a user's golden folder as src wrote it (results/<dataset>/<fixed_trials_id>/ with "
+                     "<dataset>_mean_head_activations_FIXED.pt, _dummy_labels.json, _indirect_effect.pt); fv is compared "
+                     "with it within its dtype's tolerance, on the --fixed-trials it was made from")
+    g.addoption("--src-cache", default=None, help="folder for the live reference's cached stage values (default $FV_CACHE_DIR/src_values) and, in "
+                                                  "its probes/, its family probes: a rerun then computes only fv's side")
+    g.addoption("--no-src-cache", action="store_true", help="compute the live reference's side and probe its families every run; neither read nor write its cache")
+    g.addoption("--fv-self-tests", action="store_true",
+                help="also run fv's own tests (tests/self/: families, forks, fast-vs-exact, fuzzing, locks, docs...) when "
+                     "the session names a user's inputs (--fv-model, --fixed-trials, --relation-csv, --golden-dir, "
+                     "--dataset); without it only the gates on those inputs are collected (same as -m self for them alone)")
+    g.addoption("--allow-empty", action="store_true",
+                help="let a gate pass that compared nothing for a (model, trials) pair (no reference and no goldens); "
+                     "without it such a session fails")
+
+
+def default_relation_csv() -> Path:
+    from fv.paths import FIXTURES
+
+    return FIXTURES / "relation_tiny.csv"
+
+
+@dataclass
+class FVOptions:
+    """The session's fv options, read once from the command line (``FVOptions.of``) and kept in ``config.stash``."""
+
+    models: list[str]
+    device: str
+    dtype: str
+    mode: str
+    src_root: str | None
+    baukit_root: str | None
+    src_compat: bool
+    require_src: bool
+    fixed_trials: str | None
+    dataset: str | None
+    n_top_heads: int
+    edit_layer: int
+    max_trials: int
+    q_list: str | None
+    relation_csv: str | None
+    n_trials_per_q: int
+    out_root: Path
+    rootdir: Path
+    allow_empty: bool = False
+    attn: str = "auto"
+    src_model: str = "own"
+    golden_dir: str | None = None
+    src_cache: str | None = None
+    no_src_cache: bool = False
+
+    @classmethod
+    def of(cls, config: pytest.Config) -> "FVOptions":
+        """The options of ``config``'s session, built on first use and kept in its stash."""
+        if OPTIONS_KEY not in config.stash:
+            config.stash[OPTIONS_KEY] = cls.read(config)
+        return config.stash[OPTIONS_KEY]
+
+    @classmethod
+    def read(cls, config: pytest.Config) -> "FVOptions":
+        """The options as ``config`` holds them (``of`` keeps the result)."""
+        o = config.getoption
+        models = [m.strip() for m in (o("--fv-model") or ",".join(TINY_DEFAULT)).split(",") if m.strip()]
+        # Paths given as option values (``--src-root /x/src``) take part in pytest's rootdir guess, so the
+        # rootdir can land outside the project: fixtures are found beside the fv package instead, and
+        # reports go under the directory pytest was invoked from.
+        from fv.paths import REPO_ROOT
+
+        root = REPO_ROOT if (REPO_ROOT / "fixtures").is_dir() else Path(config.rootpath)
+        invoked = Path(config.invocation_params.dir)
+        return cls(models, o("--fv-device"), o("--fv-dtype"), o("--fv-mode"), o("--src-root"), o("--baukit-root"),
+                   o("--src-compat"), o("--require-src"), o("--fixed-trials"), o("--dataset"), o("--n-top-heads"),
+                   o("--edit-layer"), o("--max-trials"), o("--q-list"), o("--relation-csv"), o("--n-trials-per-q"),
+                   Path(o("--fv-out")) if o("--fv-out") else invoked / "results_fv", root, o("--allow-empty"),
+                   o("--fv-attn-implementation"), o("--src-model"), o("--golden-dir"), o("--src-cache"), o("--no-src-cache"))
+
+
+
+OPTIONS_KEY = pytest.StashKey[FVOptions]()
+
+
+def trial_sets(opts: FVOptions) -> list[str]:
+    """Names of the fixed-trials sets M1/M2 run on."""
+    if opts.fixed_trials:
+        return ["custom"]
+    if opts.dataset:
+        return ["dataset"]
+    return ["antonym_tiny", "antonym"]
+
+
+def check_options(opts: FVOptions) -> None:
+    """Every option that can be checked without a model pass, once, at the session's start: a wrong one stops
+    the session with one line instead of failing each test that uses it."""
+    import json as _json
+
+    from fv.model.resolve import resolve_model_path
+    from fv.model.tiny import TINY_MODELS
+    from fv.reference import ReferenceUnavailable, find_src_root
+    from fv.runtime.trials import load_trials
+
+    for name in opts.models:
+        if name in TINY_MODELS:
+            n_layers = TINY_MODELS[name].n_layers
+        else:
+            cfg = _json.loads((resolve_model_path(name) / "config.json").read_text())
+            cfg = cfg.get("text_config", cfg)
+            n_layers = cfg.get("num_hidden_layers", cfg.get("n_layer"))
+        if isinstance(n_layers, int) and not 0 <= opts.edit_layer < n_layers:
+            raise FVError(f"--edit-layer {opts.edit_layer} is outside {name}: it has {n_layers} layers (0..{n_layers - 1}).")
+    relation_file = False
+    if opts.fixed_trials:
+        relation_file = any(t.q_id is not None for t in load_trials(opts.fixed_trials).trials)
+    if opts.golden_dir:
+        from fv.parity.user_goldens import load_user_goldens
+
+        if not opts.fixed_trials:
+            raise FVError(f"--golden-dir {opts.golden_dir} needs --fixed-trials FILE: the trials src made those goldens from.")
+        load_user_goldens(opts.golden_dir)
+        from fv.parity.user_goldens import check_identity_at_start
+
+        for name in opts.models:  # goldens of another model (or other trials) stop the session here, in one line
+            check_identity_at_start(opts.golden_dir, name, load_trials(opts.fixed_trials))
+    if opts.dataset and not Path(opts.dataset).is_file():
+        raise FVError(f"--dataset {opts.dataset} not found. Give an ICL dataset JSON.")
+    if opts.src_root or os.environ.get("FV_SRC_ROOT"):
+        try:
+            find_src_root(opts.src_root)
+        except ReferenceUnavailable as exc:
+            raise FVError(str(exc)) from None
+    if opts.relation_csv or (opts.q_list and not relation_file):
+        from fv.runtime.datasets import load_relation_csv
+
+        csv = Path(opts.relation_csv) if opts.relation_csv else default_relation_csv()
+        groups = load_relation_csv(csv)
+        if opts.q_list not in (None, "", "all"):
+            wanted = [q.strip() for q in opts.q_list.split(",") if q.strip()]
+            missing = [q for q in wanted if q not in groups]
+            if missing:
+                raise FVError(f"--q-list names {missing}, which {csv} does not have; it has {sorted(groups)}.")
+    if opts.max_trials < 1:
+        raise FVError(f"--max-trials must be at least 1; found {opts.max_trials}.")
+
+

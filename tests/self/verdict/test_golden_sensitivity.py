@@ -1,0 +1,148 @@
+"""The goldens still catch the known mutants (docs/tolerances.md, "What the goldens catch").
+
+Each family's tiny model is replayed against its goldens (no reference needed), then fv's values are mutated the
+ways a bug would change them and compared again, through both paths that read goldens: the parity engine
+(``compare_with``) and the syrupy extension the M1 golden tests use. Each mutant must FAIL there:
+
+- one element of the mean activations moved: by 1e-2 on the fp32 families; on the fp16 families by the smallest
+  change their tolerance is sure to catch, 1.5x the allowance (atol + rms_atol * rms), stated per family;
+- the FV added at half strength (the injection stage recomputed with 0.5 * FV);
+- two well-separated top heads swapped (rank 0 with the last rank); on the fp16 tiny models every indirect effect
+  is below fp16's smallest normal number (6.1e-5), so no two heads are separated and the case says so.
+
+A mutant test fails if its detection is removed (an infinite tolerance, the norm check off, top-head identities not
+compared): each asserts the failing stage and the reason.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from fv.model.tiny import FAMILY_TINY
+from fv.parity.compare import rms, tolerance_for
+from fv.parity.golden import GOLDEN_ARTIFACTS, golden_dir
+from fv.parity.golden_check import golden_file
+from fv.parity.run import compare_with, run_parity
+from fv.parity.snapshot import golden_extension
+from fv.parity.stages import fv_stage_values
+from fv.paths import SNAPSHOT_ROOT
+from fv.pytest_plugin import load_session_model
+from tests.support.families import family_params, family_trials
+
+pytestmark = pytest.mark.tiny
+
+FP32_SHIFT = 1e-2  # the issue's mutant: one element of the mean activations moved by 1e-2
+FP16_MARGIN = 1.5  # an fp16 mutant's size in allowances: sure to be caught while the replay noise stays < allowance/2
+
+
+@pytest.fixture(scope="module", params=FAMILY_TINY)
+def replay(request, fv_options, tmp_path_factory, golden_replays):
+    """fv's exact run of one family against its goldens (which must pass unmutated: the mutants start from it), on
+    the family goldens' own set-up (tests/support/families.py); made once per session (``golden_replays``)."""
+    name = request.param
+    if fv_options.dtype not in ("auto", "") or fv_options.attn not in ("auto", ""):
+        pytest.skip("the goldens hold the reference rule's dtype and attention; --fv-dtype/--fv-attn-implementation differ")
+
+    def make():
+        lm = load_session_model(fv_options, name)
+        trials = family_trials(lm, tmp_path_factory.mktemp(f"sens-{name}"))
+        return run_parity(lm, trials, family_params("exact"), None, None)
+
+    run = golden_replays.get(name, make)
+    assert run.result.status == "PASS", "\n".join(s.summary() for s in run.result.stages if s.status != "PASS")
+    return run
+
+
+def _caught(run, values, stage: str) -> str:
+    """Compare mutated values with the goldens both ways; assert ``stage`` fails in both; return the engine's words."""
+    result = compare_with(run, values)
+    failed = [s.name for s in result.stages if s.status == "FAIL"]
+    assert stage in failed, f"{stage} mutant not caught by the goldens; stages that failed: {failed}"
+    folder = golden_dir(SNAPSHOT_ROOT, run.lm.name, run.trials.id, len(run.trial_keys))
+    artifact = stage
+    kind = GOLDEN_ARTIFACTS[artifact][0]
+    ext = golden_extension(folder, kind, tolerance_for(run.lm.dtype, exact=False).for_stage(stage), stage)()
+    data = ext.serialize(values.values[stage])
+    old = golden_file(folder, artifact).read_bytes()
+    old = old if kind == "tensor" else old.decode("utf-8")
+    assert not ext.matches(serialized_data=data, snapshot_data=old), f"{stage} mutant passes the syrupy golden check"
+    return result.stage(stage).summary()
+
+
+def _mutated(run, **changes):
+    values = copy.copy(run.fv)
+    values.values = {**run.fv.values, **changes}
+    return values
+
+
+def mean_shift(run) -> float:
+    """The size of the mean-activation mutant: 1e-2 on fp32 families; 1.5 allowances on fp16/bf16 families."""
+    if run.lm.dtype == torch.float32:
+        return FP32_SHIFT
+    tol = tolerance_for(run.lm.dtype, exact=False).for_stage("mean_activations")
+    return FP16_MARGIN * tol.bound(0.0, rms(run.src.values["mean_activations"]))
+
+
+def test_one_mean_activation_moved_is_caught(replay):
+    run = replay
+    mean = run.fv.values["mean_activations"].clone()
+    shift = mean_shift(run)
+    tol = tolerance_for(run.lm.dtype, exact=False).for_stage("mean_activations")
+    allowance = tol.bound(0.0, rms(run.src.values["mean_activations"]))
+    if run.lm.dtype == torch.float32:
+        assert allowance < FP32_SHIFT / 2, f"fp32 allowance {allowance:.3g} too wide for a 1e-2 mutant"
+    idx = tuple(s // 2 for s in mean.shape)  # an element in the middle: a mid layer, head, slot and dimension
+    mean[idx] += shift
+    words = _caught(run, _mutated(run, mean_activations=mean), "mean_activations")
+    assert "1 of" in words or "elements differ" in words, words
+    print(f"{run.lm.name} ({run.lm.dtype}): one element moved by {shift:.3g} caught; allowance {allowance:.3g}")
+
+
+def test_fv_at_half_strength_is_caught(replay, monkeypatch):
+    """The injection recomputed with 0.5 * FV (mean activations and indirect effects kept), as a bug that adds the
+    FV at half strength would compute it."""
+    import fv.parity.stages as st
+
+    run = replay
+    real = st.intervene
+    monkeypatch.setattr(st, "mean_head_activations", lambda *a, **k: run.fv.values["mean_activations"])
+    monkeypatch.setattr(st, "indirect_effects", lambda *a, **k: run.fv.values["indirect_effect"])
+    monkeypatch.setattr(st, "intervene", lambda model, info, inputs, layer, vec, *a, **k: real(model, info, inputs, layer, 0.5 * vec, *a, **k))
+    subset = run.trials.subset(run.params.max_trials)
+    values = fv_stage_values(run.lm, subset, run.params, run.trials.meta.get("prefixes"), run.trials.meta.get("separators"))
+    assert torch.equal(values.values["fv"], run.fv.values["fv"])  # only the addition is mutated
+    _caught(run, _mutated(run, injection=__import__("fv.parity.golden", fromlist=["to_jsonable"]).to_jsonable(values.values["injection"])),
+            "injection")
+
+
+def test_two_separated_top_heads_swapped_is_caught(replay):
+    run = replay
+    heads = [list(h) for h in run.fv.values["top_heads"]]
+    effects = run.src.values["indirect_effect"].to(torch.float64).mean(0)
+    tol = tolerance_for(run.lm.dtype, exact=False).for_stage("top_heads")
+    allowance = tol.atol + tol.rms_atol * rms(effects)
+    a, b = heads[0], heads[-1]
+    separation = abs(float(effects[a[0], a[1]] - effects[b[0], b[1]]))
+    if separation <= allowance:
+        assert run.lm.dtype != torch.float32, f"fp32 heads {a[:2]} and {b[:2]} not separated ({separation:.3g} <= {allowance:.3g})"
+        pytest.skip(f"{run.lm.name} ({run.lm.dtype}): its golden indirect effects (max {float(effects.abs().max()):.3g}) "
+                    f"are below the fp16 allowance {allowance:.3g}: no two top heads are separated, any order is the noise's")
+    heads[0], heads[-1] = heads[-1], heads[0]
+    _caught(run, _mutated(run, top_heads=heads), "top_heads")
+
+
+def test_fp16_mutant_is_the_stated_smallest_change(replay):
+    """On fp16 families a change of 1e-2 is inside the cross-CPU noise; the smallest sure catch is stated per family
+    (docs/tolerances.md) and must stay below the mean activations' own RMS (the check still sees a real change)."""
+    run = replay
+    if run.lm.dtype == torch.float32:
+        pytest.skip("fp32: the 1e-2 mutant itself is tested")
+    shift = mean_shift(run)
+    assert shift < rms(run.src.values["mean_activations"]), shift
+    mean = run.fv.values["mean_activations"].clone()
+    mean[tuple(s // 2 for s in mean.shape)] += shift / FP16_MARGIN / 2  # half the allowance: inside the tolerance
+    result = compare_with(run, _mutated(run, mean_activations=mean))
+    assert result.stage("mean_activations").status == "PASS", result.stage("mean_activations").summary()
