@@ -102,7 +102,8 @@ def run_parity(lm: LoadedModel, trials: FixedTrials, params: Params, ref: LiveSo
     mine = ours.describe(data, pd)
     got = other.stage_values(data, pd)
     src, inj_error, origin = values_of(got), got.get("injection_error"), got.get("origin", "computed")
-    source, other_words, notes = theirs["kind"], theirs["description"], list(theirs.get("notes") or [])
+    source, other_words = theirs["kind"], theirs["description"]
+    notes = list(got["notes"] if got.get("notes") is not None else theirs.get("notes") or [])
     live = bool(theirs.get("live")) and bool(mine.get("live"))
     tol = EXACT if live and params.mode == "exact" else tolerance_for(dtype_of(theirs.get("dtype"), lm.dtype), exact=False)
     fv_got = ours.stage_values(data, pd)

@@ -15,7 +15,9 @@ stages' values: the live reference (own or shared mode), the snapshot goldens, a
 ``stage_values(trials, params) -> dict``
     ``{"values": {stage: value}, "durations": {stage: seconds}, "injection_error": str | None, "origin": str}``:
     the stages of ``fv.parity.registry`` it holds (a side that lacks a stage leaves it out, and it is not
-    compared), ``origin`` saying whether the values were computed, read from a cache or from goldens.
+    compared), ``origin`` saying whether the values were computed, read from a cache or from goldens; and
+    optionally ``notes``, the side's notes as they stand once it has computed (they replace ``describe``'s: a
+    side may learn something while it runs, such as how it loaded a dependency).
 
 Both pass plain data only (str, int, float, bool, lists, dicts, tensors): ``trials`` is ``{"path": str,
 "sha256": str, "file": <the fixed-trials file's dict>}`` and ``params`` is ``Params.as_dict()`` (``n_top_heads``,
@@ -139,14 +141,16 @@ class ReferenceSide:
 
     def describe(self, trials: dict, params: dict) -> dict:
         facts = self.source.check(self.lm, fixed_trials_of(trials)) if self.source.check is not None else {}
-        notes = list(self.source.notes) + (["--src-compat: the reference's FV addition applied to tensor outputs"]
-                                           if self.source.compat else [])
-        return {"kind": "reference", "description": self.source.description, "live": True, "dtype": None, "notes": notes,
+        return {"kind": "reference", "description": self.source.description, "live": True, "dtype": None, "notes": self._notes(),
                 "compat": bool(self.source.compat), "facts": facts}
+
+    def _notes(self) -> list[str]:
+        return list(self.source.notes) + (["--src-compat: the reference's FV addition applied to tensor outputs"]
+                                          if self.source.compat else [])
 
     def stage_values(self, trials: dict, params: dict) -> dict:
         sv, error, origin = src_with_origin(self.source, self.lm, fixed_trials_of(trials), params_of(params))
-        return answer(sv, origin, error)
+        return {**answer(sv, origin, error), "notes": self._notes()}
 
     def refit(self, trials: dict, params: dict, mean_activations: torch.Tensor, heads: list) -> dict | None:
         """The FV and injection stages recomputed by the reference for ``heads`` on its own mean activations (None

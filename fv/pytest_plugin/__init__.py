@@ -66,6 +66,7 @@ def pytest_configure(config: pytest.Config) -> None:
     # relate such paths to a test, which is the design here, not a problem.
     config.addinivalue_line("filterwarnings", r"ignore:\s*Can not relate snapshot:UserWarning")
     warnings.filterwarnings("ignore", message="Can not relate snapshot", category=UserWarning)
+    start_session()  # first: what the preflight loads (the reference, its own models) is the session's to keep
     if not hasattr(config, "workerinput"):  # xdist workers inherit options the controller already checked
         try:
             opts = FVOptions.of(config)
@@ -85,7 +86,6 @@ def pytest_configure(config: pytest.Config) -> None:
             raise pytest.UsageError(f"fv: {exc}") from None
     else:
         share_cores(int(config.workerinput.get("workercount", 0) or os.environ.get("PYTEST_XDIST_WORKER_COUNT", 0) or 0))
-    start_session()
     config.pluginmanager.register(GateReporter(config), "fv-gate-reporter")
 
 
