@@ -24,6 +24,8 @@ from fv.paths import FIXTURES
 from fv.ports.my_fv_project_files import UserFilesSide, read_user_files, their_trials_as_fixed
 from fv.runtime.trials import load_trials
 
+# float32 logits computed with another thread count: relative rounding of a long float32 sum (seen: 1.1e-6 at 4.58)
+LOGIT_ROUNDING = 1e-5
 FOLDER = FIXTURES / "ports" / "my_fv_project" / "relation_tiny" / "Q1" / "artifacts"
 CSV = FIXTURES / "relation_tiny.csv"
 PARAMS = Params(n_top_heads=3, edit_layer=2, max_trials=None)
@@ -148,14 +150,15 @@ def test_their_files_against_fv_runtime(lm, trials, tmp_path):
     for key, theirs in zs.items():
         ours = run.fv.values["injection"][key]["zero_shot"]
         assert theirs["target_id"] == ours["target_id"]
-        assert theirs["base"]["logit"] == ours["base"]["logit"]  # no FV: the same logits to the bit
+        # no FV: the same logits within float32 rounding (their Step6 ran with another thread count: sums differ in order)
+        assert abs(theirs["base"]["logit"] - ours["base"]["logit"]) <= LOGIT_ROUNDING * max(1.0, abs(ours["base"]["logit"]))
         assert theirs["base"]["pred_id"] == ours["base"]["pred_id"] and theirs["with"]["pred_id"] == ours["with"]["pred_id"]
         with_diff.append(abs(theirs["with"]["logit"] - ours["with"]["logit"]))
     print("zero-shot with-FV logit diffs", with_diff)
     assert max(with_diff) < 1e-5  # their FV differs by <= 1.2e-7 (their running mean)
     # the query slot's mean: theirs against the stage's last slot
     q = side.query_slot_mean() - run.fv.values["mean_activations"][:, :, -1, :]
-    assert 0 < q.abs().max().item() < 1e-6
+    assert 0 < q.abs().max().item() < 1e-5  # 1.2e-7 here; 3.1e-6 under ATEN_CPU_CAPABILITY=default
 
 
 def test_a_changed_effect_is_named_by_stage_and_trial(lm, trials, tmp_path):
@@ -181,7 +184,8 @@ def test_the_effects_differ_only_through_their_running_mean(lm, trials):
     ``mean``. Their query-slot mean differs from fv's last slot in 350 of 768 elements (max 1.2e-7); with theirs put
     in fv's last slot, fv's indirect effects equal theirs to the bit, in all 144 cells, and fv's FV of their heads
     equals their fv_global_resid.pt to the bit; fv's injection of that FV at layer 2 on the zero-shot prompts gives
-    their Step6 logits (without and with the FV) to the bit."""
+    their Step6 logits (without and with the FV) within float32 rounding (a logit is a long float32 sum whose order
+    follows the thread count: bit-equal on the machine and threads that wrote the files, ~1e-6 apart elsewhere)."""
     from fv.parity.stages import fv_dummy_labels
     from fv.runtime.activations import mean_head_activations
     from fv.runtime.effects import indirect_effects, pad_token_id
@@ -200,9 +204,11 @@ def test_the_effects_differ_only_through_their_running_mean(lm, trials):
     swapped = mean.clone()
     swapped[:, :, -1, :] = q
     ie = indirect_effects(lm.model, info, [pt.corrupted for pt in prep], swapped, pad_token_id(lm.tokenizer), mode="exact")
-    assert torch.equal(ie, theirs["indirect_effect"])
+    # bit-equal where their files were written (this CPU class and thread count); within float32 rounding elsewhere
+    # (8.4e-11 under ATEN_CPU_CAPABILITY=default, on effects up to 1.9e-5)
+    assert (ie - theirs["indirect_effect"]).abs().max().item() <= 1e-9
     vec = function_vector(swapped, [tuple(h) for h in theirs["top_heads"]], info).vector.reshape(-1).float()
-    assert torch.equal(vec, theirs["fv"])
+    assert (vec - theirs["fv"]).abs().max().item() <= LOGIT_ROUNDING * max(1.0, theirs["fv"].abs().max().item())
     # and fv's injection of their FV at layer 2 gives their Step6 logits on the zero-shot prompts to the bit
     from fv.runtime.injection import intervene
 
@@ -211,5 +217,6 @@ def test_the_effects_differ_only_through_their_running_mean(lm, trials):
         p = pt.prompt_set("zero_shot")
         with torch.inference_mode():
             clean, edited = intervene(lm.model, info, p.inputs, PARAMS.edit_layer, theirs["fv"])
-        assert clean[0, p.target_id].item() == zs[pt.key]["base"]["logit"]
-        assert edited[0, p.target_id].item() == zs[pt.key]["with"]["logit"]
+        for got, want in ((clean[0, p.target_id].item(), zs[pt.key]["base"]["logit"]),
+                          (edited[0, p.target_id].item(), zs[pt.key]["with"]["logit"])):
+            assert abs(got - want) <= LOGIT_ROUNDING * max(1.0, abs(want))
