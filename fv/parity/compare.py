@@ -11,10 +11,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import torch
 
+from fv.parity.comparers import (  # noqa: F401  (the comparers' parts, read here by name too)
+    DEGENERATE_EPS_MULTIPLE,
+    Context,
+    comparer_for,
+    heads_swap_ok,
+)
 from fv.parity.json_diff import (  # noqa: F401  (the comparison's parts, read here by name too)
     field_scales,
     float_fields,
@@ -22,98 +28,27 @@ from fv.parity.json_diff import (  # noqa: F401  (the comparison's parts, read h
     max_float_diff,
     walk_diffs,
 )
-from fv.parity.pattern import describe, multi_token_slots
-from fv.parity.registry import EFFECT_STAGES, PER_TRIAL_STAGES, STAGE_DIMS, STAGE_FILES, STAGES
+from fv.parity.mismatch import Mismatch
+from fv.parity.pattern import multi_token_slots
+from fv.parity.registry import EFFECT_STAGES, STAGE_DIMS, STAGE_FILES, STAGES  # noqa: F401
+from fv.parity.registry import stage as registry_stage
 from fv.parity.tensor_diff import TensorDiff, diff_tensors  # noqa: F401
 from fv.parity.tolerance import BF16, EXACT, FP16, FP32, Tolerance, rms, tolerance_for  # noqa: F401
-
-
-@dataclass
-class Mismatch:
-    stage: str
-    file: str
-    key: str
-    trial_key: str | None
-    src: Any
-    fv: Any
-
-    def __str__(self) -> str:
-        where = f" trial {self.trial_key}" if self.trial_key else ""
-        return f"[{self.stage}]{where} {self.file}:{self.key}: src={_short(self.src)} fv={_short(self.fv)}"
-
-    def as_dict(self) -> dict:
-        tid, tidx = (self.trial_key.rsplit(":", 1) if self.trial_key else (None, None))
-        return {"stage": self.stage, "file": self.file, "key": self.key,
-                "trial_id": tid, "trial_idx": None if tidx is None else int(tidx),
-                "src": _jsonable(self.src), "fv": _jsonable(self.fv)}
-
-
-def _short(v: Any, n: int = 120) -> str:
-    s = repr(v)
-    return s if len(s) <= n else s[: n - 3] + "..."
-
-
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, torch.Tensor):
-        return v.tolist() if v.numel() <= 16 else f"tensor{tuple(v.shape)}"
-    return v
-
 
 SKIP = "SKIP"  # a stage's status when the other side has no value for it
 NONFINITE = "NONFINITE"  # a stage where either side holds a NaN or an infinity: never a PASS, never a mere FAIL
 FAILED_STATUSES = ("FAIL", NONFINITE)
 
-# STAGE_DIMS (the dims of each tensor stage, for naming where a NaN or an infinity first appears) and EFFECT_STAGES
-# (the stages whose values are effects) come from fv.parity.registry
-# an indirect effect no larger than this many eps x p (p: the probability it is a difference of) is rounding noise
-DEGENERATE_EPS_MULTIPLE = 4.0
-
-
-def _nonfinite_floats(value: Any, path: str = "") -> Iterator[tuple[str, float]]:
-    """``(path, x)`` for every NaN or infinity of a JSON-like structure, in document order."""
-    if isinstance(value, dict):
-        for k, x in value.items():
-            yield from _nonfinite_floats(x, f"{path}.{k}" if path else str(k))
-    elif isinstance(value, (list, tuple)):
-        for i, x in enumerate(value):
-            yield from _nonfinite_floats(x, f"{path}[{i}]")
-    elif isinstance(value, float) and not math.isfinite(value):
-        yield path, value
+def _context(trial_keys: Sequence[str] = (), slot_labels: Sequence[str] | None = None, **kw: Any) -> Context:
+    return Context(trial_keys=tuple(trial_keys), slot_labels=slot_labels, **kw)
 
 
 def side_nonfinite(stage: str, value: Any, trial_keys: Sequence[str] = (), slot_labels: Sequence[str] | None = None
                    ) -> dict | None:
     """Where one side's value of ``stage`` first holds a NaN or an infinity: ``{"where", "index", "value", "count",
     "trial"}`` (``where`` in words: "trial t:0, layer 3, head 1", "rank 2 (layer 4, head 0)", a JSON path), or None."""
-    from fv.runtime.finite import describe_index, first_nonfinite, nonfinite_word
-
-    if isinstance(value, torch.Tensor):
-        hit = first_nonfinite(value)
-        if hit is None:
-            return None
-        idx, x, n = hit
-        dims = STAGE_DIMS.get(stage, ("element",) * max(value.ndim, 1))[: max(value.ndim, 1)]
-        labels = {"trial": list(trial_keys)} if stage == "indirect_effect" else {}
-        if stage == "mean_activations" and slot_labels:
-            labels["slot"] = [f"{i} ({l})" for i, l in enumerate(slot_labels)]
-        trial = trial_keys[idx[0]] if stage == "indirect_effect" and idx and idx[0] < len(trial_keys) else None
-        return {"where": describe_index(idx, dims, labels), "index": list(idx), "value": nonfinite_word(x), "count": n,
-                "n_values": value.numel(), "trial": trial}
-    if stage == "top_heads" and isinstance(value, (list, tuple)):
-        bad = [(i, h) for i, h in enumerate(value) if isinstance(h, (list, tuple)) and len(h) > 2
-               and isinstance(h[2], (int, float)) and not math.isfinite(float(h[2]))]
-        if not bad:
-            return None
-        i, h = bad[0]
-        return {"where": f"rank {i} (layer {h[0]}, head {h[1]})", "index": [i], "value": nonfinite_word(float(h[2])),
-                "count": len(bad), "n_values": len(value), "trial": None}
-    hits = list(_nonfinite_floats(value))
-    if not hits:
-        return None
-    path, x = hits[0]
-    trial = _trial_of(path, stage, list(trial_keys))
-    return {"where": (f"trial {trial}, " if trial else "") + path, "index": path, "value": nonfinite_word(x), "count": len(hits),
-            "n_values": None, "trial": trial}
+    st = registry_stage(stage)
+    return comparer_for(st, value).nonfinite(st, value, _context(trial_keys, slot_labels))
 
 
 def nonfinite_report(stage: str, src: Any, fv: Any, trial_keys: Sequence[str] = (), slot_labels: Sequence[str] | None = None
@@ -147,49 +82,9 @@ def degenerate_reason(stage: str, src: Any, tol: "Tolerance", eps: float = 0.0, 
     than ``DEGENERATE_EPS_MULTIPLE`` x ``eps`` x ``p_max`` (the rounding step of the probabilities it is a
     difference of); every value within the tolerance of 0 (a side of zeros would pass as well); top heads whose
     mean indirect effects (the rounded scores without ``head_effects``) all lie within the tolerance of their
-    median (any order of them would pass). Judged on ``src``, the expected side."""
-    if isinstance(src, torch.Tensor):
-        x = src.detach().to("cpu", torch.float64).reshape(-1)
-        if not x.numel() or not bool(torch.isfinite(x).all()):
-            return None
-        what = "effects" if stage == "indirect_effect" else "values"
-        if x.numel() >= 2 and bool((x == x[0]).all()):
-            v = float(x[0])
-            return f"all {what} {'0' if v == 0 else repr(v)} ({x.numel()} values)"
-        big = float(x.abs().max())
-        limit = DEGENERATE_EPS_MULTIPLE * eps * p_max
-        if stage == "indirect_effect" and limit > 0 and big <= limit:
-            return (f"largest |effect| {big:.3g} is at most {DEGENERATE_EPS_MULTIPLE:g} eps x p = {limit:.3g} (eps {eps:.3g}, "
-                    f"p <= {p_max:.3g}): rounding noise of the probabilities it is a difference of")
-        if not tol.is_exact and not diff_tensors(src, torch.zeros_like(src), tol).failed:
-            return (f"every |{what[:-1]}| (largest {big:.3g}) is within the tolerance of 0 ({tol.describe()}): "
-                    f"a side of zeros would pass as well")
-        return None
-    if stage == "top_heads" and isinstance(src, (list, tuple)) and len(src) >= 2:
-        try:
-            heads = [(int(h[0]), int(h[1]), float(h[2])) for h in src]
-        except (TypeError, ValueError, IndexError):
-            return None
-        if head_effects is not None and isinstance(head_effects, torch.Tensor) and head_effects.ndim == 3:
-            m = head_effects.detach().to("cpu", torch.float64).mean(0)
-            if any(l >= m.shape[0] or h >= m.shape[1] for l, h, _ in heads):
-                return None
-            vals = [float(m[l, h]) for l, h, _ in heads]
-            scale, what = rms(m), "mean indirect effects"
-        else:
-            vals = [sc for _l, _h, sc in heads]
-            scale, what = math.sqrt(sum(v * v for v in vals) / len(vals)), "scores"
-        if not all(math.isfinite(v) for v in vals):
-            return None
-        med = sorted(vals)[(len(vals) - 1) // 2]
-        spread = max(abs(v - med) for v in vals)
-        allow = 0.0 if tol.is_exact else tol.atol + tol.rms_atol * scale
-        if spread <= allow:
-            if spread == 0:
-                return f"the {len(vals)} top heads' {what} are all equal ({med:.3g}): any order of them would pass"
-            return (f"the {len(vals)} top heads' {what} all lie within the tolerance ({allow:.3g}) of their median "
-                    f"{med:.3g} (largest distance {spread:.3g}): any order of them would pass")
-    return None
+    median (any order of them would pass). Judged on ``src``, the expected side, by the stage's comparer."""
+    st = registry_stage(stage)
+    return comparer_for(st, src).degenerate(st, src, tol, Context(eps=eps, p_max=p_max, ranked_by=head_effects))
 
 
 def value_magnitude(stage: str, src: Any, eps: float = 0.0, p_max: float = 0.0) -> dict | None:
@@ -200,7 +95,7 @@ def value_magnitude(stage: str, src: Any, eps: float = 0.0, p_max: float = 0.0) 
     x = src.detach().to("cpu", torch.float64).reshape(-1)
     x = x[torch.isfinite(x)]
     out = {"max_abs": float(x.abs().max()) if x.numel() else math.nan, "rms": rms(x)}
-    if stage == "indirect_effect" and eps > 0 and p_max > 0:
+    if registry_stage(stage).effect and eps > 0 and p_max > 0:
         out.update({"p_max": p_max, "eps": eps, "rounding_step": eps * p_max,
                     "max_abs_over_rounding_step": out["max_abs"] / (eps * p_max)})
     return out
@@ -246,119 +141,32 @@ class StageResult:
                 "max_abs_diff": self.max_abs_diff, "max_rel_diff": self.max_rel_diff, "duration_sec": round(self.duration_sec, 4)}
 
 
-# STAGE_FILES (the file of each stage in a dump) comes from fv.parity.registry
-
-
-def _trial_of(path: str, stage: str, trial_keys: list[str]) -> str | None:
-    if stage == "slot":
-        parts = path.split(".")
-        return parts[1] if len(parts) > 1 and parts[0] == "trials" else None
-    if stage in ("prompt", "injection"):
-        return path.split(".")[0]
-    return None
-
-
-def heads_swap_ok(a: Sequence, b: Sequence, tol: Tolerance, effects: torch.Tensor | None, scale: float) -> bool:
-    """Two top heads may trade ranks when the src cannot tell them apart within ``tol``: their mean indirect
-    effects (``effects``: the src's (trials, layers, heads) tensor; the rounded scores when absent) differ by no
-    more than the tolerance's allowance at that tensor's RMS. Never under the exact tolerance."""
-    if tol.is_exact:
-        return False
-    if effects is not None and effects.ndim == 3:
-        m = effects.detach().to("cpu", torch.float64).mean(0)
-        la, ha, lb, hb = int(a[0]), int(a[1]), int(b[0]), int(b[1])
-        if max(la, lb) < m.shape[0] and max(ha, hb) < m.shape[1]:
-            return abs(float(m[la, ha] - m[lb, hb])) <= tol.atol + tol.rms_atol * rms(m)
-    return abs(float(a[2]) - float(b[2])) <= tol.atol + tol.rms_atol * scale
-
-
 def compare_stage(stage: str, src: Any, fv: Any, tol: Tolerance, trial_keys: list[str], duration: float = 0.0,
                   slot_labels: Sequence[str] | None = None, multi_slots: Sequence[int] | None = None,
                   head_effects: torch.Tensor | None = None, lone_slots: Sequence[int] | None = None) -> StageResult:
-    """One stage's verdict. Keys of per-trial stages must match one to one; a missing or extra one is a mismatch.
+    """One stage's verdict, by the comparer of its kind of value (``fv.parity.comparers``). Keys of per-trial stages
+    must match one to one; a missing or extra one is a mismatch.
 
     Mismatches are listed in trial order, then index order, so the first one is the first place the sides part;
     the largest difference is reported apart, as ``worst``; ``pattern`` says where the mismatches fall (slots by
     label, the multi-token word slots ``multi_slots``, and the slots a lone SentencePiece ``▁`` is averaged into,
-    ``lone_slots``).
+    ``lone_slots``). ``head_effects``: the src's values the stage is ranked by (``Stage.ranked_by``).
     """
-    file = STAGE_FILES[stage]
-    mism: list[Mismatch] = []
-    per_trial = {k: 0 for k in trial_keys} if stage in PER_TRIAL_STAGES else {}
-    detail: list[str] = []
-    max_abs = max_rel = 0.0
-    worst = None
-    pattern = ""
-    if isinstance(src, torch.Tensor) or isinstance(fv, torch.Tensor):
-        d = diff_tensors(src, fv, tol)
-        detail = d.lines(tol)
-        max_abs, max_rel = d.max_abs, d.max_rel
-        if d.shapes_differ:
-            mism.append(Mismatch(stage, file, "shape", None, d.src_shape, d.fv_shape))
-        elif d.norm_fail and not d.n_mismatch:
-            mism.append(Mismatch(stage, file, "norm", None, "relative norm diff <= " + f"{tol.norm_rtol:.3g}", f"{d.rel_norm:.3g}"))
-        elif d.n_mismatch:
-            first = list(d.first_index or ())
-            key = trial_keys[first[0]] if stage == "indirect_effect" and first and first[0] < len(trial_keys) else None
-            mism.append(Mismatch(stage, file, str(first), key, d.first_src, d.first_fv))
-            wi = list(d.worst_index or ())
-            worst = {"key": str(wi), "trial": trial_keys[wi[0]] if stage == "indirect_effect" and wi and wi[0] < len(trial_keys) else None,
-                     "src": d.src_value, "fv": d.fv_value, "abs_diff": d.max_abs}
-            pattern = describe(stage, d.bad, slot_labels, multi_slots, trial_keys, lone_slots)
-            if stage == "indirect_effect":
-                for t, k in enumerate(trial_keys[: d.bad.shape[0]]):
-                    per_trial[k] = int(d.bad[t].sum())
-        count = 1 if d.shapes_differ else d.n_mismatch if d.n_mismatch else int(d.norm_fail)
-    elif stage == "top_heads":
-        count = 0
-        scores = [float(h[2]) for h in src]
-        scale = math.sqrt(sum(x * x for x in scores) / len(scores)) if scores else 0.0
-        for i, (a, b) in enumerate(zip(src, fv)):
-            if (a[0], a[1]) != (b[0], b[1]):
-                # two heads whose scores are within the tolerance may trade ranks; well-separated ones may not
-                swap_ok = heads_swap_ok(a, b, tol, head_effects, scale)
-                if swap_ok:
-                    detail.append(f"heads {a[:2]} and {b[:2]} trade rank {i}; their mean indirect effects differ by "
-                                  f"less than the tolerance")
-                    continue
-                count += 1
-                mism.append(Mismatch(stage, file, f"[{i}]", None, a, b))
-            elif not tol.close(float(b[2]), float(a[2]), scale):
-                count += 1
-                mism.append(Mismatch(stage, file, f"[{i}].score", None, a[2], b[2]))
-            max_abs = max(max_abs, abs(float(a[2]) - float(b[2])))
-        if len(src) != len(fv):
-            count += 1
-            mism.append(Mismatch(stage, file, "len", None, len(src), len(fv)))
-    else:
-        diffs = list(walk_diffs(src, fv, tol))
-        for path, a, b, dd in diffs:
-            tk = _trial_of(path, stage, trial_keys)
-            if tk in per_trial:
-                per_trial[tk] += 1
-            mism.append(Mismatch(stage, file, path, tk, a, b))
-        for line in json_norm_problems(src, fv, tol):
-            mism.append(Mismatch(stage, file, "norm", None, line, "see the elementwise differences"))
-            detail.append(line)
-        count = len(mism)
-        max_abs = max_float_diff(src, fv)
-    if stage not in ("mean_activations", "indirect_effect", "fv") and mism:
-        keys = sorted({m.trial_key for m in mism if m.trial_key}, key=lambda k: trial_keys.index(k) if k in trial_keys else len(trial_keys))
-        if keys:
-            pattern = f"{len(mism)} differences in {len(keys)} of {len(trial_keys)} trials ({', '.join(keys[:6])}{', ...' if len(keys) > 6 else ''})"
-    status = "PASS" if count == 0 else "FAIL"
+    st = registry_stage(stage)
+    ctx = _context(trial_keys, slot_labels, multi_slots=multi_slots, lone_slots=lone_slots, ranked_by=head_effects)
+    out = comparer_for(st, src if isinstance(src, torch.Tensor) else fv).diff(st, src, fv, tol, ctx)
+    status, count, pattern, mism, detail = "PASS" if out.count == 0 else "FAIL", out.count, out.pattern, out.mismatches, out.detail
     nf = nonfinite_report(stage, src, fv, trial_keys, slot_labels)
     if nf is not None:  # a NaN or an infinity agrees with nothing: the stage has a status of its own
         status = NONFINITE
         count = max(count, max((d["count"] for d in (nf["fv"], nf["reference"]) if d), default=1))
-        line = nonfinite_line(stage, nf)
-        detail.insert(0, line)
+        detail.insert(0, nonfinite_line(stage, nf))
         first = nf["fv"] or nf["reference"]
-        mism.insert(0, Mismatch(stage, file, f"non-finite at {nf['where']}", nf["trial"] if nf["trial"] in trial_keys else None,
+        mism.insert(0, Mismatch(stage, st.file, f"non-finite at {nf['where']}", nf["trial"] if nf["trial"] in trial_keys else None,
                                 (nf["reference"] or {}).get("value", "finite"), (nf["fv"] or {}).get("value", "finite")))
         pattern = f"{first['value']} first at {nf['where']} ({nf['side']})"
-    return StageResult(stage, status, count, max_abs, max_rel, duration, mism, per_trial, detail,
-                       worst, pattern, nonfinite=nf)
+    return StageResult(stage, status, count, out.max_abs, out.max_rel, duration, mism, out.per_trial, detail,
+                       out.worst, pattern, nonfinite=nf)
 
 
 @dataclass
@@ -454,19 +262,20 @@ def compare_all(src: Any, fv: Any, tol: Tolerance, trial_keys: list[str], meta: 
     stages = []
     scale, p_max = probability_scale(src.values)
     for s in STAGES:
+        decl = registry_stage(s)
         if s not in src.values:
             stages.append(StageResult(s, SKIP, 0, 0.0, detail=[f"not compared: the golden source holds no {s}"]))
             continue
         st = tol.for_stage(s)
-        if s in ("indirect_effect", "top_heads") and scale:
+        if decl.effect and scale:
             st = st.with_probability_floor(scale, p_max)  # effects are differences of probabilities: their rounding floor
+        ranked_by = src.values.get(decl.ranked_by) if decl.ranked_by else None
         r = compare_stage(s, src.values[s], fv.values[s], st, trial_keys, fv.durations.get(s, 0.0) + src.durations.get(s, 0.0),
-                          labels, multi, src.values.get("indirect_effect") if s == "top_heads" else None, lone_slots)
+                          labels, multi, ranked_by, lone_slots)
         r.reference_function = (stage_functions or {}).get(s, "")
         eps = _dtype_eps(tol, meta, dtype)
         r.magnitude = value_magnitude(s, src.values[s], eps, p_max)
         if r.status == "PASS":
-            r.degenerate = degenerate_reason(s, src.values[s], st, eps, p_max,
-                                             src.values.get("indirect_effect") if s == "top_heads" else None)
+            r.degenerate = degenerate_reason(s, src.values[s], st, eps, p_max, ranked_by)
         stages.append(r)
     return ParityResult(stages, meta)

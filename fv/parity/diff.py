@@ -18,6 +18,7 @@ from fv.io import load_tensor_file, read_json, write_json, write_text
 from fv.parity.json_diff import walk_diffs
 from fv.parity.pattern import describe, multi_token_slots
 from fv.parity.registry import STAGES
+from fv.parity.registry import stage as registry_stage
 from fv.parity.tensor_diff import diff_tensors
 from fv.parity.tolerance import BF16, EXACT, FP16, FP32, Tolerance
 
@@ -182,7 +183,7 @@ def _tensor_stage(stage: str, src: SideFolder, fv: SideFolder, tol: Tolerance) -
         wt = _trial_at(src, wi[0]) if stage == "indirect_effect" and wi else (None, None)
         worst = {"key": str(wi), "trial_id": wt[0], "trial_idx": wt[1], "src": d.src_value, "fv": d.fv_value, "abs_diff": d.max_abs}
         keys = [f"{t['trial_id']}:{t['trial_idx']}" for t in (src.dump or {}).get("trials", [])]
-        pattern = describe(stage, d.bad, src.slot_labels(), src.multi_token_slots(), keys or None)
+        pattern = describe(registry_stage(stage).dims, d.bad, src.slot_labels(), src.multi_token_slots(), keys or None)
     count = d.n_mismatch or int(d.norm_fail)
     return StageDiff(stage, "PASS" if count == 0 else "FAIL", count, d.max_abs, d.max_rel, file, first=first,
                      worst=worst, pattern=pattern)

@@ -1,14 +1,21 @@
-"""The comparison of two JSON-like values (prompts, slot maps, top heads, injection scores): identities (strings,
-ids, labels, ranked ids) exactly, floats under a tolerance whose rms term is the scale of the field they sit in.
+"""The comparison of two JSON-like values (prompts, slot maps, injection scores): identities (strings, ids, labels)
+exactly, floats under a tolerance whose rms term is the scale of the field they sit in.
+
+The walk knows no field by name: a kind of JSON value whose fields need their own rule (a scored prompt's ranked
+token ids and logits hash: ``fv.parity.score_diff``) hands ``walk_diffs`` its ``rules``, one per field name.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 from fv.parity.tolerance import EXACT, Tolerance
+
+# a field's own rule: (src's dict, fv's dict, the field, tolerance, field scales, path) -> the differences, or None
+# to compare the field as any other
+FieldRule = Callable[[dict, dict, str, Tolerance, dict, str], "Iterator[tuple[str, Any, Any, float]] | None"]
 
 
 def _field(path: str) -> str:
@@ -58,10 +65,11 @@ def json_norm_problems(src: Any, fv: Any, tol: Tolerance) -> list[str]:
     return out
 
 
-def walk_diffs(src: Any, fv: Any, tol: Tolerance, path: str = "", scales: dict[str, float] | None = None
-               ) -> Iterator[tuple[str, Any, Any, float]]:
+def walk_diffs(src: Any, fv: Any, tol: Tolerance, path: str = "", scales: dict[str, float] | None = None,
+               rules: Mapping[str, FieldRule] | None = None) -> Iterator[tuple[str, Any, Any, float]]:
     """Yield ``(path, src, fv, abs_diff)`` where two JSON-like structures disagree; floats within ``tol`` agree,
-    the rms term scaled by the RMS of the src's floats in the same field (``field_scales``)."""
+    the rms term scaled by the RMS of the src's floats in the same field (``field_scales``). ``rules``: fields
+    compared by a rule of their own (``FieldRule``), wherever they sit."""
     if scales is None:
         scales = field_scales(src) if tol.rms_atol else {}
     if isinstance(src, dict) and isinstance(fv, dict):
@@ -71,18 +79,14 @@ def walk_diffs(src: Any, fv: Any, tol: Tolerance, path: str = "", scales: dict[s
                 yield p, src[k], "<missing>", math.inf
             elif k not in src:
                 yield p, "<missing>", fv[k], math.inf
-            elif k == "logits_sha256" and not tol.is_exact:
-                continue  # a hash proves bit-identity only; under a tolerance the numbers speak
-            elif k in ("top_ids", "pred_id") and not tol.is_exact and "top_logits" in src and "top_ids" in src:
-                # token ids ranked by logits: two ids may trade ranks where the src's logits are within the tolerance
-                yield from _ranked_id_diffs(src, fv, k, tol, scales.get("top_logits", 0.0), p)
             else:
-                yield from walk_diffs(src[k], fv[k], tol, p, scales)
+                own = rules[k](src, fv, k, tol, scales, p) if rules and k in rules else None
+                yield from own if own is not None else walk_diffs(src[k], fv[k], tol, p, scales, rules)
     elif isinstance(src, (list, tuple)) and isinstance(fv, (list, tuple)):
         if len(src) != len(fv):
             yield f"{path}.len", len(src), len(fv), math.inf
         for i, (a, b) in enumerate(zip(src, fv)):
-            yield from walk_diffs(a, b, tol, f"{path}[{i}]", scales)
+            yield from walk_diffs(a, b, tol, f"{path}[{i}]", scales, rules)
     elif isinstance(src, float) or isinstance(fv, float):
         if isinstance(src, (int, float)) and isinstance(fv, (int, float)) and not isinstance(src, bool):
             if not tol.close(float(fv), float(src), scales.get(_field(path), 0.0)):
@@ -91,35 +95,6 @@ def walk_diffs(src: Any, fv: Any, tol: Tolerance, path: str = "", scales: dict[s
             yield path, src, fv, math.inf
     elif src != fv:
         yield path, src, fv, math.inf
-
-
-def _ranked_id_diffs(src: dict, fv: dict, key: str, tol: Tolerance, scale: float, path: str
-                     ) -> Iterator[tuple[str, Any, Any, float]]:
-    """``top_ids`` / ``pred_id`` under a tolerance: an id at rank i agrees when it is the src's id there, or when
-    the src ranks it too (or it enters at the last rank) with a logit within the tolerance of the src's logit at
-    rank i: near-tied logits may trade ranks on another CPU; any other change of the ranking is a mismatch."""
-    ids, logits = list(src.get("top_ids") or []), list(src.get("top_logits") or [])
-    mine = fv.get(key)
-    pairs = [(0, src.get(key), mine)] if key == "pred_id" else \
-        [(i, a, b) for i, (a, b) in enumerate(zip(src[key], mine))] if isinstance(mine, list) else []
-    if key == "top_ids" and (not isinstance(mine, list) or len(mine) != len(ids)):
-        yield path, src[key], mine, math.inf
-        return
-    fv_logits = list(fv.get("top_logits") or [])
-    for i, a, b in pairs:
-        if a == b:
-            continue
-        if i >= len(logits):
-            yield path, a, b, math.inf
-            continue
-        if b in ids:
-            other = logits[ids.index(b)]
-        elif i == len(ids) - 1 and i < len(fv_logits):  # a new id entering at the last rank: its logit is fv's
-            other = fv_logits[i]
-        else:
-            other = math.inf
-        if not abs(other - logits[i]) <= tol.bound(logits[i], scale):
-            yield (f"{path}[{i}]" if key == "top_ids" else path), a, b, math.inf
 
 
 def max_float_diff(src: Any, fv: Any) -> float:

@@ -12,13 +12,6 @@ from typing import Any, Sequence
 
 import torch
 
-# the axes of each tensor stage, as the artifacts lay them out
-AXES = {
-    "mean_activations": ("layer", "head", "slot", "head_dim"),
-    "indirect_effect": ("trial", "layer", "head"),
-    "fv": ("d_model",),
-}
-
 
 def differing(bad: torch.Tensor) -> list[list[int]]:
     """For each axis of the boolean mismatch mask, the sorted indices that hold at least one mismatch."""
@@ -37,15 +30,16 @@ def _list(items: Sequence[str], limit: int = 6) -> str:
     return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
 
 
-def describe(stage: str, bad: torch.Tensor, slot_labels: Sequence[str] | None = None,
+def describe(dims: Sequence[str] | None, bad: torch.Tensor, slot_labels: Sequence[str] | None = None,
              multi_token_slots: Sequence[int] | None = None, trial_keys: Sequence[str] | None = None,
              lone_metaspace_slots: Sequence[int] | None = None) -> str:
-    """One line: per axis, how many of its indices differ and which; slots named by label and compared with the
+    """One line: per axis (named by ``dims``, the stage's dims in ``fv.parity.registry``), how many of its indices
+    differ and which; slots named by label and compared with the
     multi-token word slots and, when given, the slots a lone SentencePiece ``▁`` token is averaged into
     (``lone_metaspace_slots``). Empty when nothing differs."""
     if not bool(bad.any()):
         return ""
-    names = AXES.get(stage, tuple(f"axis{i}" for i in range(bad.ndim)))
+    names = tuple(dims or ())
     if len(names) != bad.ndim:
         names = tuple(f"axis{i}" for i in range(bad.ndim))
     parts = []

@@ -18,6 +18,12 @@ stages' values: the live reference (own or shared mode), the snapshot goldens, a
     compared), ``origin`` saying whether the values were computed, read from a cache or from goldens; and
     optionally ``notes``, the side's notes as they stand once it has computed (they replace ``describe``'s: a
     side may learn something while it runs, such as how it loaded a dependency).
+``universal_values(tasks, params, task_values) -> dict`` (optional: the universal-FV gate's other side)
+    ``tasks``: ``{task name: trials}``; ``task_values``: ``{task name: {"mean_activations", "indirect_effect"}}``,
+    the side's own stage values of each task (a side that reads its values from files may ignore them). Returns
+    ``{"aie": (layers, heads), "heads": [[layer, head, score]], "fv": {task: (d_model,)}, "icl_top1": {task:
+    [token id per trial]}, "live": bool, "description": str}``. A side without them raises ``FileNotFoundError``;
+    values made for another model or other trials raise ``FVError``.
 
 Both pass plain data only (str, int, float, bool, lists, dicts, tensors): ``trials`` is ``{"path": str,
 "sha256": str, "file": <the fixed-trials file's dict>}`` and ``params`` is ``Params.as_dict()`` (``n_top_heads``,
@@ -114,6 +120,9 @@ class LiveSource:
     # the FV and injection stages recomputed by the other side for a given head list on its own mean activations
     # (``{"fv", "injection"}``): where fv's top heads differ from its own only by tied heads (fast mode)
     refit: Callable[[LoadedModel, Sequence[Trial], Params, torch.Tensor, list], dict] | None = None
+    # the universal-FV gate's values for given tasks: (fv's model, {task: trials}, {task: mean activations}, AIE,
+    # number of top heads) -> {"heads", "fv", "icl_top1"} (``fv.parity.sides`` module docstring)
+    universal: Callable[[LoadedModel, dict, dict, torch.Tensor, int], dict] | None = None
 
 
 def src_with_origin(source: LiveSource, lm: LoadedModel, trials: FixedTrials, params: Params
@@ -160,6 +169,21 @@ class ReferenceSide:
         ft, p = fixed_trials_of(trials), params_of(params)
         return self.source.refit(self.lm, ft.subset(p.max_trials), p, mean_activations, heads)
 
+    def universal_values(self, tasks: dict, params: dict, task_values: dict) -> dict:
+        """The reference's universal values, computed live: the AIE over the tasks from its own indirect effects
+        (every task kept), its ``compute_function_vector`` on each task's mean activations and that AIE, its clean
+        forward's top-1 per trial."""
+        from fv.runtime.universal import aie_by_task, average_indirect_effect
+
+        if self.source.universal is None:
+            raise FileNotFoundError(f"{self.source.description} computes no universal values")
+        names = list(tasks)
+        aie = average_indirect_effect(aie_by_task([task_values[t]["indirect_effect"] for t in names]), [True] * len(names))
+        subsets = {t: fixed_trials_of(tasks[t]).subset(params.get("max_trials")) for t in names}
+        got = self.source.universal(self.lm, subsets, {t: task_values[t]["mean_activations"] for t in names}, aie,
+                                    int(params["n_top_heads"]))
+        return {**got, "aie": aie, "live": True, "description": "the live reference"}
+
 
 # ---- goldens ------------------------------------------------------------------------------------------------
 @dataclass
@@ -193,6 +217,45 @@ class SnapshotSide:
         if sv is None:
             raise FileNotFoundError(f"no goldens in {folder}")
         return answer(sv, f"goldens {folder}")
+
+    def universal_folder(self, params: dict) -> Path:
+        """Where the universal gate's goldens of this model and trial count live."""
+        return universal_golden_dir(self.snapshot_root, self.lm.name, params.get("max_trials"))
+
+    def universal_values(self, tasks: dict, params: dict, task_values: dict | None = None) -> dict:
+        """The universal goldens the reference wrote (``aie``, ``universal_top_heads``, ``fv_universal_<task>``,
+        ``icl_top1_<task>``), refused in one line when made for another model or other trials."""
+        from fv.errors import FVError
+        from fv.parity.golden import EXTENSIONS, deserialize
+        from fv.parity.identity import identity_problem, model_identity
+
+        folder = self.universal_folder(params)
+        meta = folder / "identity.json"
+        if not meta.is_file():
+            raise FileNotFoundError(f"no universal goldens in {folder}")
+        recorded = json.loads(meta.read_text())
+        regenerate = "`pytest -m universal --snapshot-update --src-root PATH`"
+        # goldens of another model (a checkpoint sweep, another seed) are refused in one line (fv.parity.identity)
+        problem = identity_problem(recorded.pop("model", None), model_identity(self.lm), f"the universal goldens in {folder}",
+                                   regenerate)
+        if problem:
+            raise FVError(problem)
+        if recorded != {t: tasks[t]["sha256"] for t in tasks}:
+            raise FVError(f"the universal goldens in {folder} were made from other trials than these; regenerate them "
+                          f"with {regenerate}")
+
+        def load(name: str, kind: str) -> Any:
+            return deserialize(kind, (folder / f"{name}.{EXTENSIONS[kind]}").read_bytes())
+
+        return {"aie": load("aie", "tensor"), "heads": load("universal_top_heads", "json"),
+                "fv": {t: load(f"fv_universal_{t}", "tensor") for t in tasks},
+                "icl_top1": {t: load(f"icl_top1_{t}", "json") for t in tasks}, "live": False,
+                "description": f"goldens {folder}"}
+
+
+def universal_golden_dir(snapshot_root: Path, model: str, max_trials: int | None) -> Path:
+    """``<snapshot_root>/<model>/universal/t<max_trials>``: the universal gate's goldens."""
+    return Path(snapshot_root) / model / "universal" / f"t{max_trials}"
 
 
 @dataclass

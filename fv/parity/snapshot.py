@@ -15,8 +15,10 @@ from typing import Any, Iterator
 from syrupy.extensions.single_file import SingleFileSnapshotExtension, WriteMode
 
 from fv.parity.compare import compare_stage
+from fv.parity.comparers import JsonComparer, comparer_for
 from fv.parity.golden import EXTENSIONS, deserialize, serialize
-from fv.parity.json_diff import json_norm_problems, walk_diffs
+from fv.parity.json_diff import json_norm_problems
+from fv.parity.registry import stage as registry_stage
 from fv.parity.tensor_diff import diff_tensors
 from fv.parity.tolerance import Tolerance
 
@@ -27,7 +29,7 @@ class GoldenExtension(SingleFileSnapshotExtension):
     folder: str = "snapshots"
     kind: str = "json"
     tolerance: Tolerance
-    stage: str = ""  # the stage the artifact belongs to (top heads are compared as ranks, not as JSON)
+    stage: str = ""  # the stage the artifact belongs to: its comparer (top heads as ranks, scored prompts' ranked ids)
 
     def serialize(self, data: Any, **_kw: Any) -> Any:
         raw = serialize(self.kind, data)
@@ -53,11 +55,12 @@ class GoldenExtension(SingleFileSnapshotExtension):
             if d.failed:
                 yield from d.lines(self.tolerance)
             return
-        if self.stage == "top_heads":  # ranks of heads the src cannot tell apart may trade places
-            r = compare_stage("top_heads", a, b, self.tolerance, [], head_effects=self._effects())
+        comparer = comparer_for(registry_stage(self.stage)) if self.stage else JsonComparer()
+        if not isinstance(comparer, JsonComparer):  # ranks of heads the src cannot tell apart may trade places
+            r = compare_stage(self.stage, a, b, self.tolerance, [], head_effects=self._effects())
             yield from ([str(m) for m in r.mismatches[:limit]])
             return
-        for n, (path, x, y, diff) in enumerate(walk_diffs(a, b, self.tolerance)):
+        for n, (path, x, y, diff) in enumerate(comparer.walk(a, b, self.tolerance)):
             if n >= limit:
                 yield "..."
                 return
@@ -65,8 +68,12 @@ class GoldenExtension(SingleFileSnapshotExtension):
         yield from json_norm_problems(a, b, self.tolerance)
 
     def _effects(self) -> Any:
-        """The golden indirect effects beside this golden (they tell whether two top heads are separated)."""
-        f = Path(self.folder) / f"indirect_effect.{EXTENSIONS['tensor']}"
+        """The golden values this golden is ranked by, beside it (the indirect effects tell whether two top heads are
+        separated); None when it is ranked by nothing or they are absent."""
+        ranked_by = registry_stage(self.stage).ranked_by if self.stage else None
+        if ranked_by is None:
+            return None
+        f = Path(self.folder) / f"{ranked_by}.{EXTENSIONS['tensor']}"
         return deserialize("tensor", f.read_bytes()) if f.is_file() else None
 
     def diff_lines(self, serialized_data: Any, snapshot_data: Any) -> Iterator[str]:

@@ -48,6 +48,7 @@ from fv.pytest_plugin.session import (  # noqa: F401  (re-exported)
     share_cores,
     start_session,
     trials_for,
+    universal_side,
 )
 from fv.pytest_plugin.summary import EMPTY_GATE, GateLedger, GateReporter, parity_summary, write_summary  # noqa: F401
 

@@ -223,6 +223,21 @@ def cached_source(opts: FVOptions, source: Any) -> Any:
     return source
 
 
+def universal_side(opts: FVOptions, lm: Any) -> Any:
+    """The universal gate's other side, chosen by ``fv.parity.sides.other_side`` as the stage gates' is: the live
+    reference when there is one, else the snapshot goldens (a user's goldens hold no universal values)."""
+    from fv.parity.sides import other_side
+    from fv.reference.stages import live_source
+
+    ref = get_reference(opts)
+    if isinstance(ref, str):
+        if opts.require_src:
+            pytest.fail(ref, pytrace=False)
+        ref = None
+    source = live_source(ref, reference_own_model(ref, lm) if opts.src_model == "own" else None) if ref is not None else None
+    return other_side(lm, source)
+
+
 def parity_for(opts: FVOptions, lm: Any, trials: Any, require_reference: bool = False) -> Any:
     """The parity run for (model, trials, parameters), computed once per session. The other side is chosen once,
     by ``fv.parity.sides.other_side``: a user's goldens (``--golden-dir``), else the live reference when there is

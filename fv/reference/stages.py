@@ -12,6 +12,7 @@ from fv.model.loading import LoadedModel
 from fv.parity.sides import LiveSource
 from fv.parity.stages import Params, StageValues, prompt_entry, score_pair, slot_entry
 from fv.reference.adapter import InjectionNoOp, Reference
+from fv.reference.universal import reference_universal_values
 from fv.runtime.trials import FixedTrials, Trial
 
 # the reference function behind each parity stage, named in reports when a stage fails
@@ -177,4 +178,6 @@ def live_source(ref: Reference, own: LoadedModel | None = None) -> LiveSource:
                                  if own is not None else ["the reference ran in fv's process on fv's model object (shared mode)"]),
         compat=ref.compat, description=f"the live reference {ref.src_root} ({where})", check=check,
         refit=lambda lm, trials, params, mean, heads: src_refit_values(ref, own or lm, trials, params, mean, heads),
+        universal=lambda lm, tasks, means, aie, n_top_heads: reference_universal_values(
+            ref, own or lm, tasks, means, aie, n_top_heads, lm.info.d_model, lm.dtype),
         key_parts=lambda lm, memo: reference_key_parts(ref.src_root, _baukit_in_use(), ref.compat, own or lm, memo))

@@ -39,3 +39,15 @@ def reference_icl_top1(ref: Any, lm: Any, trials: Sequence[Any], d_model: int, d
         logits, _ = ref.intervene(lm, sentence, clean["query_target"]["output"], 0, zero)
         out.append(int(logits.reshape(-1, logits.shape[-1])[-1].argmax()))
     return out
+
+
+def reference_universal_values(ref: Any, lm: Any, tasks: dict[str, Sequence[Any]], mean_acts: dict[str, torch.Tensor],
+                               aie: torch.Tensor, n_top_heads: int, d_model: int, dtype: torch.dtype) -> dict:
+    """The reference's universal values for the tasks: ``{"heads": [[layer, head, score]], "fv": {task: (d_model,)
+    float32}, "icl_top1": {task: [token id per trial]}}``, on ``lm`` (its own model or fv's shared one), each
+    task's FV from its ``mean_acts`` (layers, heads, slots, head_dim) and the ``aie`` (layers, heads)."""
+    fvs, heads = {}, []
+    for t in tasks:
+        fvs[t], heads = reference_universal_fv(ref, lm, mean_acts[t], aie, n_top_heads)
+    icl = {t: reference_icl_top1(ref, lm, tasks[t], d_model, dtype) for t in tasks}
+    return {"heads": [[int(l), int(h), float(s)] for l, h, s in heads], "fv": fvs, "icl_top1": icl}

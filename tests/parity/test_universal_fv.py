@@ -12,7 +12,8 @@ own code (``run_universal``, ``--task-filter all`` since a random tiny model sco
   heads compared by (layer, head), the reference rounding scores to 4 decimals;
 - each trial's ICL top-1 id equals the top-1 of the reference's clean forward on the clean prompt.
 
-The other side is the live reference (``--src-root``), else the goldens it wrote: the tasks' own goldens
+The other side is chosen as the stage gates' is (``fv.parity.sides.other_side``) and yields its values through the
+same seam (``universal_values``): the live reference (``--src-root``), else the goldens it wrote: the tasks' own goldens
 (``snapshots/<model>/<trials id>/t<n>/``, as M1's) and the universal ones (``snapshots/<model>/universal/t<n>/``),
 both written by ``pytest -m "m1 or m7 or universal" --snapshot-update --src-root <src>``.
 """
@@ -26,9 +27,10 @@ import torch
 
 from fv.io import load_tensor_file, read_json
 from fv.parity.compare import EXACT, diff_tensors, tolerance_for
-from fv.parity.golden import EXTENSIONS, GOLDEN_ARTIFACTS, deserialize
-from fv.parity.identity import identity_problem, model_identity
-from fv.pytest_plugin import assert_golden, get_reference, parity_for, reference_own_model, trials_for
+from fv.parity.golden import GOLDEN_ARTIFACTS
+from fv.parity.identity import model_identity
+from fv.parity.sides import ReferenceSide
+from fv.pytest_plugin import assert_golden, fv_params, parity_for, trials_for, universal_side
 
 # on the default tiny models, tiny-llama only: the gate is about the aggregation over tasks, and the 128k-vocabulary
 # tiny-llama3tok (whose tokenizer M0-M2 gate) would triple CI's time for it; `--fv-model tiny-llama3tok` runs it there
@@ -45,7 +47,7 @@ def _trials(fv_options, lm) -> dict:
 def _tol(fv_options, lm, side: dict):
     """Exact against the live reference in exact mode; against goldens (written on another CPU, docs/tolerances.md)
     or in fast mode, the tolerance of the dtype the model computes in."""
-    return tolerance_for(lm.dtype, exact=fv_options.mode == "exact" and side["source"] == "the live reference")
+    return tolerance_for(lm.dtype, exact=fv_options.mode == "exact" and side["live"])
 
 
 @pytest.fixture(scope="session")
@@ -77,9 +79,10 @@ def _task_dir(universal_run, task) -> Path:
 
 
 def _folder(fv_options, lm) -> Path:
+    from fv.parity.sides import universal_golden_dir
     from fv.paths import SNAPSHOT_ROOT
 
-    return Path(SNAPSHOT_ROOT) / lm.name / "universal" / f"t{fv_options.max_trials}"
+    return universal_golden_dir(SNAPSHOT_ROOT, lm.name, fv_options.max_trials)
 
 
 def _identity(task_trials) -> dict:
@@ -88,54 +91,34 @@ def _identity(task_trials) -> dict:
 
 @pytest.fixture(scope="session")
 def reference_side(fv_options, fv_model, task_trials, universal_reference_sides):
-    """The reference's universal values: computed live (its indirect effects and mean activations from each
-    task's parity run, its ``compute_function_vector`` on the AIE, its clean forward), else read from goldens."""
+    """The other side's universal values (``fv.parity.sides``: ``universal_values``), chosen as the stage gates'
+    other side is: the live reference (its indirect effects and mean activations from each task's parity run, its
+    ``compute_function_vector`` on the AIE, its clean forward), else the goldens it wrote."""
     key = (fv_model.name, fv_options.max_trials, fv_options.n_top_heads, fv_options.mode)
     return universal_reference_sides.get(key, lambda: _reference_side(fv_options, fv_model, task_trials))
 
 
 def _reference_side(fv_options, fv_model, task_trials) -> dict:
-    ref = get_reference(fv_options)
-    folder = _folder(fv_options, fv_model)
-    if isinstance(ref, str):
-        if fv_options.require_src:
-            pytest.fail(ref, pytrace=False)
-        meta = folder / "identity.json"
-        if not meta.is_file():
-            pytest.skip(f"[fv: nothing to compare] {fv_model.name} x universal: no reference and no goldens in {folder}. Make them "
-                        "with `pytest -m universal --snapshot-update --src-root PATH`")
-        recorded = read_json(meta)
-        regenerate = "`pytest -m universal --snapshot-update --src-root PATH`"
-        # goldens of another model (a checkpoint sweep, another seed) are refused in one line (fv.parity.identity)
-        problem = identity_problem(recorded.pop("model", None), model_identity(fv_model), f"the universal goldens in {folder}",
-                                   regenerate)
-        if problem:
-            pytest.fail(problem, pytrace=False)
-        if recorded != _identity(task_trials):
-            pytest.fail(f"the universal goldens in {folder} were made from other trials than these; regenerate them with "
-                        f"{regenerate}", pytrace=False)
+    from fv.errors import FVError
+    from fv.parity.sides import trials_data
 
-        def load(name, kind):
-            return deserialize(kind, (folder / f"{name}.{EXTENSIONS[kind]}").read_bytes())
-
-        side = {"source": f"goldens {folder}", "aie": load("aie", "tensor"), "heads": load("universal_top_heads", "json"),
-                "fv": {t: load(f"fv_universal_{t}", "tensor") for t in TASKS},
-                "icl_top1": {t: load(f"icl_top1_{t}", "json") for t in TASKS}}
-    else:
-        from fv.reference.universal import reference_icl_top1, reference_universal_fv
-        from fv.runtime.universal import aie_by_task, average_indirect_effect
-
-        lm_ref = reference_own_model(ref, fv_model) if fv_options.src_model == "own" else fv_model
+    side = universal_side(fv_options, fv_model)
+    params = fv_params(fv_options).as_dict()
+    tasks = {t: trials_data(task_trials[t]) for t in TASKS}
+    task_values = None
+    if isinstance(side, ReferenceSide):  # a live side computes from its own values of each task
         runs = {t: parity_for(fv_options, fv_model, task_trials[t], require_reference=True) for t in TASKS}
-        by_task = aie_by_task([runs[t].src.values["indirect_effect"] for t in TASKS])
-        aie = average_indirect_effect(by_task, [True] * len(TASKS))
-        fvs, heads = {}, None
-        for t in TASKS:
-            fvs[t], heads = reference_universal_fv(ref, lm_ref, runs[t].src.values["mean_activations"], aie, fv_options.n_top_heads)
-        icl = {t: reference_icl_top1(ref, lm_ref, task_trials[t].subset(fv_options.max_trials),
-                                        fv_model.info.d_model, fv_model.dtype) for t in TASKS}
-        side = {"source": "the live reference", "aie": aie, "heads": [[l, h, s] for l, h, s in heads], "fv": fvs, "icl_top1": icl}
-    return side
+        task_values = {t: {k: runs[t].src.values[k] for k in ("mean_activations", "indirect_effect")} for t in TASKS}
+    try:
+        return side.universal_values(tasks, params, task_values)
+    except FileNotFoundError as exc:
+        missing, refused = str(exc), None
+    except FVError as exc:  # values made for another model or other trials: refused in one line
+        missing, refused = None, str(exc)
+    if refused:
+        pytest.fail(refused, pytrace=False)
+    pytest.skip(f"[fv: nothing to compare] {fv_model.name} x universal: no reference and {missing}. Make them "
+                "with `pytest -m universal --snapshot-update --src-root PATH`")
 
 
 def _golden(request, snapshot, fv_options, lm, task_trials, name, kind, ref_value, fv_value):
@@ -184,7 +167,7 @@ def test_icl_top1_matches_the_reference(fv_options, fv_model, task_trials, unive
     icl = read_json(_task_dir(universal_run, task) / "icl.json")
     theirs = reference_side["icl_top1"][task]
     _golden(request, snapshot, fv_options, fv_model, task_trials, f"icl_top1_{task}", "json", theirs, icl["top1_ids"])
-    assert icl["top1_ids"] == theirs, f"{task}: ICL top-1 ids differ from {reference_side['source']}"
+    assert icl["top1_ids"] == theirs, f"{task}: ICL top-1 ids differ from {reference_side['description']}"
     targets = icl["target_ids"]
     assert icl["icl_accuracy"] == icl_accuracy(theirs, targets)
     assert icl["majority_baseline"] == majority_baseline(targets)
@@ -226,7 +209,7 @@ def test_aggregation_and_filter(fv_options, fv_model, task_trials, reference_sid
     _golden(request, snapshot, fv_options, fv_model, task_trials, "universal_top_heads", "json", reference_side["heads"], heads)
     _assert_tensor(reference_side["aie"], aie, _tol(fv_options, fv_model, reference_side), "AIE")
     assert [(l, h) for l, h, _ in heads] == [(int(l), int(h)) for l, h, _ in reference_side["heads"]], \
-        f"universal heads differ from {reference_side['source']}"
+        f"universal heads differ from {reference_side['description']}"
     if _tol(fv_options, fv_model, reference_side).is_exact:
         assert [s for *_, s in heads] == [float(s) for *_, s in reference_side["heads"]]
 

@@ -21,7 +21,7 @@ import pytest
 from fv.cli import canonical_argv
 from fv.paths import FIXTURES, REPO_ROOT
 
-pytestmark = pytest.mark.m4
+pytestmark = [pytest.mark.m4, pytest.mark.slow]
 DOCS = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
 
 

@@ -40,7 +40,7 @@ def test_the_reference_names_a_function_for_every_stage():
 
 
 def test_an_unknown_stage_is_named_with_the_stages_there_are():
-    assert stage("fv").dims == ("element",)
+    assert stage("fv").dims == ("d_model",)
     with pytest.raises(KeyError, match="no parity stage 'fvs'; the stages are prompt, slot"):
         stage("fvs")
 
@@ -50,3 +50,20 @@ def test_no_other_module_lists_the_stages():
     spelled = '"prompt", "slot", "mean_activations"'
     hits = [p.relative_to(REPO_ROOT) for p in sorted((REPO_ROOT / "fv").rglob("*.py")) if spelled in p.read_text()]
     assert hits == [], hits
+
+
+def test_each_kind_of_value_has_one_comparer_and_none_reads_a_stage_name():
+    """A stage's values are compared by the comparer of their kind (``compared_as``); the comparers and the diffs
+    they use know no stage and no field by name (the scored prompts' fields are ``fv.parity.score_diff``'s rules)."""
+    from fv.parity.comparers import COMPARERS
+
+    assert {s.compared_as for s in REGISTRY} <= set(COMPARERS)
+    assert stage("top_heads").compared_as == "ranked_heads" and stage("injection").compared_as == "scores"
+    import re
+
+    branch = re.compile(r"\b(stage|name|stage\.name)\s*(==|!=|in|not in)\s*[(\"']")
+    for module in ("comparers.py", "json_diff.py", "tensor_diff.py"):
+        text = (REPO_ROOT / "fv" / "parity" / module).read_text()
+        assert not branch.search(text), (module, branch.search(text).group(0))
+        named = [n for n in ("logits_sha256", "top_ids", "pred_id", "top_logits") if f'"{n}"' in text]
+        assert named == [], (module, named)
