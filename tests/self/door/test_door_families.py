@@ -88,6 +88,7 @@ def hub_env(cache: Path) -> dict:
     return {"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
+@pytest.mark.slow(seconds=120)
 def test_every_reference_family_passes_the_door_in_own_mode(reference, fv_options, tmp_path, hub_cache):
     """GPT-2 as ``gpt2-xl`` (a hub id in the cache), GPT-J, GPT-NeoX, a Pythia-named GPT-NeoX, Llama, Gemma and OLMo:
     none refused at the door, each M2 bit-exact against the reference loading its own copy by the string typed."""
@@ -121,6 +122,7 @@ GPT2_FORK_CHANGES = [
 ]
 
 
+@pytest.mark.slow(seconds=20)
 def test_a_fork_that_indexes_slots_its_own_way_fails_at_the_fv_stage(reference, fv_options, tmp_path):
     """Upstream's door probe fed ``compute_function_vector`` one slot, so this fork was refused ("index -2 is out of
     bounds for dimension 2 with size 1"); probed with the session's shapes it runs, and the gate reaches its FAIL at
@@ -138,6 +140,7 @@ def test_a_fork_that_indexes_slots_its_own_way_fails_at_the_fv_stage(reference, 
     assert stages["fv"]["mismatch_count"] > 0
 
 
+@pytest.mark.slow(seconds=25)
 def test_a_fork_whose_loader_matches_an_exact_hub_id(reference, fv_options, tmp_path, hub_cache):
     """A fork whose GPT-2 branch is ``model_name in ('gpt2-xl', 'gpt2')``, gated on the hub id ``gpt2``: the string
     reaches its loader (the door's probe included) and every stage is bit-exact; upstream, which has no branch for
@@ -159,6 +162,7 @@ FINITE_FORK_CHANGES = [("utils/extract_utils.py", r"\n(\s*)function_vector \+= d
                         r"\n\1assert bool(torch.isfinite(d_out).all().item()), 'a head contribution is not finite'\n\1function_vector += d_out", 1)]
 
 
+@pytest.mark.slow(seconds=20)
 def test_a_probe_failure_on_the_stand_in_is_a_warning_not_a_refusal(reference, fv_options, tmp_path):
     """The family probe runs the reference's functions on a weightless copy of the model; a fork whose FV code
     calls ``.item()`` fails there and nowhere else. The door says so as a warning and the gate runs: every stage

@@ -53,6 +53,7 @@ def run_family_gate(src: Path, out: Path, fv_options, *extra: str) -> tuple[dict
     return outcomes, proc.stdout[-4000:] + proc.stderr[-2000:]
 
 
+@pytest.mark.slow(seconds=105)
 def test_fork_gate_passes_on_every_family(fork_root, fv_options, tmp_path):
     """Every stage of every family, bit for bit against the fork as its users run it (its own loader, in its own
     process; GPT-2, whose folder name its loader refuses, on fv's model object), with its injection live without

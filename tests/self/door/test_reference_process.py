@@ -217,6 +217,7 @@ def test_upstream_70b_rule_loads_4bit_or_says_what_it_needs(reference, tmp_path)
 
 
 @needs_quant
+@pytest.mark.slow(seconds=25)
 def test_m2_session_from_the_users_project_root_passes_against_their_4bit_fork(reference, tmp_path):
     """The done-when of the reference issue, as the user runs it: from their project root (which holds `src/` and
     their own package `fv`), the installed `pytest` entry point, `-m m2` in the default mode against their fork, which

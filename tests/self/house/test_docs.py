@@ -80,6 +80,7 @@ def _substitute(cmd: str, p: dict) -> str:
 DOCS = sorted({d for d, _ in COMMANDS})
 
 
+@pytest.mark.slow(seconds=60)
 @pytest.mark.parametrize("doc", DOCS)
 def test_documented_commands_run(doc, places, fv_options):
     """Every command of one document, in the document's order (later commands read what earlier ones wrote, so

@@ -126,6 +126,7 @@ def json_of(p: Path) -> dict:
     return json.loads(p.read_text())
 
 
+@pytest.mark.slow(seconds=30)
 def test_cancelled_task_is_reported_and_resubmission_runs_only_what_is_missing(slurm_cluster, tmp_path, capsys):
     from fv.cli import main
     from fv.pipelines.relation import read_status, relation_root
@@ -162,6 +163,7 @@ def test_cancelled_task_is_reported_and_resubmission_runs_only_what_is_missing(s
     assert [t["qs"] for t in resub] == [["Q2"]]
 
 
+@pytest.mark.slow(seconds=40)
 def test_m7_gate_across_slurm_equals_the_inprocess_gate(slurm_cluster, tmp_path):
     """The merged per-q outcome of ``fv gate m7 --executor slurm`` is what one pytest process over the same qs
     reports. Against the live reference when FV_SRC_ROOT names it (minutes per q on a CPU), else the trials
