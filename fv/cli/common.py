@@ -103,3 +103,15 @@ def add_stage_args(p: argparse.ArgumentParser) -> None:
 
 def add_quiet(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars and no log lines on stderr")
+
+
+LAYOUTS = ("fv", "my_fv_project")
+
+
+def add_layout_arg(p: argparse.ArgumentParser, where: str) -> None:
+    """``--layout fv|my_fv_project``: fv's files only, or also a user's layout beside them (fv.ports)."""
+    p.add_argument("--layout", choices=LAYOUTS, default="fv",
+                   help=f"fv: fv's files only (default); my_fv_project: also sunsikham/my_fv_project's files under "
+                        f"{where}/artifacts/ (aie_scores.csv, top_heads.json, step6/layer_<L>/..., docs/ports.md), "
+                        "read by their own loaders and plots; what fv does not compute is left out and named in "
+                        "artifacts/fv_layout.json")

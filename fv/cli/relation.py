@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from fv.cli.common import add_model_args, add_noun, add_quiet, parse_q_list
+from fv.cli.common import add_layout_arg, add_model_args, add_noun, add_quiet, parse_q_list, tokenizer_for
 from fv.lock import HELP as LOCK_HELP
 
 
@@ -16,6 +16,10 @@ def cmd_relation(a: argparse.Namespace) -> int:
     from fv.pipelines.relation import RelationConfig, relation_root
     from fv.progress import log_to_stderr
 
+    if a.layout != "fv" and getattr(a, "no_wait", False):
+        raise UsageError(f"--layout {a.layout} is written when the qs have run; --no-wait returns before that. Drop "
+                         "--no-wait, or write the layout later with `fv relation run` on the same options (completed qs "
+                         "are reused)")
     if bool(a.relation_csv) == bool(a.fixed_trials):
         raise UsageError("expected exactly one of --relation-csv CSV or --fixed-trials FILE (a sampled-trials file); found "
                       + ("both" if a.relation_csv else "neither") + " (or `fv relation status OUT` to read a run submitted earlier)")
@@ -50,6 +54,8 @@ def _relation_locked(a: argparse.Namespace, cfg, executor: str, log) -> int:
             print(f"submitted {len(summary['submitted'])} qs as job {summary['job_id'] or '(none: every q completed)'}; "
                   f"read the state with: fv relation status {summary['root']}")
             return 0
+    if a.layout == "my_fv_project":
+        write_layout(summary, cfg.model, log)
     if not a.no_plots:
         from fv.plots import PlotsUnavailable, draw_relation
 
@@ -59,6 +65,23 @@ def _relation_locked(a: argparse.Namespace, cfg, executor: str, log) -> int:
             log(str(exc))
     print_summary(summary)
     return 1 if summary["failed"] else 0
+
+
+def write_layout(summary: dict, model: str, log) -> None:
+    """sunsikham/my_fv_project's files under each completed q's ``artifacts/`` (fv.ports.my_fv_project_layout)."""
+    from pathlib import Path
+
+    from fv.pipelines.relation import q_trials_path
+    from fv.ports.my_fv_project_layout import write_my_fv_project
+    from fv.runtime.trials import load_trials
+
+    root = Path(summary["root"])
+    tokenizer = None
+    for q in summary["q_ids"]:
+        if summary["status"].get(q) != "completed":
+            continue
+        tokenizer = tokenizer or tokenizer_for(model)
+        log(f"layout my_fv_project: {write_my_fv_project(root / q, load_trials(q_trials_path(root, q)), tokenizer, model, q)}")
 
 
 def print_summary(summary: dict) -> None:
@@ -154,6 +177,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001 - argpars
     r.add_argument("--stop-on-error", dest="stop_on_error", action="store_true", help="stop at the first failed q instead of recording it and going on")
     r.add_argument("--cpu-threads", dest="cpu_threads", type=int, default=1, help="CPU threads per q (default 1); results depend on it, never on --workers")
     r.add_argument("--no-plots", dest="no_plots", action="store_true", help="write no pictures (they need matplotlib: pip install 'fv[plots]')")
+    add_layout_arg(r, "<out>/<relation>/<q_id>")
     add_cluster_args(r)
     add_quiet(r)
     r.set_defaults(func=cmd_relation)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fv.cli.common import add_model_args, add_noun, add_quiet, add_stage_args
+from fv.cli.common import add_layout_arg, add_model_args, add_noun, add_quiet, add_stage_args
 from fv.lock import HELP as LOCK_HELP
 
 
@@ -43,6 +43,10 @@ def _run_locked(a: argparse.Namespace, ft, out: Path, log) -> int:
     cfg = RunConfig(n_top_heads=a.n_top_heads, edit_layers=layers, max_trials=a.max_trials, mode=a.mode, resume=a.resume)
     result = run_runtime(lm, ft, out, cfg, quiet=a.quiet, log=log)
     write_runtime_dump(out, result, layers[0])
+    if a.layout == "my_fv_project":
+        from fv.ports.my_fv_project_layout import write_my_fv_project
+
+        log(f"layout my_fv_project: {write_my_fv_project(out, ft, lm.tokenizer, a.model, n_trials=a.max_trials)}")
     if a.resume:
         log(f"resume: reused {', '.join(result.reused) or 'nothing'}; computed {', '.join(result.computed) or 'nothing'}")
     if not a.no_plots:
@@ -75,5 +79,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001 - argpars
     u.add_argument("--mode", choices=("exact", "fast"), default="exact", help="exact follows the reference bit for bit; fast reuses the clean pass")
     u.add_argument("--resume", action="store_true", help="skip stages whose outputs and meta already match the inputs")
     u.add_argument("--no-plots", dest="no_plots", action="store_true", help="write no pictures (they need matplotlib: pip install 'fv[plots]')")
+    add_layout_arg(u, "OUT")
     add_quiet(u)
     u.set_defaults(func=cmd_run)

@@ -263,8 +263,9 @@ def compare_all(src: Any, fv: Any, tol: Tolerance, trial_keys: list[str], meta: 
     scale, p_max = probability_scale(src.values)
     for s in STAGES:
         decl = registry_stage(s)
-        if s not in src.values:
-            stages.append(StageResult(s, SKIP, 0, 0.0, detail=[f"not compared: the golden source holds no {s}"]))
+        if s not in src.values or s not in fv.values:  # a side that lacks a stage: not compared, never a PASS
+            which = "the golden source" if s not in src.values else "this side"
+            stages.append(StageResult(s, SKIP, 0, 0.0, detail=[f"not compared: {which} holds no {s}"]))
             continue
         st = tol.for_stage(s)
         if decl.effect and scale:

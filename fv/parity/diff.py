@@ -40,12 +40,24 @@ def _find(folder: Path, patterns: tuple[str, ...]) -> Path | None:
     return None
 
 
+def top_heads_rows(value: object) -> object:
+    """Top heads as ``[[layer, head, score], ...]``: fv's and the reference's list form as it is, or the records form
+    a port may write (``{"meta": ..., "heads": [{"layer", "head", "rank_score"}]}``, as sunsikham/my_fv_project's
+    StepE does), its unrounded ``rank_score`` rounded to 4 decimals as the reference reports a head's score. Any
+    other value is returned unchanged, for the schema check to name."""
+    if isinstance(value, dict) and isinstance(value.get("heads"), list) and all(
+            isinstance(h, dict) and {"layer", "head", "rank_score"} <= set(h) for h in value["heads"]):
+        return [[h["layer"], h["head"], round(float(h["rank_score"]), 4)] for h in value["heads"]]
+    return value
+
+
 @dataclass
 class SideFolder:
     root: Path
     dump: dict | None
     dump_file: str | None
     files: dict[str, Path | None] = field(default_factory=dict)
+    top_heads: list | None = None  # ``[[layer, head, score], ...]``, whichever form the file holds
 
     @classmethod
     def open(cls, root: str | Path, role: str) -> "SideFolder":
@@ -59,10 +71,12 @@ class SideFolder:
             schema.check(dump, schema.DUMP, f"--{role} dump {dump_path}", "",
                          "Rewrite the folder with `fv runtime run` or `fv reference run --dump`.")
         files = {k: _find(root, v) for k, v in ARTIFACTS.items()}
+        heads = None
         if files["top_heads"] is not None:
-            schema.check(read_json(files["top_heads"], f"--{role} top heads"), schema.TOP_HEADS,
-                         f"--{role} top heads {files['top_heads']}", "", "Rewrite the folder with `fv runtime run` or `fv reference run --dump`.")
-        return cls(root, dump, dump_path.name if dump_path else None, files)
+            heads = top_heads_rows(read_json(files["top_heads"], f"--{role} top heads"))
+            schema.check(heads, schema.TOP_HEADS, f"--{role} top heads {files['top_heads']}", "",
+                         "Rewrite the folder with `fv runtime run` or `fv reference run --dump`.")
+        return cls(root, dump, dump_path.name if dump_path else None, files, heads)
 
     def trials_sha(self) -> str | None:
         return (self.dump or {}).get("meta", {}).get("fixed_trials_sha256")
@@ -154,13 +168,31 @@ def _trial_stage(stage: str, src: SideFolder, fv: SideFolder, tol: Tolerance) ->
     return StageDiff(stage, "PASS" if count == 0 else "FAIL", count, worst, file=file, first=first)
 
 
+def _tensor_in(value: object, path: Path) -> object:
+    """The tensor a ``.pt`` file holds: itself, or a dict's entry named as the file (``fv_global_resid.pt``:
+    ``{"fv_global_resid": ...}``, as a port may save it) or its only tensor. Raises ``FVError`` naming the file."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, dict):
+        named = value.get(path.stem)
+        tensors = [v for v in value.values() if isinstance(v, torch.Tensor)]
+        if isinstance(named, torch.Tensor):
+            return named
+        if len(tensors) == 1:
+            return tensors[0]
+    keys = sorted(value) if isinstance(value, dict) else type(value).__name__
+    raise FVError(f"{path}: expected a tensor, or a dict holding one (named {path.stem!r} or alone); found {keys}")
+
+
 def _tensor_stage(stage: str, src: SideFolder, fv: SideFolder, tol: Tolerance) -> StageDiff:
     ps, pf = src.files.get(stage), fv.files.get(stage)
     if ps is None or pf is None:
         side = "src" if ps is None else "fv"
         return StageDiff(stage, "MISSING", note=f"{' or '.join(ARTIFACTS[stage])} missing in the {side} folder")
     file = f"{ps.name} | {pf.name}"
-    a, b = load_tensor_file(ps), load_tensor_file(pf)
+    a, b = _tensor_in(load_tensor_file(ps), ps), _tensor_in(load_tensor_file(pf), pf)
     if stage == "fv":
         a, b = a.reshape(-1), b.reshape(-1)
     tol = tol.for_stage(stage)
@@ -198,7 +230,7 @@ def _top_heads_stage(src: SideFolder, fv: SideFolder, tol: Tolerance) -> StageDi
     ps, pf = src.files.get("top_heads"), fv.files.get("top_heads")
     if ps is None or pf is None:
         return StageDiff("top_heads", "MISSING", note=f"top heads file missing in the {'src' if ps is None else 'fv'} folder")
-    a, b = read_json(ps, "top heads"), read_json(pf, "top heads")  # checked against schema.TOP_HEADS by SideFolder.open
+    a, b = src.top_heads, fv.top_heads  # as rows, checked against schema.TOP_HEADS by SideFolder.open
     file = f"{ps.name} | {pf.name}"
     count, first, worst = 0, None, 0.0
     scale = math.sqrt(sum(float(h[2]) ** 2 for h in a) / len(a)) if a else 0.0

@@ -123,7 +123,7 @@ def run_parity(lm: LoadedModel, trials: FixedTrials, params: Params, ref: LiveSo
     run = ParityRun(lm, trials, params, source, src, fvv, tol, result, injection_error=inj_error, other_side=other_words,
                     sides=meta["sides"])
     if out_dir is not None:
-        run.report_paths = write_parity_reports(out_dir, result, src.values.get("injection", {}), fvv.values["injection"])
+        run.report_paths = write_parity_reports(out_dir, result, src.values.get("injection", {}), fvv.values.get("injection", {}))
     return run
 
 

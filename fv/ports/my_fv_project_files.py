@@ -107,10 +107,13 @@ def read_user_files(folder: str | Path) -> UserFiles:
             try:
                 row = json.loads(line)
                 key = (str(row.get("q_id")), int(row["trial_idx"]), int(row["layer"]), int(row["head"]))
-                float(row["p_base"]), float(row["p_patch"])
+                if "p_base" in row or "p_patch" in row:
+                    float(row["p_base"]), float(row["p_patch"])
+                else:  # written by fv (--layout my_fv_project): the difference only
+                    float(row[IE_COLUMN])
             except (ValueError, KeyError, TypeError) as exc:
                 raise FVError(f"{_where(folder)}: trial_metrics.jsonl, line {n}: expected q_id, trial_idx, layer, "
-                              f"head, p_base, p_patch ({type(exc).__name__}: {exc})") from None
+                              f"head, and p_base with p_patch or {IE_COLUMN} ({type(exc).__name__}: {exc})") from None
             if key in metrics:
                 raise FVError(f"{_where(folder)}: trial_metrics.jsonl, line {n}: (q_id, trial_idx, layer, head) "
                               f"{key} appears twice")
@@ -229,13 +232,16 @@ class UserFilesSide:
         uf = self.files
         theirs = {(str(t["q_id"]), t["clean_prompt_str"], t["corrupted_prompt_str"]): (str(t["q_id"]), int(t["trial_idx"]))
                   for t in uf.trials}
+        qs = {q for q, _c, _k in theirs}
         given = trials["file"]["trials"]
         n = params.get("max_trials")
         given = given[:n] if n else given
         out = []
         for idx, t in enumerate(given):
             key = f"{t.get('trial_id', idx)}:{idx}"
-            found = theirs.get((str(t.get("q_id")), t["clean_prompt_str"], t["corrupted_prompt_str"]))
+            # trials without a q (an ICL dataset's) match the folder's one q (fv's layout names it by the trials id)
+            q = str(t["q_id"]) if t.get("q_id") is not None else (next(iter(qs)) if len(qs) == 1 else None)
+            found = theirs.get((q, t["clean_prompt_str"], t["corrupted_prompt_str"]))
             if found is None:
                 raise FVError(f"{_where(uf.folder)}: sampled_trials.json holds no trial with the prompts of trial {key} "
                               f"of {trials.get('path')}; compare with the trials they ran (their_trials_as_fixed)")
@@ -264,8 +270,11 @@ class UserFilesSide:
                 for layer in range(n_layers):
                     for head in range(n_heads):
                         r = uf.metrics[(q, ti, layer, head)]
-                        p = torch.tensor([float(r["p_patch"]), float(r["p_base"])], dtype=torch.float32)
-                        ie[i, layer, head] = p[0] - p[1]  # delta_p in float32, as the reference subtracts
+                        if "p_patch" in r:
+                            p = torch.tensor([float(r["p_patch"]), float(r["p_base"])], dtype=torch.float32)
+                            ie[i, layer, head] = p[0] - p[1]  # delta_p in float32, as the reference subtracts
+                        else:  # fv's layout keeps the float32 difference itself
+                            ie[i, layer, head] = float(r[IE_COLUMN])
             values["indirect_effect"] = ie
         k = int(params.get("n_top_heads", 10))
         th = uf.top_heads

@@ -264,7 +264,10 @@ def _mean_std(xs: list[float]) -> tuple[float, float]:
 
 
 def summarize(rows: list[dict]) -> dict:
-    """The eval summary (docs/artifacts.md), over all rows and per prompt set."""
+    """The eval summary: ``{"by_prompt_set": {"zero_shot": {...}, "shuffled": {...}}}``, each prompt set's figures
+    apart and named (``n``, accuracies, means and population stds of the logit, log-prob and probability of the
+    target's first token, with and without the FV). No field pools the two sets: zero-shot and shuffled prompts
+    answer different questions, and a reader taking a pooled ``mean_delta_p`` for the zero-shot one would be misled."""
 
     def block(rs: list[dict]) -> dict:
         s: dict = {"n": len(rs)}
@@ -279,6 +282,4 @@ def summarize(rows: list[dict]) -> dict:
         s["delta_acc"] = s["acc_with"] - s["acc_base"]
         return s
 
-    out = block(rows)
-    out["by_prompt_set"] = {ps: block([r for r in rows if r["prompt_set"] == ps]) for ps in PROMPT_SETS}
-    return out
+    return {"by_prompt_set": {ps: block([r for r in rows if r["prompt_set"] == ps]) for ps in PROMPT_SETS}}

@@ -66,10 +66,16 @@ def test_target_ids_match_trials(runtime_dir, fixed_trials, fv_options):
 def test_eval_summary_consistent(runtime_dir):
     summary = json.loads((runtime_dir / "eval_summary.json").read_text())
     rows = [json.loads(line) for line in (runtime_dir / "eval_trials.jsonl").read_text().splitlines()]
-    assert summary["n"] == len(rows)
-    assert summary["acc_base"] == pytest.approx(sum(r["accuracy_base"] for r in rows) / len(rows))
-    assert summary["mean_delta_logprob"] == pytest.approx(sum(r["delta_logprob"] for r in rows) / len(rows))
-    assert summary["delta_acc"] == pytest.approx(summary["acc_with"] - summary["acc_base"])
+    # each prompt set's figures apart and named; no field pools the zero-shot and shuffled rows
+    assert not {"n", "acc_base", "mean_delta_p", "mean_delta_logprob"} & set(summary), sorted(summary)
+    for ps, s in summary["by_prompt_set"].items():
+        mine = [r for r in rows if r["prompt_set"] == ps]
+        assert s["n"] == len(mine) > 0
+        assert s["acc_base"] == pytest.approx(sum(r["accuracy_base"] for r in mine) / len(mine))
+        assert s["mean_delta_logprob"] == pytest.approx(sum(r["delta_logprob"] for r in mine) / len(mine))
+        assert s["mean_delta_p"] == pytest.approx(sum(r["delta_p"] for r in mine) / len(mine))
+        assert s["delta_acc"] == pytest.approx(s["acc_with"] - s["acc_base"])
+    assert set(summary["by_prompt_set"]) == {"zero_shot", "shuffled"}
 
 
 def test_resume_skips_finished_stages(runtime_dir, fv_model, fixed_trials, fv_options, tmp_path, capsys):

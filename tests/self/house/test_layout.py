@@ -87,9 +87,10 @@ def test_the_tree_shows_the_stages():
         # the drivers: the M4 run, the relation run and its array, the universal FV, the M7 gate, job arrays, resume
         "pipelines": ["run", "relation", "relation_array", "universal", "gate_m7", "array", "cluster", "resume", "threads"],
         "parity": ["stages", "compare", "dump", "golden", "user_goldens", "snapshot", "src_cache", "report", "diff", "pattern", "run",
-                   "preflight", "boundaries", "identity", "registry", "tolerance", "tensor_diff", "json_diff", "sides", "golden_check"],
+                   "preflight", "boundaries", "identity", "registry", "tolerance", "tensor_diff", "json_diff", "sides", "golden_check",
+                   "comparers", "score_diff", "mismatch"],
         # the sides a port of the reference brings (fv.parity.sides), one module per port and form
-        "ports": ["my_fv_project_files"],
+        "ports": ["my_fv_project_files", "my_fv_project_layout"],
         # the pytest plugin: hooks in __init__ delegating to one module per job
         "pytest_plugin": ["options", "collection", "session", "summary"],
         "reference": ["adapter", "stages", "capability", "universal", "memory", "probes", "probe_cache", "process", "worker"],
