@@ -106,7 +106,9 @@ def run_parity(lm: LoadedModel, trials: FixedTrials, params: Params, ref: LiveSo
     notes = list(got["notes"] if got.get("notes") is not None else theirs.get("notes") or [])
     live = bool(theirs.get("live")) and bool(mine.get("live"))
     tol = EXACT if live and params.mode == "exact" else tolerance_for(dtype_of(theirs.get("dtype"), lm.dtype), exact=False)
-    fv_got = ours.stage_values(data, pd)
+    # a side that computes stage by stage (a port) may be handed the other side's values, to compute each stage
+    # from the other side's inputs (isolated)
+    fv_got = ours.stage_values(data, pd, given=src.values) if getattr(ours, "takes_given", False) else ours.stage_values(data, pd)
     fvv = _as_held(src, normalize(values_of(fv_got)))
     keys = [trial_key(t) for t in subset]
     if hasattr(other, "refit") and tol is not EXACT:
@@ -114,7 +116,8 @@ def run_parity(lm: LoadedModel, trials: FixedTrials, params: Params, ref: LiveSo
         notes += [note] if note else []
     meta = run_meta(lm, trials, params.as_dict(), source=source, other_side=other_words, tolerance=tol.__dict__, src_notes=notes,
                     src_compat=bool(theirs.get("compat")), sides={source: origin, mine["kind"]: fv_got.get("origin", "computed")},
-                    **(theirs.get("facts") or {}))
+                    our_side=mine.get("description"), our_notes=list(mine.get("notes") or []),
+                    **{**(mine.get("facts") or {}), **(theirs.get("facts") or {})})
     result = compare_all(src, fvv, tol, keys, meta, stage_functions, lone_slots=_lone_slots(lm, subset, src))
     name_constant_sides(result, src, fvv, {"reference": "the reference's", "golden": "the goldens'"}.get(source, f"the {source}'"))
     if inj_error:

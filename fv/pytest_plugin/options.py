@@ -61,6 +61,12 @@ def add_options(parser: pytest.Parser) -> None:
                 help="M1/M2: a user's golden folder as src wrote it (results/<dataset>/<fixed_trials_id>/ with "
                      "<dataset>_mean_head_activations_FIXED.pt, _dummy_labels.json, _indirect_effect.pt); fv is compared "
                      "with it within its dtype's tolerance, on the --fixed-trials it was made from")
+    g.addoption("--port", default=None,
+                help="a port of the reference as fv's side (MODULE:OBJECT, docs/ports.md): its stage methods, in a process of "
+                     "its own started from --port-root, each fed the other side's inputs (isolated) unless --port-chain")
+    g.addoption("--port-root", default=None, help="the port's project root (default: the directory pytest runs in)")
+    g.addoption("--port-python", default=None, help="the interpreter the port runs with (default: this one)")
+    g.addoption("--port-chain", action="store_true", help="feed the port its own outputs, as it runs end to end (default: isolated)")
     g.addoption("--src-cache", default=None, help="folder for the live reference's cached stage values (default $FV_CACHE_DIR/src_values) and, in "
                                                   "its probes/, its family probes: a rerun then computes only fv's side")
     g.addoption("--no-src-cache", action="store_true", help="compute the live reference's side and probe its families every run; neither read nor write its cache")
@@ -107,6 +113,10 @@ class FVOptions:
     golden_dir: str | None = None
     src_cache: str | None = None
     no_src_cache: bool = False
+    port: str | None = None
+    port_root: str | None = None
+    port_python: str | None = None
+    port_chain: bool = False
 
     @classmethod
     def of(cls, config: pytest.Config) -> "FVOptions":
@@ -131,7 +141,9 @@ class FVOptions:
                    o("--src-compat"), o("--require-src"), o("--fixed-trials"), o("--dataset"), o("--n-top-heads"),
                    o("--edit-layer"), o("--max-trials"), o("--q-list"), o("--relation-csv"), o("--n-trials-per-q"),
                    Path(o("--fv-out")) if o("--fv-out") else invoked / "results_fv", root, o("--allow-empty"),
-                   o("--fv-attn-implementation"), o("--src-model"), o("--golden-dir"), o("--src-cache"), o("--no-src-cache"))
+                   o("--fv-attn-implementation"), o("--src-model"), o("--golden-dir"), o("--src-cache"), o("--no-src-cache"),
+                   port=o("--port"), port_root=o("--port-root") or (str(invoked) if o("--port") else None),
+                   port_python=o("--port-python"), port_chain=o("--port-chain"))
 
 
 

@@ -31,6 +31,7 @@ class FVSession:
     parity: dict[tuple, Any] = field(default_factory=dict)
     references: dict[str, Any] = field(default_factory=dict)
     reported: set[tuple] = field(default_factory=set)
+    ports: dict[tuple, Any] = field(default_factory=dict)  # a --port's process per (port, root, python, model)
 
 
 _CURRENT: list[FVSession] = [FVSession()]
@@ -223,6 +224,23 @@ def cached_source(opts: FVOptions, source: Any) -> Any:
     return source
 
 
+def port_for(opts: FVOptions, lm: Any) -> Any:
+    """The port given with ``--port`` as fv's side (``fv.ports.functions``), its process started once per session and
+    model; None without ``--port`` (fv's runtime is the side)."""
+    if not opts.port:
+        return None
+    from fv.ports.functions import PortProcess, PortSide
+
+    procs = current().ports
+    key = (opts.port, opts.port_root, opts.port_python, lm.name)
+    if key not in procs:
+        procs[key] = PortProcess(opts.port, opts.port_root or ".", opts.port_python)
+    from fv.reference.adapter import user_string
+
+    return PortSide(procs[key], user_string(lm), str(lm.device), str(lm.dtype).replace("torch.", ""),
+                    isolated=not opts.port_chain)
+
+
 def universal_side(opts: FVOptions, lm: Any) -> Any:
     """The universal gate's other side, chosen by ``fv.parity.sides.other_side`` as the stage gates' is: the live
     reference when there is one, else the snapshot goldens (a user's goldens hold no universal values)."""
@@ -265,7 +283,7 @@ def parity_for(opts: FVOptions, lm: Any, trials: Any, require_reference: bool = 
         ref = None
     params = fv_params(opts) if golden is None else replace(fv_params(opts), max_trials=golden.n_trials)
     key = (lm.name, str(trials.path), trials.sha256, tuple(sorted(params.as_dict().items())), ref is not None, opts.src_model,
-           opts.golden_dir)
+           opts.golden_dir, opts.port, opts.port_chain)
     runs, reported = current().parity, current().reported
     if key not in runs:
         try:
@@ -275,7 +293,8 @@ def parity_for(opts: FVOptions, lm: Any, trials: Any, require_reference: bool = 
                 source = live_source(ref, reference_own_model(ref, lm) if opts.src_model == "own" else None)
                 source = cached_source(opts, source)
             runs[key] = run_parity(lm, trials, params, None, default_out_dir(opts.out_root, trials, lm.name),
-                                   stage_functions=STAGE_FUNCTIONS, other=other_side(lm, source, golden))
+                                   stage_functions=STAGE_FUNCTIONS, other=other_side(lm, source, golden),
+                                   ours=port_for(opts, lm))
         except FileNotFoundError as exc:
             runs[key] = (f"{EMPTY_GATE} {lm.name} x {trials.id}: no reference and {exc}. Pass --src-root PATH (the "
                          f"reference's src/) to compare live, or make goldens with `pytest -m m1 --snapshot-update --src-root PATH`")

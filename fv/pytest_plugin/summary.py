@@ -38,7 +38,9 @@ def parity_summary(run: Any) -> dict:
         "model": run.lm.name, "trials": run.trials.id, "status": run.result.status, "other_side": run.other_side,
         "mode": run.result.meta.get("src_model_mode", ""),
         "tolerance": run.tolerance.name, "sides": dict(getattr(run, "sides", {}) or {}),
-        "fv_side": f"{str(run.lm.dtype).replace('torch.', '')}, {run.lm.attn_implementation or '?'} attention",
+        # fv's runtime, or the port given with --port (named with its root, interpreter and mode)
+        "fv_side": (f"{run.result.meta['our_side']}, python {run.result.meta.get('port_python')}" if run.result.meta.get("port")
+                    else f"{str(run.lm.dtype).replace('torch.', '')}, {run.lm.attn_implementation or '?'} attention"),
         "first_divergence": fd and {k: str(v)[:200] for k, v in fd.items() if k in ("stage", "file", "key", "trial_id", "trial_idx", "pattern")},
         "reports": str(next(iter(run.report_paths.values())).parent) if run.report_paths else "",
         "stages": [[s.name, s.status, s.mismatch_count, repr(s.max_abs_diff), round(s.duration_sec, 2), stage_note(s)]

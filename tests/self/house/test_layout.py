@@ -90,7 +90,7 @@ def test_the_tree_shows_the_stages():
                    "preflight", "boundaries", "identity", "registry", "tolerance", "tensor_diff", "json_diff", "sides", "golden_check",
                    "comparers", "score_diff", "mismatch"],
         # the sides a port of the reference brings (fv.parity.sides), one module per port and form
-        "ports": ["my_fv_project_files", "my_fv_project_layout"],
+        "ports": ["my_fv_project_files", "my_fv_project_layout", "functions", "fv_runtime", "worker"],
         # the pytest plugin: hooks in __init__ delegating to one module per job
         "pytest_plugin": ["options", "collection", "session", "summary"],
         "reference": ["adapter", "stages", "capability", "universal", "memory", "probes", "probe_cache", "process", "worker"],
@@ -218,3 +218,15 @@ def test_the_thread_count_is_restored_after_a_stage():
     assert torch.get_num_threads() == before
     with cpu_threads(0, "cpu"), cpu_threads(1, "cuda:0"):
         assert torch.get_num_threads() == before
+
+
+def test_the_workers_import_nothing_of_fv():
+    """The reference's worker and a port's worker run in processes where ``fv`` may be the user's package: neither
+    imports this fv (pytest-xdist's worker, in its manner)."""
+    import ast
+
+    for path in (PKG / "reference" / "worker.py", PKG / "ports" / "worker.py"):
+        tree = ast.parse(path.read_text())
+        names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        names += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+        assert not [m for m in names if m == "fv" or m.startswith("fv.")], (path, names)

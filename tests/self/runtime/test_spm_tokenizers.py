@@ -24,6 +24,7 @@ import torch
 
 from fv.model.tiny import SPM_TINY, SPM_TOKENIZER_FILES, SPM_TOKENIZERS, TINY_MODELS
 from fv.parity.pattern import describe, lone_metaspace_note, lone_metaspace_slots
+from fv.parity.registry import stage
 from fv.parity.run import run_parity
 from fv.parity.stages import STAGES, Params
 from fv.paths import FIXTURES, REPO_ROOT
@@ -181,9 +182,10 @@ def test_byte_level_tokenizers_report_no_lone_metaspace(tmp_path):
 def test_a_mismatch_pattern_names_the_lone_metaspace_slots():
     bad = torch.zeros(2, 1, 6, 4, dtype=torch.bool)
     bad[0, 0, 3] = bad[1, 0, 4] = True
-    line = describe("mean_activations", bad, [f"l{i}" for i in range(6)], [3, 5], lone_metaspace_slots=[3])
+    dims = stage("mean_activations").dims
+    line = describe(dims, bad, [f"l{i}" for i in range(6)], [3, 5], lone_metaspace_slots=[3])
     assert "2 of 6 slots" in line and "1 of them hold a lone '▁' token (3)" in line, line
-    assert describe("mean_activations", bad, None, None) == describe("mean_activations", bad)  # unchanged without it
+    assert describe(dims, bad, None, None) == describe(dims, bad)  # unchanged without it
 
 
 @pytest.mark.parametrize("name", SPM_TINY)
