@@ -43,13 +43,16 @@ from pathlib import Path
 from typing import Any
 
 from fv.errors import FVError
+from fv.parity.registry import STAGES
 from fv.ports import worker as wire
 
 WORKER = Path(wire.__file__)
-# what each stage method takes besides the trials and parameters, from upstream stages
-INPUTS = {"prompt": (), "slot": (), "mean_activations": (), "indirect_effect": ("mean_activations",),
-          "top_heads": ("indirect_effect",), "fv": ("mean_activations", "top_heads"), "injection": ("fv",)}
-TAKES_TRIALS = ("prompt", "slot", "mean_activations", "indirect_effect", "injection")
+# what a stage method takes from upstream stages besides the trials and parameters; every stage of the registry,
+# in data-flow order
+NEEDS = {"indirect_effect": ("mean_activations",), "top_heads": ("indirect_effect",), "fv": ("mean_activations", "top_heads"),
+         "injection": ("fv",)}
+INPUTS = {s: NEEDS.get(s, ()) for s in STAGES}
+TAKES_TRIALS = tuple(s for s in STAGES if s not in ("top_heads", "fv"))
 
 
 class PortProcess:
@@ -73,7 +76,7 @@ class PortProcess:
             self.keep_log = True
             self.close()
             raise FVError(f"port {spec}: {first.get('error')} (log {self.log.name})")
-        self.hello = self.request({"op": "hello"}, "greeting it")
+        self.hello = self.request({"op": "hello", "methods": ["load", *STAGES]}, "greeting it")
 
     def _read(self, doing: str) -> dict:
         line = self.proc.stdout.readline() if self.proc.stdout else ""

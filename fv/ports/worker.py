@@ -7,7 +7,7 @@ requests, one JSON object a line on stdin, with one JSON object a line on the st
 port's own prints go to stderr, the log). Tensors travel in safetensors files in the folder the request names;
 everything else is JSON.
 
-Requests: ``{"op": "hello"}`` (the port's name and the stage methods it has), ``{"op": "call", "method": M,
+Requests: ``{"op": "hello", "methods": [...]}`` (the port's name and which of those stage methods it has), ``{"op": "call", "method": M,
 "args": {...}, "dir": D}`` (``port.M(**args)``; tensors in ``args`` and in the answer are ``{"__tensor__": key}``
 entries of ``D/in.safetensors`` and ``D/out.safetensors``), ``{"op": "exit"}``.
 """
@@ -22,9 +22,6 @@ import sys
 import traceback
 from pathlib import Path
 from typing import Any
-
-# the stage methods a port may have, in data-flow order (fv.ports.functions documents each)
-METHODS = ("load", "prompt", "slot", "mean_activations", "indirect_effect", "top_heads", "fv", "injection")
 
 
 def encode(value: Any, tensors: dict, prefix: str = "t") -> Any:
@@ -85,7 +82,7 @@ def serve(port: Any, inp: Any, out: Any) -> None:
             if req["op"] == "hello":
                 mod = sys.modules.get(type(port).__module__.split(".")[0])
                 ans = {"ok": True, "name": getattr(port, "name", type(port).__name__),
-                       "methods": [m for m in METHODS if callable(getattr(port, m, None))],
+                       "methods": [m for m in req.get("methods", []) if callable(getattr(port, m, None))],
                        "package_file": getattr(mod, "__file__", None), "python": sys.executable, "cwd": os.getcwd()}
             else:
                 folder = Path(req["dir"])
