@@ -7,6 +7,12 @@ gate it against fv's runtime or the live reference. A port side may compute live
 here, read the files the port wrote; it returns only the stages whose mapping onto fv's stage shapes is exact and
 names every stage it leaves out, and why, in ``describe()["notes"]`` (stages a side lacks are not compared).
 
+- ``fv.ports.functions``: a port by its functions (one method per stage), loaded by ``MODULE:OBJECT`` from its
+  project root in a process of its own (``fv.ports.worker``, which imports nothing of fv), isolated or chained;
+  ``fv.ports.fv_runtime.FvRuntimePort``: fv's own runtime as such a port.
 - ``fv.ports.my_fv_project_files.UserFilesSide``: the artifacts folder that ``sunsikham/my_fv_project``'s
-  relation q-wise pipeline writes per q (``<relation>/<Q>/artifacts/``). See docs/ports.md.
+  relation q-wise pipeline writes per q (``<relation>/<Q>/artifacts/``).
+- ``fv.ports.my_fv_project_layout``: fv's runs written in that layout (``--layout my_fv_project``).
+
+See docs/ports.md.
 """
