@@ -39,7 +39,7 @@ def parity_summary(run: Any) -> dict:
         "mode": run.result.meta.get("src_model_mode", ""),
         "tolerance": run.tolerance.name, "sides": dict(getattr(run, "sides", {}) or {}),
         # fv's runtime, or the port given with --port (named with its root, interpreter and mode)
-        "fv_side": (f"{run.result.meta['our_side']}, python {run.result.meta.get('port_python')}" if run.result.meta.get("port")
+        "fv_side": (f"{run.result.meta['our_side']}, python {run.result.meta.get('port_python')}" if run.result.meta.get("port_mode")
                     else f"{str(run.lm.dtype).replace('torch.', '')}, {run.lm.attn_implementation or '?'} attention"),
         "first_divergence": fd and {k: str(v)[:200] for k, v in fd.items() if k in ("stage", "file", "key", "trial_id", "trial_idx", "pattern")},
         "reports": str(next(iter(run.report_paths.values())).parent) if run.report_paths else "",
