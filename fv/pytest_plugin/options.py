@@ -67,6 +67,9 @@ def add_options(parser: pytest.Parser) -> None:
     g.addoption("--port-root", default=None, help="the port's project root (default: the directory pytest runs in)")
     g.addoption("--port-python", default=None, help="the interpreter the port runs with (default: this one)")
     g.addoption("--port-chain", action="store_true", help="feed the port its own outputs, as it runs end to end (default: isolated)")
+    g.addoption("--port-exact", action="store_true",
+                help="hold the port to the exact gate (bit for bit); default: the compute dtype's tolerance, a reimplementation "
+                     "reordering floating-point work (each stage's max abs difference shows whether it is bit-exact anyway)")
     g.addoption("--src-cache", default=None, help="folder for the live reference's cached stage values (default $FV_CACHE_DIR/src_values) and, in "
                                                   "its probes/, its family probes: a rerun then computes only fv's side")
     g.addoption("--no-src-cache", action="store_true", help="compute the live reference's side and probe its families every run; neither read nor write its cache")
@@ -117,6 +120,7 @@ class FVOptions:
     port_root: str | None = None
     port_python: str | None = None
     port_chain: bool = False
+    port_exact: bool = False
 
     @classmethod
     def of(cls, config: pytest.Config) -> "FVOptions":
@@ -143,7 +147,7 @@ class FVOptions:
                    Path(o("--fv-out")) if o("--fv-out") else invoked / "results_fv", root, o("--allow-empty"),
                    o("--fv-attn-implementation"), o("--src-model"), o("--golden-dir"), o("--src-cache"), o("--no-src-cache"),
                    port=o("--port"), port_root=o("--port-root") or (str(invoked) if o("--port") else None),
-                   port_python=o("--port-python"), port_chain=o("--port-chain"))
+                   port_python=o("--port-python"), port_chain=o("--port-chain"), port_exact=o("--port-exact"))
 
 
 

@@ -238,7 +238,7 @@ def port_for(opts: FVOptions, lm: Any) -> Any:
     from fv.reference.adapter import user_string
 
     return PortSide(procs[key], user_string(lm), str(lm.device), str(lm.dtype).replace("torch.", ""),
-                    isolated=not opts.port_chain)
+                    isolated=not opts.port_chain, exact=opts.port_exact)
 
 
 def universal_side(opts: FVOptions, lm: Any) -> Any:
@@ -283,7 +283,7 @@ def parity_for(opts: FVOptions, lm: Any, trials: Any, require_reference: bool = 
         ref = None
     params = fv_params(opts) if golden is None else replace(fv_params(opts), max_trials=golden.n_trials)
     key = (lm.name, str(trials.path), trials.sha256, tuple(sorted(params.as_dict().items())), ref is not None, opts.src_model,
-           opts.golden_dir, opts.port, opts.port_chain)
+           opts.golden_dir, opts.port, opts.port_chain, opts.port_exact)
     runs, reported = current().parity, current().reported
     if key not in runs:
         try:

@@ -183,7 +183,7 @@ def test_pytest_m2_gates_a_port_named_on_the_command_line(tmp_path, fv_options):
         cmd = [sys.executable, "-m", "pytest", str(REPO_ROOT / "tests" / "parity" / "test_m2_stage_parity.py"), "-m", "m2",
                "-p", "no:cacheprovider", "-p", "no:xdist", "-q", "--fv-model", "tiny-llama", "--dataset",
                str(FIXTURES / "antonym_tiny.json"), "--max-trials", "2", "--edit-layer", "2", "--src-model", "shared",
-               "--port", port, "--port-root", str(REPO_ROOT), "--fv-out", str(out)]
+               "--port", port, "--port-root", str(REPO_ROOT), "--port-exact", "--fv-out", str(out)]
         if fv_options.src_root:
             cmd += ["--src-root", str(fv_options.src_root)]
         if fv_options.baukit_root:
@@ -196,5 +196,6 @@ def test_pytest_m2_gates_a_port_named_on_the_command_line(tmp_path, fv_options):
     proc, report = session("fv.ports.fv_runtime:FvRuntimePort", tmp_path / "good")
     assert proc.returncode == 0 and report["status"] == "PASS", proc.stdout[-3000:]
     assert report["meta"]["port_mode"] == "isolated" and "fv: the port fv-runtime" in proc.stdout
+    assert report["meta"]["tolerance"]["name"] == "exact"  # --port-exact: fv's runtime is held to the bit
     proc, report = session("tests.support.wrong_ports:HalfFV", tmp_path / "bad")
     assert proc.returncode == 1 and report["earliest_failed_stage"] == "fv", proc.stdout[-3000:]
