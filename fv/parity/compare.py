@@ -36,6 +36,7 @@ from fv.parity.tensor_diff import TensorDiff, diff_tensors  # noqa: F401
 from fv.parity.tolerance import BF16, EXACT, FP16, FP32, Tolerance, rms, tolerance_for  # noqa: F401
 
 SKIP = "SKIP"  # a stage's status when the other side has no value for it
+NOT_COMPARED = "NOT COMPARED"  # a gate whose compared stages passed but whose port lacks some stages
 NONFINITE = "NONFINITE"  # a stage where either side holds a NaN or an infinity: never a PASS, never a mere FAIL
 FAILED_STATUSES = ("FAIL", NONFINITE)
 
@@ -118,6 +119,7 @@ class StageResult:
     nonfinite: dict | None = None  # NONFINITE: which side holds NaNs or infinities, and where each first appears
     degenerate: str | None = None  # a PASS that proves little, and why (all values 0, rounding noise, ...)
     magnitude: dict | None = None  # how large the expected values are (tensor stages)
+    lacked_by: str | None = None  # SKIP: "ours" when fv's side (a port) lacks the stage, "other" when the other side does
 
     @property
     def status_text(self) -> str:
@@ -178,10 +180,25 @@ class ParityResult:
     def status(self) -> str:
         # SKIP: a stage the golden source does not hold (user goldens hold three); never all of them.
         # NONFINITE: any stage holds a NaN or an infinity, whatever the others say
+        # NOT_COMPARED: every compared stage passed but fv's side (a port) lacks some: never a PASS
         compared = [s for s in self.stages if s.status != SKIP]
         if any(s.status == NONFINITE for s in compared):
             return NONFINITE
-        return "PASS" if compared and all(s.status == "PASS" for s in compared) else "FAIL"
+        if not compared or not all(s.status == "PASS" for s in compared):
+            return "FAIL"
+        return NOT_COMPARED if self.lacked_by_ours else "PASS"
+
+    @property
+    def lacked_by_ours(self) -> list[str]:
+        """The stages fv's side (a port) does not compute: a gate on it says "not compared: N of M stages"."""
+        return [s.name for s in self.stages if s.status == SKIP and s.lacked_by == "ours"]
+
+    @property
+    def not_compared_line(self) -> str | None:
+        """``not compared: N of M stages (...)`` when fv's side lacks stages; None otherwise."""
+        lacking = self.lacked_by_ours
+        return (f"not compared: {len(lacking)} of {len(self.stages)} stages ({', '.join(lacking)}): the port does not "
+                "compute them") if lacking else None
 
     @property
     def earliest_failed_stage(self) -> str | None:
@@ -265,7 +282,8 @@ def compare_all(src: Any, fv: Any, tol: Tolerance, trial_keys: list[str], meta: 
         decl = registry_stage(s)
         if s not in src.values or s not in fv.values:  # a side that lacks a stage: not compared, never a PASS
             which = "the golden source" if s not in src.values else "this side"
-            stages.append(StageResult(s, SKIP, 0, 0.0, detail=[f"not compared: {which} holds no {s}"]))
+            stages.append(StageResult(s, SKIP, 0, 0.0, detail=[f"not compared: {which} holds no {s}"],
+                                      lacked_by="other" if s not in src.values else "ours"))
             continue
         st = tol.for_stage(s)
         if decl.effect and scale:

@@ -128,7 +128,7 @@ def write_parity_reports(out_dir: Path, result: ParityResult, src_inj: dict, fv_
     folder always holds one run's four files, never two runs' mixed."""
     out = Path(out_dir)
     report = {
-        "status": result.status, "earliest_failed_stage": result.earliest_failed_stage,
+        "status": result.status, "not_compared": result.not_compared_line, "earliest_failed_stage": result.earliest_failed_stage,
         "first_divergence": _clean(result.first_divergence()),
         # NONFINITE stages (a NaN or an infinity on either side), and PASSes that prove little (``degenerate``)
         "nonfinite_stages": result.nonfinite_stages,

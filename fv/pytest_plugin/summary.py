@@ -46,6 +46,7 @@ def parity_summary(run: Any) -> dict:
         "stages": [[s.name, s.status, s.mismatch_count, repr(s.max_abs_diff), round(s.duration_sec, 2), stage_note(s)]
                    for s in run.result.stages],
         "proves_little": getattr(run.result, "proves_little", None),
+        "not_compared": getattr(run.result, "not_compared_line", None),
     }
 
 
@@ -139,6 +140,8 @@ def write_summary(tr: Any, ledger: GateLedger, verbose: int = 0, allow_empty: bo
         tr.write_line(head)
         for side, origin in run.get("sides", {}).items():
             tr.write_line(f"  {side} side: {origin}")
+        if run.get("not_compared"):
+            tr.write_line(f"  {run['not_compared']}")
         if verbose < 0:
             continue
         fd = run.get("first_divergence")

@@ -108,6 +108,9 @@ def test_a_stage_the_port_lacks_is_not_compared(lm, trials, source, processes):
     assert st["indirect_effect"].status == "SKIP" and "holds no indirect_effect" in st["indirect_effect"].detail[0]
     assert st["top_heads"].status == "PASS"  # isolated: ranked from the reference's effects
     assert any("no indirect_effect() method" in n for n in run.result.meta["our_notes"])
+    # every compared stage passed, and still no PASS: the gate says what it did not compare
+    assert run.result.status == "NOT COMPARED" and run.result.lacked_by_ours == ["indirect_effect"]
+    assert run.result.not_compared_line.startswith("not compared: 1 of 7 stages (indirect_effect)")
 
 
 def test_a_users_package_named_fv_is_theirs_in_the_ports_process(lm, trials, source, tmp_path):
@@ -150,6 +153,7 @@ def test_a_users_package_named_fv_is_theirs_in_the_ports_process(lm, trials, sou
     st = {s.name: s for s in run.result.stages}
     assert st["prompt"].status == "PASS", st["prompt"].summary()
     assert {st[s].status for s in STAGES if s != "prompt"} == {"SKIP"}
+    assert run.result.status == "NOT COMPARED"  # six stages the port does not have: never a PASS
     assert run.result.meta["port_package_file"] == str(pkg / "__init__.py")
     assert this_fv.__file__ == str(REPO_ROOT / "fv" / "__init__.py")
 
