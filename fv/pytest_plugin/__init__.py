@@ -38,6 +38,7 @@ from fv.pytest_plugin.options import (  # noqa: F401  (re-exported: tests and co
 from fv.pytest_plugin.session import (  # noqa: F401  (re-exported)
     cached_source,
     check_reference_side,
+    current,
     fv_params,
     get_reference,
     load_session_model,
@@ -55,6 +56,16 @@ from fv.pytest_plugin.summary import EMPTY_GATE, GateLedger, GateReporter, parit
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     add_options(parser)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """The session's reference and port processes ended and their folders removed, on every worker (an xdist
+    worker may leave without running ``atexit``)."""
+    from fv.reference.process import close_all
+
+    close_all()
+    for proc in current().ports.values():
+        proc.close()
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -258,6 +258,14 @@ def reference_process(src_root: Path, baukit_root: str | None, compat: bool, mod
     return p
 
 
+def close_all() -> None:
+    """End every reference process of this session and remove its folder (a pytest worker may leave without running
+    ``atexit``)."""
+    for p in list(_PROCESSES.values()):
+        p.close()
+    _PROCESSES.clear()
+
+
 def session_costs() -> list[dict]:
     """The cost of every reference process of this session: its pid, start and load seconds."""
     return [{"src_root": k[0], "model": k[3], "pid": p.pid, **p.cost} for k, p in _PROCESSES.items()]
