@@ -163,7 +163,11 @@ class ReferenceProcess:
         if not ready.get("ok"):
             self.close()
             raise ReferenceProcessError(self._one_line(ready, "starting"))
-        hello = self.request("hello")
+        try:
+            hello = self.request("hello")
+        except BaseException:
+            self.close()  # never left running, nor its folder left behind
+            raise
         self.notes, self.fv_modules = list(hello.get("notes", [])), hello.get("fv_modules", {})
         self.cost["start_seconds"] = time.perf_counter() - t0
         atexit.register(self.close)
@@ -254,6 +258,8 @@ def reference_process(src_root: Path, baukit_root: str | None, compat: bool, mod
     key = (str(src_root), str(baukit_root), bool(compat), model_key)
     p = _PROCESSES.get(key)
     if p is None or p.proc is None or p.proc.poll() is not None:
+        if p is not None:
+            p.close()  # an ended process: its folder goes with it
         p = _PROCESSES[key] = ReferenceProcess(Path(src_root), baukit_root, compat).start()
     return p
 
