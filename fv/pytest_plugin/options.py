@@ -141,11 +141,14 @@ class FVOptions:
 
         root = REPO_ROOT if (REPO_ROOT / "fixtures").is_dir() else Path(config.rootpath)
         invoked = Path(config.invocation_params.dir)
-        return cls(models, o("--fv-device"), o("--fv-dtype"), o("--fv-mode"), o("--src-root"), o("--baukit-root"),
-                   o("--src-compat"), o("--require-src"), o("--fixed-trials"), o("--dataset"), o("--n-top-heads"),
-                   o("--edit-layer"), o("--max-trials"), o("--q-list"), o("--relation-csv"), o("--n-trials-per-q"),
-                   Path(o("--fv-out")) if o("--fv-out") else invoked / "results_fv", root, o("--allow-empty"),
-                   o("--fv-attn-implementation"), o("--src-model"), o("--golden-dir"), o("--src-cache"), o("--no-src-cache"),
+        return cls(models=models, device=o("--fv-device"), dtype=o("--fv-dtype"), mode=o("--fv-mode"),
+                   src_root=o("--src-root"), baukit_root=o("--baukit-root"), src_compat=o("--src-compat"),
+                   require_src=o("--require-src"), fixed_trials=o("--fixed-trials"), dataset=o("--dataset"),
+                   n_top_heads=o("--n-top-heads"), edit_layer=o("--edit-layer"), max_trials=o("--max-trials"),
+                   q_list=o("--q-list"), relation_csv=o("--relation-csv"), n_trials_per_q=o("--n-trials-per-q"),
+                   out_root=Path(o("--fv-out")) if o("--fv-out") else invoked / "results_fv", rootdir=root,
+                   allow_empty=o("--allow-empty"), attn=o("--fv-attn-implementation"), src_model=o("--src-model"),
+                   golden_dir=o("--golden-dir"), src_cache=o("--src-cache"), no_src_cache=o("--no-src-cache"),
                    port=o("--port"), port_root=o("--port-root") or (str(invoked) if o("--port") else None),
                    port_python=o("--port-python"), port_chain=o("--port-chain"), port_exact=o("--port-exact"))
 
