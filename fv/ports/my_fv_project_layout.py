@@ -32,9 +32,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import statistics
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
@@ -42,7 +40,7 @@ from typing import Any, Sequence
 import torch
 
 from fv.errors import FVError
-from fv.io import ensure_dir, load_tensor_file, read_json, write_json, write_text
+from fv.io import atomic_write, ensure_dir, load_tensor_file, read_json, write_json, write_text
 
 NAME = "my_fv_project"
 SCORE_KEY = "mean_delta_p"
@@ -68,16 +66,8 @@ WHY = ("fv computes each head's indirect effect as one difference of probabiliti
 
 
 def _save_pt(path: Path, obj: Any) -> None:
-    """``torch.save`` whole or not at all (a temporary file beside it, then renamed)."""
-    ensure_dir(path.parent)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """``torch.save`` whole or not at all (``fv.io.atomic_write``)."""
+    atomic_write(path, lambda fh: torch.save(obj, fh), binary=True)
 
 
 def _csv(header: Sequence[str], rows: list[list[Any]]) -> str:
