@@ -1,10 +1,12 @@
 """A worked adapter: sunsikham/my_fv_project's runtime (their package ``fv``, checked at commit 9290bc5) as a port
 of fv's protocol (``fv/ports/functions.py``), written against their public functions only.
 
-Put this file in their project root (beside their ``fv/`` package) and gate it from there:
+Put this file in their project root (beside their ``fv/`` package) and gate it from there with fv's installed
+``pytest`` (``python -m pytest`` would import their ``fv`` in place of fv's), naming fv's stage gates by their path in
+fv's checkout FV_CHECKOUT (run without a path, pytest collects their project's tests, not fv's gates):
 
-    pytest -m m2 --fv-model MODEL_PATH --src-root SRC --src-model shared \
-        --port my_fv_project_port:MyFvProjectPort --port-root THEIR_PROJECT [--port-chain]
+    pytest FV_CHECKOUT/tests/parity/test_m2_stage_parity.py -m m2 --fv-model MODEL_PATH --src-root SRC \
+        --src-model shared --port my_fv_project_port:MyFvProjectPort --port-root THEIR_PROJECT [--port-chain]
 
 It runs in a process of its own started from their root, so ``fv`` below is *their* package. Stages:
 

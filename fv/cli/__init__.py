@@ -25,7 +25,7 @@ EXIT_CODES = ("exit codes: 0 done, every check passed; 1 a check failed or the c
               "reference cannot run); 130 interrupted.")
 
 # the nouns, in the order of the M0-M7 plan: (noun, the fv.cli module registering it)
-NOUNS = (("trials", "trials"), ("reference", "reference"), ("runtime", "run"), ("parity", "diff"), ("relation", "relation"),
+NOUNS = (("trials", "trials"), ("reference", "reference"), ("runtime", "run"), ("parity", "diff"), ("port", "port"), ("relation", "relation"),
          ("universal", "universal"), ("gate", "gate"), ("golden", "golden"), ("results", "plot"), ("env", "doctor"),
          ("model", "models"))
 GROUPS = tuple(module for _noun, module in NOUNS)

@@ -49,6 +49,8 @@ import torch
 from fv.errors import FVError
 
 KIND = "my_fv_project files"
+NAME = "my_fv_project"  # the layout's name (fv.ports.layouts)
+DESCRIPTION = "sunsikham/my_fv_project's relation q folder (<relation>/<Q>/artifacts: sampled_trials.json, trial_metrics.jsonl)"
 REQUIRED = ("sampled_trials.json", "trial_metrics.jsonl")
 IE_COLUMN = "delta_p"  # = p_patch - p_base: the reference's indirect effect
 
@@ -145,6 +147,28 @@ def read_user_files(folder: str | Path) -> UserFiles:
     return out
 
 
+def looks_like(folder: str | Path) -> bool:
+    """A relation q folder of theirs: ``sampled_trials.json`` and ``trial_metrics.jsonl`` side by side, not written
+    by their fixed-trials mode (``meta.source`` ``fixed_trials_override``: ``fv.ports.my_fv_project_stepd``)."""
+    folder = Path(folder)
+    if not all((folder / name).is_file() for name in REQUIRED):
+        return False
+    try:
+        meta = json.loads((folder / "sampled_trials.json").read_text(encoding="utf-8")).get("meta") or {}
+    except (OSError, ValueError, AttributeError):
+        return True  # theirs by its files; the reader names what is wrong with it
+    return meta.get("source") != "fixed_trials_override"
+
+
+def side(folder: str | Path) -> "UserFilesSide":
+    return UserFilesSide(Path(folder))
+
+
+def fixed_trials(folder: str | Path, tokenizer: Any, relation_csv: str | Path | None = None) -> dict:
+    """The trials of their ``sampled_trials.json`` as an fv fixed-trials dict (:func:`their_trials_as_fixed`)."""
+    return their_trials_as_fixed(folder, tokenizer, relation_csv)
+
+
 # ---- their trials as an fv fixed-trials file -----------------------------------------------------------------
 def _row_index(rows: list[tuple[str, str]], pair: dict, where: str) -> int:
     for i, (a, b) in enumerate(rows):
@@ -166,7 +190,10 @@ def their_trials_as_fixed(folder: str | Path, tokenizer: Any, relation_csv: str 
     where = f"{_where(uf.folder)}: sampled_trials.json"
     csv_path = relation_csv or uf.trials_meta.get("relation_csv_path")
     if not csv_path:
-        raise FVError(f"{where}: meta.relation_csv_path is not recorded; pass relation_csv")
+        raise FVError(f"{where}: meta.relation_csv_path is not recorded; pass the relation CSV they ran (--relation-csv)")
+    if not Path(csv_path).is_file():
+        raise FVError(f"{where}: meta.relation_csv_path {csv_path} is not a file here (their path, maybe relative to "
+                      "their project root); pass the relation CSV they ran (--relation-csv PATH)")
     groups = load_relation_csv(csv_path)
     out = []
     for i, t in enumerate(sorted(uf.trials, key=lambda r: (str(r["q_id"]), int(r["trial_idx"])))):
@@ -261,7 +288,11 @@ class UserFilesSide:
         n_layers, n_heads = self._dims()
         missing = [(q, ti, layer, head) for _k, (q, ti) in mapping for layer in range(n_layers) for head in range(n_heads)
                    if (q, ti, layer, head) not in uf.metrics]
-        if missing:
+        all_trials = len(mapping) == len({(str(t["q_id"]), int(t["trial_idx"])) for t in uf.trials})
+        if not all_trials:
+            notes.append(f"not compared: indirect_effect: their effects patch in the clean mean over all {len(uf.trials)} "
+                         f"of their trials; {len(mapping)} are compared here (compare every trial: max_trials None)")
+        elif missing:
             notes.append(f"not compared: indirect_effect: trial_metrics.jsonl lacks {len(missing)} (trial, layer, head) "
                          f"cells of the {n_layers}x{n_heads} model, first {missing[0]} (their sweep ran on some layers/heads only)")
         else:
@@ -280,7 +311,6 @@ class UserFilesSide:
         th = uf.top_heads
         score_key = ((th or {}).get("meta") or {}).get("score_key")
         n_q = len({str(t["q_id"]) for t in uf.trials})
-        all_trials = len(mapping) == len({(str(t["q_id"]), int(t["trial_idx"])) for t in uf.trials})
         if th is None:
             notes.append("not compared: top_heads, fv: no top_heads.json (their StepE did not run)")
         elif score_key != "mean_delta_p":

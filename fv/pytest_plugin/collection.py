@@ -21,6 +21,13 @@ def generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("trials_set", trial_sets(opts), scope="session")
     if "trial_index" in metafunc.fixturenames:
         metafunc.parametrize("trial_index", range(opts.max_trials), ids=lambda i: f"trial{i}")
+    if "port_run" in metafunc.fixturenames:  # each run folder of --port-artifacts (none without it: deselected)
+        from fv.ports.layouts import find_runs
+
+        root = Path(opts.port_artifacts or ".")
+        runs = find_runs(root, opts.port_layout) if opts.port_artifacts else []
+        metafunc.parametrize("port_run", runs, scope="session",
+                             ids=[(str(f.relative_to(root)) if f != root else f.name) or f.name for f, _r in runs])
 
 
 def is_self_test(item: pytest.Item) -> bool:
@@ -44,8 +51,9 @@ def self_tests_wanted(config: pytest.Config) -> bool:
 
 def modify_items(config: pytest.Config, items: list[pytest.Item]) -> None:
     """The collection policy: fv's own tests marked ``self`` and deselected when the session names a user's inputs
-    (unless asked for), ``first_pair``/``first_tiny`` tests kept to their pair, and the ``tiny``, ``src`` and ``gpu``
-    markers added."""
+    (unless asked for), ``first_pair``/``first_tiny`` tests kept to their pair, the gates of a port's files
+    (``port_run``) kept exactly when ``--port-artifacts`` is given (and then the gates of fv's runtime left out), and
+    the ``tiny``, ``src`` and ``gpu`` markers added."""
     from fv.model.tiny import TINY_MODELS
 
     opts = FVOptions.of(config)
@@ -59,6 +67,9 @@ def modify_items(config: pytest.Config, items: list[pytest.Item]) -> None:
                 own.append(item)
                 continue
         params = getattr(getattr(item, "callspec", None), "params", {})
+        if ("port_run" in getattr(item, "fixturenames", ())) != bool(opts.port_artifacts) and not is_self_test(item):
+            drop.append(item)
+            continue
         off = item.get_closest_marker("first_pair") and any(params.get(k, v) != v for k, v in first.items())
         off = off or (item.get_closest_marker("first_tiny") and not config.getoption("--fv-model")
                       and params.get("fv_model_name", first["fv_model_name"]) != first["fv_model_name"])

@@ -19,6 +19,7 @@ MARKERS = {
     "universal": "the universal FV (fv universal): per-task indirect effects, AIE, filter, FV vs the reference",
     "tiny": "runs on an embedded tiny model", "gpu": "needs a CUDA device", "src": "needs the reference src/",
     "slow": "takes more than a few seconds",
+    "port_files": "gates a port by its files (--port-artifacts DIR; collected only with it): tests/parity/test_port_files.py",
     "first_pair": "runs once, on the first model and the first trials set (the others are deselected, not skipped)",
     "first_tiny": "without --fv-model, runs on the first default tiny model only (the others are deselected, not "
                   "skipped); on the models --fv-model names, on each",
@@ -26,7 +27,7 @@ MARKERS = {
             "names a user's inputs, unless --fv-self-tests or -m self",
 }
 # options that name a user's inputs: with any of them the session runs the gates on those inputs only
-USER_INPUT_OPTIONS = ("--fv-model", "--fixed-trials", "--relation-csv", "--golden-dir", "--dataset")
+USER_INPUT_OPTIONS = ("--fv-model", "--fixed-trials", "--relation-csv", "--golden-dir", "--dataset", "--port-artifacts")
 TINY_DEFAULT = ("tiny-llama", "tiny-llama3tok")
 
 
@@ -70,6 +71,13 @@ def add_options(parser: pytest.Parser) -> None:
     g.addoption("--port-exact", action="store_true",
                 help="hold the port to the exact gate (bit for bit); default: the compute dtype's tolerance, a reimplementation "
                      "reordering floating-point work (each stage's max abs difference shows whether it is bit-exact anyway)")
+    g.addoption("--port-artifacts", default=None,
+                help="a port by its files (docs/ports.md): a run folder a port wrote, or a root holding several (each q "
+                     "folder of a relation run); the trials are taken from each folder, the reference runs on them, and "
+                     "the gates tests/parity/test_port_files.py compare stage by stage (-m 'm4 or m5 or m6', -m m7); "
+                     "fv's own runtime is then not gated")
+    g.addoption("--port-layout", default=None,
+                help="the layout of --port-artifacts (my_fv_project, my_fv_project-stepd, fv; default: found from the folder)")
     g.addoption("--src-cache", default=None, help="folder for the live reference's cached stage values (default $FV_CACHE_DIR/src_values) and, in "
                                                   "its probes/, its family probes: a rerun then computes only fv's side")
     g.addoption("--no-src-cache", action="store_true", help="compute the live reference's side and probe its families every run; neither read nor write its cache")
@@ -121,6 +129,8 @@ class FVOptions:
     port_python: str | None = None
     port_chain: bool = False
     port_exact: bool = False
+    port_artifacts: str | None = None
+    port_layout: str | None = None
 
     @classmethod
     def of(cls, config: pytest.Config) -> "FVOptions":
@@ -150,7 +160,8 @@ class FVOptions:
                    allow_empty=o("--allow-empty"), attn=o("--fv-attn-implementation"), src_model=o("--src-model"),
                    golden_dir=o("--golden-dir"), src_cache=o("--src-cache"), no_src_cache=o("--no-src-cache"),
                    port=o("--port"), port_root=o("--port-root") or (str(invoked) if o("--port") else None),
-                   port_python=o("--port-python"), port_chain=o("--port-chain"), port_exact=o("--port-exact"))
+                   port_python=o("--port-python"), port_chain=o("--port-chain"), port_exact=o("--port-exact"),
+                   port_artifacts=o("--port-artifacts"), port_layout=o("--port-layout"))
 
 
 
@@ -217,5 +228,13 @@ def check_options(opts: FVOptions) -> None:
                 raise FVError(f"--q-list names {missing}, which {csv} does not have; it has {sorted(groups)}.")
     if opts.max_trials < 1:
         raise FVError(f"--max-trials must be at least 1; found {opts.max_trials}.")
+    if opts.port_artifacts:
+        from fv.ports.layouts import find_runs
+
+        if opts.port:
+            raise FVError("--port and --port-artifacts name two ports; gate one at a time.")
+        find_runs(opts.port_artifacts, opts.port_layout)  # no folder in a known layout stops the session here
+    elif opts.port_layout:
+        raise FVError("--port-layout names the layout of --port-artifacts DIR; give the folder too.")
 
 

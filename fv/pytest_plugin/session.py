@@ -241,6 +241,32 @@ def port_for(opts: FVOptions, lm: Any) -> Any:
                     isolated=not opts.port_chain, exact=opts.port_exact)
 
 
+def port_files_for(opts: FVOptions, lm: Any, folder: Path, reader: Any) -> tuple[Any, Any]:
+    """A ``--port-artifacts`` run folder's side and the trials it ran (``reader.fixed_trials``, written once under
+    ``<fv-out>/_trials/`` and loaded through fv's trials door), made once per session and model."""
+    import hashlib
+
+    from fv.io import write_json
+    from fv.runtime.trials import load_trials
+
+    made = current().trials
+    key = ("port-files", lm.name, str(Path(folder).resolve()), reader.NAME, opts.relation_csv)
+    if key not in made:
+        try:
+            raw = reader.fixed_trials(folder, lm.tokenizer, opts.relation_csv)
+        except FVError as exc:
+            made[key] = exc
+        else:
+            tag = hashlib.sha256(str(Path(folder).resolve()).encode()).hexdigest()[:12]
+            path = opts.out_root / "_trials" / f"port_{reader.NAME}_{Path(folder).parent.name}_{Path(folder).name}_{tag}_{lm.name}.json"
+            write_json(path, raw)
+            made[key] = (reader.side(folder), load_trials(path))
+    got = made[key]
+    if isinstance(got, FVError):
+        pytest.fail(f"--port-artifacts {folder}: {got}", pytrace=False)
+    return got
+
+
 def universal_side(opts: FVOptions, lm: Any) -> Any:
     """The universal gate's other side, chosen by ``fv.parity.sides.other_side`` as the stage gates' is: the live
     reference when there is one, else the snapshot goldens (a user's goldens hold no universal values)."""
@@ -256,10 +282,11 @@ def universal_side(opts: FVOptions, lm: Any) -> Any:
     return other_side(lm, source)
 
 
-def parity_for(opts: FVOptions, lm: Any, trials: Any, require_reference: bool = False) -> Any:
+def parity_for(opts: FVOptions, lm: Any, trials: Any, require_reference: bool = False, ours: Any = None) -> Any:
     """The parity run for (model, trials, parameters), computed once per session. The other side is chosen once,
     by ``fv.parity.sides.other_side``: a user's goldens (``--golden-dir``), else the live reference when there is
-    one, else the snapshot goldens; the run's report records which."""
+    one, else the snapshot goldens; the run's report records which. Our side: ``ours`` when given (a port's files,
+    ``port_files_for``), else the ``--port`` (``port_for``), else fv's runtime."""
     from fv.parity.run import default_out_dir, run_parity
     from fv.parity.sides import other_side
     from fv.reference.stages import STAGE_FUNCTIONS, live_source
@@ -282,8 +309,13 @@ def parity_for(opts: FVOptions, lm: Any, trials: Any, require_reference: bool = 
             pytest.skip(ref)
         ref = None
     params = fv_params(opts) if golden is None else replace(fv_params(opts), max_trials=golden.n_trials)
+    if ours is not None:  # a port's files: its numbers average all the trials it ran, so every one is compared
+        from dataclasses import replace
+
+        params = replace(params, max_trials=None)
     key = (lm.name, str(trials.path), trials.sha256, tuple(sorted(params.as_dict().items())), ref is not None, opts.src_model,
-           opts.golden_dir, opts.port, opts.port_chain, opts.port_exact)
+           opts.golden_dir, opts.port, opts.port_chain, opts.port_exact,
+           None if ours is None else str(getattr(ours, "folder", "") or id(ours)))
     runs, reported = current().parity, current().reported
     if key not in runs:
         try:
@@ -294,7 +326,7 @@ def parity_for(opts: FVOptions, lm: Any, trials: Any, require_reference: bool = 
                 source = cached_source(opts, source)
             runs[key] = run_parity(lm, trials, params, None, default_out_dir(opts.out_root, trials, lm.name),
                                    stage_functions=STAGE_FUNCTIONS, other=other_side(lm, source, golden),
-                                   ours=port_for(opts, lm))
+                                   ours=ours if ours is not None else port_for(opts, lm))
         except FileNotFoundError as exc:
             runs[key] = (f"{EMPTY_GATE} {lm.name} x {trials.id}: no reference and {exc}. Pass --src-root PATH (the "
                          f"reference's src/) to compare live, or make goldens with `pytest -m m1 --snapshot-update --src-root PATH`")

@@ -90,11 +90,12 @@ def test_the_tree_shows_the_stages():
                    "preflight", "boundaries", "identity", "registry", "tolerance", "tensor_diff", "json_diff", "sides", "golden_check",
                    "comparers", "score_diff", "mismatch"],
         # the sides a port of the reference brings (fv.parity.sides), one module per port and form
-        "ports": ["my_fv_project_files", "my_fv_project_layout", "functions", "fv_runtime", "worker"],
+        "ports": ["my_fv_project_files", "my_fv_project_stepd", "fv_layout", "layouts", "my_fv_project_layout", "functions",
+                  "fv_runtime", "worker"],
         # the pytest plugin: hooks in __init__ delegating to one module per job
         "pytest_plugin": ["options", "collection", "session", "summary"],
         "reference": ["adapter", "stages", "capability", "universal", "memory", "probes", "probe_cache", "process", "worker"],
-        "cli": ["trials", "reference", "run", "diff", "relation", "gate", "golden", "plot", "doctor", "models", "universal"],
+        "cli": ["trials", "reference", "run", "diff", "port", "relation", "gate", "golden", "plot", "doctor", "models", "universal"],
     }.items():
         assert sorted(p.stem for p in (PKG / sub).glob("*.py") if p.stem != "__init__" and p.stem != "common") == sorted(modules)
 
