@@ -21,3 +21,8 @@ class UsageError(FVError):
     """Options that cannot go together, or an option's value out of its range: the command ran nothing."""
 
     exit_code = EXIT_USAGE
+
+
+class TokenizerUnavailable(FVError):
+    """A tokenizer fv does not ship (the real Llama 3 one of ``tiny-llama3tok``) is not on this machine. The message
+    names the one command that fetches it; a pytest session counts the tests that need it as skipped with it."""

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from fv.errors import FVError
+from fv.errors import FVError, TokenizerUnavailable
 from fv.pytest_plugin.collection import generate_tests, modify_items
 from fv.pytest_plugin.options import (  # noqa: F401  (re-exported: tests and conftests import them from here)
     MARKERS,
@@ -108,6 +108,24 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     modify_items(config, items)
+
+
+# A test (or its fixture) that needs a tokenizer fv does not ship, on a machine that has not fetched it, is skipped
+# with the command that fetches it (counted in the "fv skips" line), not failed.
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Any:
+    try:
+        return (yield)
+    except TokenizerUnavailable as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Any:
+    try:
+        return (yield)
+    except TokenizerUnavailable as exc:
+        pytest.skip(str(exc))
 
 
 # ---- fixtures ------------------------------------------------------------------------------------------------

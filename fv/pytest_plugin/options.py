@@ -5,7 +5,7 @@ one line instead of failing each test that uses it."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -131,6 +131,8 @@ class FVOptions:
     port_exact: bool = False
     port_artifacts: str | None = None
     port_layout: str | None = None
+    # default tiny models this machine cannot build (the Llama 3 tokenizer not fetched): {name: why, and the command}
+    unavailable: dict = field(default_factory=dict)
 
     @classmethod
     def of(cls, config: pytest.Config) -> "FVOptions":
@@ -144,6 +146,8 @@ class FVOptions:
         """The options as ``config`` holds them (``of`` keeps the result)."""
         o = config.getoption
         models = [m.strip() for m in (o("--fv-model") or ",".join(TINY_DEFAULT)).split(",") if m.strip()]
+        unavailable = {} if o("--fv-model") else unavailable_defaults()
+        models = [m for m in models if m not in unavailable]
         # Paths given as option values (``--src-root /x/src``) take part in pytest's rootdir guess, so the
         # rootdir can land outside the project: fixtures are found beside the fv package instead, and
         # reports go under the directory pytest was invoked from.
@@ -161,11 +165,25 @@ class FVOptions:
                    golden_dir=o("--golden-dir"), src_cache=o("--src-cache"), no_src_cache=o("--no-src-cache"),
                    port=o("--port"), port_root=o("--port-root") or (str(invoked) if o("--port") else None),
                    port_python=o("--port-python"), port_chain=o("--port-chain"), port_exact=o("--port-exact"),
-                   port_artifacts=o("--port-artifacts"), port_layout=o("--port-layout"))
+                   port_artifacts=o("--port-artifacts"), port_layout=o("--port-layout"),
+                   unavailable=unavailable)
 
 
 
 OPTIONS_KEY = pytest.StashKey[FVOptions]()
+
+
+def unavailable_defaults() -> dict[str, str]:
+    """The default tiny models whose parts fv does not ship and this machine lacks: ``tiny-llama3tok`` without the
+    Llama 3 tokenizer's wheel. Their gates are collected and skipped, each naming the command that fetches it."""
+    from fv.errors import TokenizerUnavailable
+    from fv.model.tiny import llama3_tokenizer_file
+
+    try:
+        llama3_tokenizer_file()
+    except TokenizerUnavailable as exc:
+        return {"tiny-llama3tok": str(exc)}
+    return {}
 
 
 def trial_sets(opts: FVOptions) -> list[str]:

