@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 from fv.errors import EXIT_USAGE
@@ -91,6 +92,13 @@ def add_reference_args(p: argparse.ArgumentParser, compat: bool = True) -> None:
     p.add_argument("--src-compat", dest="src_compat", action="store_true",
                    help="apply the reference's FV addition to tensor layer outputs too (its injection is a no-op on "
                         "transformers 5.x otherwise); recorded in every report")
+
+
+def add_src_python_arg(p: argparse.ArgumentParser) -> None:
+    """``--src-python PATH``: the interpreter of the reference's own process (the user's own environment)."""
+    p.add_argument("--src-python", dest="src_python", default=os.environ.get("FV_SRC_PYTHON") or None,
+                   help="the Python the reference's own process runs with (the own mode): your environment as it is "
+                        "(its transformers, its bitsandbytes), fv staying in its own; default $FV_SRC_PYTHON, else fv's")
 
 
 def add_stage_args(p: argparse.ArgumentParser) -> None:

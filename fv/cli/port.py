@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from fv.cli.common import add_model_args, add_noun, add_quiet, add_reference_args, add_stage_args
+from fv.cli.common import add_model_args, add_noun, add_quiet, add_reference_args, add_src_python_arg, add_stage_args
 from fv.errors import FVError, UsageError
 
 
@@ -74,11 +74,13 @@ def cmd_check(a: argparse.Namespace) -> int:
         raise UsageError("--port-root, --port-python, --port-chain and --port-exact go with --port, not --port-artifacts")
     if not a.model:
         raise UsageError("--model is required: the model the port ran (a folder, a Hub id, or a tiny model's name)")
+    if a.src_python and a.src_model != "own":
+        raise UsageError("--src-python runs the reference in its own process: drop --src-model shared")
     root = find_src_root(a.src_root)
     if root is None:
         raise ReferenceUnavailable("no reference found: pass --src-root PATH (the reference's src/), or set FV_SRC_ROOT.")
     say = (lambda _s: None) if a.quiet else (lambda s: print(s, file=sys.stderr))
-    ref = Reference(root, a.baukit_root, compat=a.src_compat)
+    ref = Reference(root, a.baukit_root, compat=a.src_compat, python=a.src_python)
     out = Path(a.out)
     lm = load_model(a.model, a.device, a.dtype)
     own = None
@@ -149,6 +151,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001 - argpars
                         "shared: it computes on fv's copy")
     add_model_args(c, attn=False)
     add_reference_args(c)
+    add_src_python_arg(c)
     add_stage_args(c)
     add_quiet(c)
     c.set_defaults(func=cmd_check)

@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from fv.cli.common import add_model_args, add_noun, add_quiet, add_reference_args, add_stage_args
+from fv.cli.common import add_model_args, add_noun, add_quiet, add_reference_args, add_src_python_arg, add_stage_args
 from fv.errors import FVError, UsageError
 from fv.lock import HELP as LOCK_HELP
 
@@ -19,10 +19,12 @@ def cmd_reference(a: argparse.Namespace) -> int:
 
     say = (lambda _s: None) if a.quiet else (lambda s: print(s, file=sys.stderr))
     # every check that needs no model pass comes before the first stage
+    if a.src_python and a.src_model != "own":
+        raise UsageError("--src-python runs the reference in its own process: drop --src-model shared")
     root = find_src_root(a.src_root)
     if root is None:
         raise ReferenceUnavailable("no reference found: pass --src-root PATH (the reference's src/), or set FV_SRC_ROOT.")
-    ref = Reference(root, a.baukit_root, compat=a.src_compat)
+    ref = Reference(root, a.baukit_root, compat=a.src_compat, python=a.src_python)
     ft = load_trials(a.fixed_trials)
     with output_lock(a.out, note=say):  # before the model loads: a second writer on this folder is refused at once
         return _reference_locked(a, ref, root, ft, Path(a.out), say)
@@ -98,6 +100,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001 - argpars
                                    "--dump adds the M3 reference dump. Checks that need no model pass (trials against the "
                                    "tokenizer, edit layer, the reference's injection) run before any stage. " + LOCK_HELP)
     add_reference_args(r)
+    add_src_python_arg(r)
     add_model_args(r)
     r.add_argument("--fixed-trials", "--fixed_trials_path", dest="fixed_trials", required=True, help="fixed-trials JSON")
     r.add_argument("--out", "--save_path_root", dest="out", required=True, help="output folder")

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fv import launch
 from fv.errors import FVError
 from fv.parity.registry import STAGES
 from fv.ports import worker as wire
@@ -63,12 +64,8 @@ class PortProcess:
         self.log = tempfile.NamedTemporaryFile(prefix="fv-port-", suffix=".log", delete=False)
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         env["PYTHONPATH"] = str(self.root)
-        try:
-            self.proc = subprocess.Popen([self.python, "-u", str(WORKER), "--root", str(self.root), "--object", spec],
-                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
-                                         cwd=self.root, env=env)
-        except OSError as exc:
-            raise FVError(f"port {spec}: cannot start {self.python}: {exc}") from None
+        self.proc = launch.start(self.python, WORKER, ["--root", str(self.root), "--object", spec], self.root, env,
+                                 self.log, f"port {spec}")
         atexit.register(self.close)  # never left running, whatever ends this process
         self.keep_log = False  # the log is removed on close unless something failed
         first = self._read("loading it")
@@ -76,6 +73,11 @@ class PortProcess:
             self.keep_log = True
             self.close()
             raise FVError(f"port {spec}: {first.get('error')} (log {self.log.name})")
+        try:
+            self.facts = launch.check_ready(first, f"port {spec}", self.python)
+        except FVError:
+            self.close()
+            raise
         self.hello = self.request({"op": "hello", "methods": ["load", *STAGES]}, "greeting it")
 
     def _read(self, doing: str) -> dict:
@@ -161,7 +163,8 @@ class PortSide:
         return {"kind": f"port {h['name']}", "live": self.exact, "dtype": facts.get("dtype"), "compat": False,
                 "description": f"the port {h['name']} ({self.process.spec}, root {self.process.root}, {mode})",
                 "notes": notes, "facts": {"port": h["name"], "port_object": self.process.spec, "port_root": str(self.process.root),
-                                          "port_python": h["python"], "port_mode": mode, "port_package_file": h.get("package_file")}}
+                                          "port_python": h["python"], "port_mode": mode, "port_package_file": h.get("package_file"),
+                                          "port_environment": self.process.facts}}
 
     def stage_values(self, trials: dict, params: dict, given: dict | None = None) -> dict:
         """The stages the port has, in data-flow order; in isolated mode each fed ``given`` (the other side's values;

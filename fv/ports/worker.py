@@ -99,6 +99,16 @@ def serve(port: Any, inp: Any, out: Any) -> None:
         out.flush()
 
 
+def _launch() -> Any:
+    """fv/launch.py loaded by its path (it imports nothing of fv, and neither does this process)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_fv_launch", Path(__file__).resolve().parents[1] / "launch.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description="a port's process (fv.ports.functions)")
     ap.add_argument("--root", required=True)
@@ -117,7 +127,7 @@ def main() -> int:
         out.write(json.dumps({"ok": False, "error": f"cannot load port {a.object} from {root}: {type(exc).__name__}: {exc}"}) + "\n")
         out.flush()
         return 1
-    out.write(json.dumps({"ok": True, "ready": True}) + "\n")
+    out.write(_launch().ready_line() + "\n")  # the handshake: protocol and this interpreter's libraries
     out.flush()
     serve(port, sys.stdin, out)
     return 0

@@ -78,6 +78,10 @@ def add_options(parser: pytest.Parser) -> None:
                      "fv's own runtime is then not gated")
     g.addoption("--port-layout", default=None,
                 help="the layout of --port-artifacts (my_fv_project, my_fv_project-stepd, fv; default: found from the folder)")
+    g.addoption("--src-python", default=None,
+                help="the Python the reference's own process runs with (the own mode): your environment as it is, its "
+                     "transformers and bitsandbytes, while fv runs in its own (default $FV_SRC_PYTHON, else this one); "
+                     "the report's meta records both sides' interpreters and library versions")
     g.addoption("--src-cache", default=None, help="folder for the live reference's cached stage values (default $FV_CACHE_DIR/src_values) and, in "
                                                   "its probes/, its family probes: a rerun then computes only fv's side")
     g.addoption("--no-src-cache", action="store_true", help="compute the live reference's side and probe its families every run; neither read nor write its cache")
@@ -131,6 +135,7 @@ class FVOptions:
     port_exact: bool = False
     port_artifacts: str | None = None
     port_layout: str | None = None
+    src_python: str | None = None  # --src-python / $FV_SRC_PYTHON: the interpreter of the reference's own process
     # default tiny models this machine cannot build (the Llama 3 tokenizer not fetched): {name: why, and the command}
     unavailable: dict = field(default_factory=dict)
 
@@ -166,7 +171,7 @@ class FVOptions:
                    port=o("--port"), port_root=o("--port-root") or (str(invoked) if o("--port") else None),
                    port_python=o("--port-python"), port_chain=o("--port-chain"), port_exact=o("--port-exact"),
                    port_artifacts=o("--port-artifacts"), port_layout=o("--port-layout"),
-                   unavailable=unavailable)
+                   unavailable=unavailable, src_python=o("--src-python") or os.environ.get("FV_SRC_PYTHON") or None)
 
 
 
@@ -246,6 +251,11 @@ def check_options(opts: FVOptions) -> None:
                 raise FVError(f"--q-list names {missing}, which {csv} does not have; it has {sorted(groups)}.")
     if opts.max_trials < 1:
         raise FVError(f"--max-trials must be at least 1; found {opts.max_trials}.")
+    if opts.src_python:
+        if opts.src_model != "own":
+            raise FVError("--src-python runs the reference in its own process: drop --src-model shared.")
+        if not Path(opts.src_python).is_file():
+            raise FVError(f"--src-python {opts.src_python}: no such interpreter; give the path of its python executable.")
     if opts.port_artifacts:
         from fv.ports.layouts import find_runs
 

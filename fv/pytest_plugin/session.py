@@ -165,12 +165,12 @@ def get_reference(opts: FVOptions) -> Any:
     """The reference adapter, or the reason it is unavailable (a string)."""
     from fv.reference import Reference, ReferenceUnavailable, find_src_root
 
-    key = f"{opts.src_root}|{opts.baukit_root}|{opts.src_compat}"
+    key = f"{opts.src_root}|{opts.baukit_root}|{opts.src_compat}|{opts.src_python}"
     refs = current().references
     if key not in refs:
         try:
             root = find_src_root(opts.src_root, opts.rootdir)
-            refs[key] = (Reference(root, opts.baukit_root, compat=opts.src_compat) if root else
+            refs[key] = (Reference(root, opts.baukit_root, compat=opts.src_compat, python=opts.src_python) if root else
                                "reference src/ not found: pass --src-root PATH, set FV_SRC_ROOT, or keep it as ./src")
         except ReferenceUnavailable as exc:
             # asked for by name but unusable: a configuration error, never a quiet fallback to goldens

@@ -156,10 +156,13 @@ class Reference:
     mode), or, for a copy its own loader loaded (``load_own``, the own mode), in a process of its own
     (``fv.reference.process``) to which the calls below are forwarded."""
 
-    def __init__(self, src_root: str | Path, baukit_root: str | None = None, compat: bool = False, in_process: bool = True):
+    def __init__(self, src_root: str | Path, baukit_root: str | None = None, compat: bool = False, in_process: bool = True,
+                 python: str | None = None):
         """``in_process=False``: nothing of the src is imported here until a shared-mode call needs it (a second src,
-        such as a fork, driven only through its own process next to another src in this one)."""
+        such as a fork, driven only through its own process next to another src in this one). ``python``: the
+        interpreter its own process runs under (``--src-python``: the user's own environment; default this one)."""
         self.src_root = Path(src_root).resolve()
+        self.python = python
         self.baukit_root = baukit_root
         self.compat = compat
         self.notes: list[str] = []
@@ -195,7 +198,8 @@ class Reference:
         from fv.reference.process import LoaderRefused, reference_process
 
         name = str(name_or_path)
-        proc = reference_process(self.src_root, self.baukit_root, self.compat, model_key=f"{name}|{device}")
+        proc = reference_process(self.src_root, self.baukit_root, self.compat, model_key=f"{name}|{device}",
+                                 python=self.python)
         try:
             rm = proc.load(name, fv_path or Path(name), device)
         except LoaderRefused as exc:

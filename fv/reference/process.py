@@ -18,7 +18,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from typing import Any
 
 import torch
 
+from fv import launch
 from fv.errors import FVError
 
 WORKER = Path(__file__).resolve().parent / "worker.py"
@@ -132,6 +132,8 @@ class ReferenceProcess:
     cost: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
     fv_modules: dict = field(default_factory=dict)
+    python: str | None = None  # the interpreter it runs under (--src-python: the user's own); None: this one
+    facts: dict = field(default_factory=dict)  # its interpreter and libraries, from the handshake (fv.launch)
 
     # -- life --------------------------------------------------------------------------------------------------
     def environment(self) -> dict:
@@ -150,20 +152,19 @@ class ReferenceProcess:
         t0 = time.perf_counter()
         self.folder = Path(tempfile.mkdtemp(prefix="fv-refproc-"))
         self.log = self.folder / "reference.log"
-        cmd = [sys.executable, str(WORKER), "--src-root", str(self.src_root), "--threads", str(torch.get_num_threads())]
+        args = ["--src-root", str(self.src_root), "--threads", str(torch.get_num_threads())]
         if self.baukit_root:
-            cmd += ["--baukit-root", str(self.baukit_root)]
+            args += ["--baukit-root", str(self.baukit_root)]
         if self.compat:
-            cmd.append("--compat")
-        log = open(self.log, "wb")
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, cwd=str(self.src_root.parent),
-                                     env=self.environment(), text=True, bufsize=1)
-        log.close()
-        ready = self._read()
-        if not ready.get("ok"):
-            self.close()
-            raise ReferenceProcessError(self._one_line(ready, "starting"))
+            args.append("--compat")
+        with open(self.log, "wb") as log:
+            self.proc = launch.start(self.python, WORKER, args, self.src_root.parent, self.environment(), log,
+                                     f"the reference's process (src {self.src_root})")
         try:
+            ready = self._read()
+            if not ready.get("ok"):
+                raise ReferenceProcessError(self._one_line(ready, "starting"))
+            self.facts = launch.check_ready(ready, f"the reference's process (src {self.src_root})", self.python)
             hello = self.request("hello")
         except BaseException:
             self.close()  # never left running, nor its folder left behind
@@ -253,14 +254,16 @@ class LoaderRefused(ReferenceProcessError):
 _PROCESSES: dict[tuple, ReferenceProcess] = {}
 
 
-def reference_process(src_root: Path, baukit_root: str | None, compat: bool, model_key: str = "") -> ReferenceProcess:
-    """The session's reference process for this src and model, started on first use (one per pytest worker)."""
-    key = (str(src_root), str(baukit_root), bool(compat), model_key)
+def reference_process(src_root: Path, baukit_root: str | None, compat: bool, model_key: str = "",
+                      python: str | None = None) -> ReferenceProcess:
+    """The session's reference process for this src, model and interpreter (``python``: the user's own, else this
+    one), started on first use (one per pytest worker)."""
+    key = (str(src_root), str(baukit_root), bool(compat), model_key, python)
     p = _PROCESSES.get(key)
     if p is None or p.proc is None or p.proc.poll() is not None:
         if p is not None:
             p.close()  # an ended process: its folder goes with it
-        p = _PROCESSES[key] = ReferenceProcess(Path(src_root), baukit_root, compat).start()
+        p = _PROCESSES[key] = ReferenceProcess(Path(src_root), baukit_root, compat, python=python).start()
     return p
 
 

@@ -105,7 +105,9 @@ def reference_key_parts(src_root: Path, baukit: Path | None, compat: bool, lm: L
     from fv.parity.src_cache import model_key, tree_digest
 
     return {"src_tree_sha256": tree_digest(src_root), "baukit_sha256": tree_digest(baukit) if baukit else None,
-            "compat": compat, "model": remote_model_key(lm, memo_dir) if _remote(lm) else model_key(lm, memo_dir)}
+            "compat": compat, "model": remote_model_key(lm, memo_dir) if _remote(lm) else model_key(lm, memo_dir),
+            # its own process's interpreter and libraries (--src-python: another environment computes other values)
+            "environment": lm.process.facts if _remote(lm) else None}
 
 
 def _remote(lm) -> bool:
@@ -163,7 +165,11 @@ def live_source(ref: Reference, own: LoadedModel | None = None) -> LiveSource:
         if own is not None:
             require_same_loading(own, lm)
         _bos, rule = ref.require_trials_fit(theirs, trials)
+        from fv.launch import environment_facts
+
+        env = own.process.facts if own is not None else environment_facts()
         return {"src_model_mode": "own" if own is not None else "shared", "src_dtype": str(theirs.dtype).replace("torch.", ""),
+                "src_python": env.get("executable"), "src_environment": env, "fv_environment": environment_facts(),
                 "src_attn_implementation": theirs.attn_implementation,
                 "src_loading": ("the reference's own loader (utils/model_utils.py), in a process of its own" if own is not None
                                 else "fv's model object, in fv's process"),
@@ -171,6 +177,9 @@ def live_source(ref: Reference, own: LoadedModel | None = None) -> LiveSource:
 
     where = (f"its own loader's model: {str(own.dtype).replace('torch.', '')}, {own.attn_implementation} attention"
              if own is not None else "its functions on fv's model object")
+    if own is not None and ref.python:
+        env = own.process.facts
+        where += f"; under {ref.python}: python {env.get('python')}, transformers {(env.get('versions') or {}).get('transformers')}"
     return LiveSource(
         compute=lambda lm, trials, params, prefixes, separators: reference_stage_values(ref, own or lm, trials, params, prefixes, separators),
         notes=list(ref.notes) + ([f"the reference loaded its own model with its own loader, in a process of its own "

@@ -637,6 +637,17 @@ def _start_path(src_root: Path) -> None:
     sys.path[:0] = [str(src_root), str(src_root.parent)]
 
 
+def _launch() -> Any:
+    """fv/launch.py loaded by its path (it imports nothing of fv, and neither does this process)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "launch.py"
+    spec = importlib.util.spec_from_file_location("_fv_launch", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
@@ -659,7 +670,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         reply.write(json.dumps({"ok": False, "error": type(exc).__name__, "message": str(exc), "where": where_in(exc, src)}) + "\n")
         reply.flush()
         return 1
-    reply.write(json.dumps({"ok": True, "ready": True}) + "\n")
+    reply.write(_launch().ready_line() + "\n")  # the handshake: protocol and this interpreter's libraries
     reply.flush()
     for line in sys.stdin:
         if not line.strip():

@@ -66,7 +66,7 @@ def _substitute(cmd: str, p: dict) -> str:
     tmp = p["tmp"]
     subs = {
         "$COMMON": f"--fv-model tiny-llama --src-root {p['src']} --baukit-root {p['baukit']} --src-compat" if p["src"] else "--fv-model tiny-llama",
-        "$MODEL": "tiny-llama", "$FT": str(p["ft"]), "$SRC": str(p["src"] or "/no/reference"),
+        "$MODEL": "tiny-llama", "$FT": str(p["ft"]), "$SRC_PYTHON": sys.executable, "$SRC": str(p["src"] or "/no/reference"),
         "/path/to/function_vectors/src": str(p["src"] or "/no/reference"), "/path/to/baukit": p["baukit"] or "/no/baukit",
         "REF_DIR": str(tmp / "ref"), "FV_DIR": str(tmp / "fv"), "DIFF_DIR": str(tmp / "diff"), "RESULTS_DIR": str(tmp / "fv"),
         "REL.csv": str(FIXTURES / "relation_tiny.csv"), "DIR": str(tmp / "out"), "CLUSTER.toml": str(p["cluster"]),
