@@ -6,10 +6,10 @@ what the reference computes). From that root the command of the adapter's docstr
 ``pytest`` (placeholders filled in, this suite's small-run options added), isolated and with ``--port-chain``; the
 outcomes are read from the ``parity_suite_report.json`` it writes:
 
-- isolated: ``mean_activations``, ``top_heads`` and ``fv`` PASS; ``prompt``, ``slot``, ``indirect_effect`` and
-  ``injection`` are not compared (the adapter does not port them); the session passes, the report says NOT COMPARED;
-- chained: ``mean_activations`` PASSes; ``top_heads`` and ``fv`` are not compared either (the port has no indirect
-  effects of its own to rank);
+- isolated and chained: ``mean_activations``, ``indirect_effect``, ``top_heads``, ``fv`` and ``injection`` PASS
+  (chained: each from the port's own upstream values, the indirect effects from its own mean activations);
+  ``prompt`` and ``slot`` are not compared (the adapter does not port them); the session passes, the report says
+  NOT COMPARED;
 - a copy of the stand-in that puts a multi-token word's last token in its slot instead of the mean of its tokens:
   isolated, the FAIL lands at ``mean_activations``, in multi-token word slots only, and the later stages still PASS.
 """
@@ -34,8 +34,8 @@ pytestmark = [pytest.mark.m2, pytest.mark.tiny]
 
 ADAPTER = REPO_ROOT / "docs" / "ports" / "my_fv_project_port.py"
 STANDIN = REPO_ROOT / "tests" / "support" / "standin_my_fv_project" / "fv"
-PORTED = ["mean_activations", "top_heads", "fv"]
-NOT_PORTED = ["prompt", "slot", "indirect_effect", "injection"]
+PORTED = ["mean_activations", "indirect_effect", "top_heads", "fv", "injection"]
+NOT_PORTED = ["prompt", "slot"]
 # the deliberate mistake: a multi-token word's slot takes its last token instead of the mean of its tokens
 RIGHT_SLOT = "slots[:, :, idx_map[i]] = acts[:, :, i:j + 1].mean(dim=2)"
 WRONG_SLOT = "slots[:, :, idx_map[i]] = acts[:, :, j]"
@@ -65,7 +65,9 @@ def project(root: Path, wrong: bool = False) -> Path:
     return root
 
 
-@pytest.mark.slow(seconds=80)  # measured: 52 s with the reference's stage values cached, ~80 s without
+# measured: 131-148 s on 2 cores shared with other work (load average ~4), the reference's stage values cached; most of
+# it the port's indirect effects (per session 2 trials x 12 layers x (1 + 4 heads) forward passes, as their StepD runs)
+@pytest.mark.slow(seconds=140)
 def test_the_worked_adapters_command_gates_a_stand_in_project(tmp_path, fv_options):
     from fv.model.tiny import ensure_tiny_model
 
@@ -113,13 +115,11 @@ def test_the_worked_adapters_command_gates_a_stand_in_project(tmp_path, fv_optio
         assert Path(meta["port_root"]) == good.resolve() and meta["model_path"] == model, meta
         assert meta["port_mode"] == ("chained" if chained else "isolated")
         assert f"fv: the port my_fv_project (my_fv_project_port:MyFvProjectPort, root {good.resolve()}" in proc.stdout
-        compared = PORTED if not chained else ["mean_activations"]  # chained: no indirect effects of its own to rank
-        assert all(st[s]["status"] == "PASS" and st[s]["mismatch_count"] == 0 for s in compared), table(st)
-        lacked = [s for s in st if s not in compared]
-        not_compared(st, lacked)
+        assert all(st[s]["status"] == "PASS" and st[s]["mismatch_count"] == 0 for s in PORTED), table(st)
+        assert [s for s in st if s not in PORTED] == NOT_PORTED, table(st)
+        not_compared(st, NOT_PORTED)
         assert report["status"] == "NOT COMPARED" and report["earliest_failed_stage"] is None, table(st)
-        assert report["not_compared"].startswith(f"not compared: {len(lacked)} of 7 stages ({', '.join(lacked)})")
-        assert lacked == (NOT_PORTED if not chained else ["prompt", "slot", "indirect_effect", "top_heads", "fv", "injection"])
+        assert report["not_compared"].startswith(f"not compared: {len(NOT_PORTED)} of 7 stages ({', '.join(NOT_PORTED)})")
 
     proc, report, st = session(project(tmp_path / "their_project_wrong_slot", wrong=True))
     assert proc.returncode == 1, proc.stdout[-3000:]
@@ -127,5 +127,5 @@ def test_the_worked_adapters_command_gates_a_stand_in_project(tmp_path, fv_optio
     mean = st["mean_activations"]
     assert mean["status"] == "FAIL" and mean["mismatch_count"] > 0, table(st)
     assert re.search(r": \d+ of the \d+ multi-token word slots and 0 others$", mean["pattern"]), mean["pattern"]
-    assert st["top_heads"]["status"] == "PASS" and st["fv"]["status"] == "PASS", table(st)  # isolated: fed the reference's
+    assert all(st[s]["status"] == "PASS" for s in PORTED[1:]), table(st)  # isolated: each fed the reference's inputs
     not_compared(st, NOT_PORTED)
