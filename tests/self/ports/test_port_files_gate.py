@@ -182,3 +182,27 @@ def test_port_artifacts_with_port_is_refused_at_the_door(tmp_path):
                           capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
     assert proc.returncode == 4, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "--port and --port-artifacts name two ports" in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow(seconds=25)
+def test_a_changed_value_in_fv_layout_fails_at_its_slot(fv_run, fv_options, tmp_path):
+    """fv's own run folder with one mean activation changed (layer 3, head 1, slot 5): FAIL at mean_activations,
+    naming that slot by its label; the stages before it still pass."""
+    _needs_reference(fv_options)
+    import torch
+
+    copy = tmp_path / "run"
+    shutil.copytree(fv_run, copy)
+    mean = torch.load(copy / "mean_activations.pt", weights_only=True)
+    mean[3, 1, 5, 0] += 0.5
+    torch.save(mean, copy / "mean_activations.pt")
+    rc, out, err = run_cli(["port", "check", "--port-artifacts", str(copy), "--model", "tiny-llama", "--out",
+                            str(tmp_path / "check"), "--quiet"] + SMALL + _ref_args(fv_options))
+    assert rc == 1, out + err
+    report = json.loads(next((tmp_path / "check").rglob("parity_suite_report.json")).read_text())
+    assert report["earliest_failed_stage"] == "mean_activations"
+    stage = next(s for s in report["stages"] if s["name"] == "mean_activations")
+    assert stage["mismatch_count"] == 1 and "[3, 1, 5, 0]" in json.dumps(stage)
+    labels = json.loads((fv_run / "mean_activations_meta.json").read_text())["dummy_labels"]
+    assert f"5 {labels[5][1]}" in stage["pattern"], stage["pattern"]  # the slot named by its label
+    assert all(s["status"] == "PASS" for s in report["stages"] if s["name"] in ("prompt", "slot"))
