@@ -22,7 +22,11 @@ text taken only from the committed fixtures, so that:
   ``"Q: {input}\\nA: {output}\\n\\n"`` and every word also appears alone with
   a leading space, so prompt words tend to be few tokens long;
 * encoding adds BOS (``<s>``) through a template post-processor, as Llama
-  tokenizers do.
+  tokenizers do;
+* every supported release reads it: BPE merges are written as ``"a b"``
+  strings (tokenizers 0.19, the user's pinned release, cannot read the pairs
+  later releases write), and ``tokenizer_config.json`` names
+  ``PreTrainedTokenizerFast`` and the model inputs (no ``token_type_ids``).
 
 Usage
 -----
@@ -45,6 +49,7 @@ from typing import Iterator
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
+from fv import compat
 from fv.io import write_text
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -65,6 +70,8 @@ TOKENIZER_CONFIG = {
     "unk_token": UNK,
     "model_max_length": 4096,
     "clean_up_tokenization_spaces": False,
+    # no token_type_ids: transformers 4.x's fast tokenizer returns them otherwise, and a Llama's forward refuses them
+    "model_input_names": ["input_ids", "attention_mask"],
 }
 
 # Plain English so that common subwords (the, ing, tion, ...) get merges.
@@ -150,7 +157,11 @@ def write_tokenizer(out_dir: Path) -> Tokenizer:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer()
-    write_text(out_dir / "tokenizer.json", tokenizer.to_str(pretty=True))  # what Tokenizer.save writes, atomically
+    # what Tokenizer.save writes (atomically), with BPE merges as "a b" strings as tokenizers 0.19 writes them: the
+    # form every tokenizers release reads (0.19 cannot read the pairs of 0.20 and later), byte for byte the same
+    # file whichever release trained it
+    data = compat.portable_tokenizer_json(json.loads(tokenizer.to_str(pretty=True)))
+    write_text(out_dir / "tokenizer.json", compat.tokenizer_json_text(data))
     write_text(out_dir / "tokenizer_config.json", json.dumps(TOKENIZER_CONFIG, sort_keys=True, indent=2) + "\n")
     return tokenizer
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from fv import compat
 from fv.errors import FVError
 from fv.model.loading_rules import dtype_name, pick_rule
 from fv.model.resolve import display_name, resolve_model_path
@@ -58,7 +59,7 @@ class LoadedModel:
         return hashlib.sha256((self.path / "config.json").read_bytes()).hexdigest()[:16]
 
 
-QUANT_EXTRA = "pip install 'fv[quant]' (bitsandbytes>=0.50 and accelerate)"
+QUANT_EXTRA = "pip install 'fv[quant]' (bitsandbytes and accelerate; on the CPU bitsandbytes>=0.50)"
 
 
 def quant_config_of(qc: dict) -> Any:
@@ -68,7 +69,7 @@ def quant_config_of(qc: dict) -> Any:
         import accelerate  # noqa: F401
         import bitsandbytes  # noqa: F401
     except ImportError as exc:
-        raise FVError(f"this model loads in 4-bit (NF4) by the reference's rule, which needs bitsandbytes>=0.50 and "
+        raise FVError(f"this model loads in 4-bit (NF4) by the reference's rule, which needs bitsandbytes and "
                       f"accelerate ({exc}); {QUANT_EXTRA}") from None
     from transformers import BitsAndBytesConfig
 
@@ -142,8 +143,15 @@ def load_model(model: str | None, device: str | None = None, dtype: str | None =
             kwargs["dtype"] = rule.dtype
         if rule.attn is not None:
             kwargs["attn_implementation"] = rule.attn
+    if "quantization_config" in kwargs and dev == "cpu" and not compat.cpu_4bit()[0]:
+        raise FVError(f"cannot load {path} in 4-bit on the CPU: {compat.cpu_4bit()[1]}; give --device cuda, or --dtype "
+                      "to load it unquantized.")
+    if rule.low_cpu_mem and "quantization_config" not in kwargs:
+        kwargs["low_cpu_mem_usage"] = True  # as the reference's loader (fv.compat.loading_kwargs: where it changes the numbers)
+    compat.check_attn_implementation(kwargs.get("attn_implementation"))
     try:
-        m = causal_lm_class(config).from_pretrained(str(path), **kwargs)
+        # the dtype under the installed release's keyword (torch_dtype before transformers 4.56)
+        m = causal_lm_class(config).from_pretrained(str(path), **compat.loading_kwargs(kwargs))
     except Exception as exc:
         raise FVError(f"cannot load the model in {path} ({rule.describe()}): {exc}") from exc
     m = (m if "quantization_config" in kwargs and dev == "cpu" else m.to(dev)).eval()

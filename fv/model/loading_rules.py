@@ -31,6 +31,9 @@ class LoadingRule:
     attn: str | None
     quantization: str | None
     source: str  # in words, for logs, meta and reports
+    # the loader's low_cpu_mem_usage=True (upstream's GPT-J branch): on transformers 4.x the weights then stay mapped
+    # from the file at its offsets, which a CPU matmul rounds by (fv.compat.loading_kwargs)
+    low_cpu_mem: bool = False
 
     def describe(self) -> str:
         d = dtype_name(self.dtype) if self.dtype is not None else "the checkpoint's dtype"
@@ -44,7 +47,7 @@ def reference_rule(model_type: str, name: str) -> LoadingRule:
     if model_type == "gpt2":
         return LoadingRule("gpt2", None, None, None, "reference rule for GPT-2 (gpt2-xl)")
     if model_type == "gptj":
-        return LoadingRule("gptj", None, None, None, "reference rule for GPT-J")
+        return LoadingRule("gptj", None, None, None, "reference rule for GPT-J", low_cpu_mem=True)
     if model_type == "gpt_neox":
         return LoadingRule("gpt_neox", torch.float16, None, None, "reference rule for GPT-NeoX/Pythia")
     if model_type in ("gemma", "gemma2", "gemma3", "gemma3_text"):
@@ -84,6 +87,7 @@ def pick_rule(config: Any, name: str, dtype: str | None = None, attn: str | None
             rule = reference_rule(model_type, name)
         except FVError:
             rule = no_reference_rule(model_type)
+    low_cpu_mem = rule.low_cpu_mem  # kept through the overrides: how the weights are read, not what they compute in
     notes = []
     if dtype not in (None, "", "auto"):
         if dtype not in DTYPES:
@@ -97,4 +101,4 @@ def pick_rule(config: Any, name: str, dtype: str | None = None, attn: str | None
         rule = LoadingRule(rule.family, rule.dtype, attn, rule.quantization, rule.source)
     if notes:
         rule = LoadingRule(rule.family, rule.dtype, rule.attn, rule.quantization, f"{rule.source}, overridden by {' and '.join(notes)}")
-    return rule
+    return LoadingRule(rule.family, rule.dtype, rule.attn, rule.quantization, rule.source, low_cpu_mem=low_cpu_mem)

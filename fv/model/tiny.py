@@ -31,11 +31,14 @@ from pathlib import Path
 
 import numpy as np
 
+from fv import compat
 from fv.errors import FVError, TokenizerUnavailable
 from fv.model.dtypes import pick_dtype
 from fv.paths import FIXTURES
 
-BUILDER_VERSION = 2  # bump when the weight recipe changes, so cached builds are not reused
+# bump when the weight recipe or the files' form changes, so cached builds are not reused (3: config.json and the
+# tokenizer files in the form transformers 4.44.2 to 5.x and tokenizers 0.19 on read, fv/compat.py; same weights)
+BUILDER_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -174,10 +177,27 @@ def _write_nobos_tokenizer(src: Path, dest: Path) -> None:
     next_id = 1 + max(max(tok["model"]["vocab"].values()), max(t["id"] for t in tok["added_tokens"]))
     tok["added_tokens"].append({"id": next_id, "content": NOBOS_TEXT, "single_word": False, "lstrip": False,
                                 "rstrip": False, "normalized": False, "special": True})
+    tok = compat.portable_tokenizer_json(tok)
     (dest / "tokenizer.json").write_text(json.dumps(tok, ensure_ascii=False, indent=2, sort_keys=True) + "\n")
     cfg = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": NOBOS_TEXT, "eos_token": NOBOS_TEXT,
            "pad_token": NOBOS_TEXT, "unk_token": "<unk>", "model_max_length": 4096, "clean_up_tokenization_spaces": False}
-    (dest / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    _write_tokenizer_config(cfg, dest)
+
+
+def _write_tokenizer_config(cfg: dict, dest: Path) -> None:
+    """``tokenizer_config.json`` in the form every supported transformers loads alike (``compat.portable_tokenizer_config``:
+    no ``token_type_ids``, which transformers 4.x's fast tokenizer otherwise returns and a Llama refuses)."""
+    (dest / "tokenizer_config.json").write_text(json.dumps(compat.portable_tokenizer_config(cfg), indent=2, sort_keys=True) + "\n")
+
+
+def _write_tokenizer_json(src: Path, dest: Path) -> None:
+    """``src`` copied to ``dest``, its merges as ``"a b"`` strings where they were pairs (``compat.portable_tokenizer_json``)."""
+    data = json.loads(src.read_text(encoding="utf-8"))
+    new = compat.portable_tokenizer_json(data)
+    if new is data:
+        shutil.copyfile(src, dest)
+    else:
+        dest.write_text(compat.tokenizer_json_text(new), encoding="utf-8")
 
 
 def _write_tokenizer(spec: TinySpec, dest: Path) -> None:
@@ -189,6 +209,10 @@ def _write_tokenizer(spec: TinySpec, dest: Path) -> None:
                           "`python scripts/build_spm_tokenizers.py`.")
         for f in SPM_TOKENIZER_FILES:
             shutil.copyfile(src / f, dest / f)
+        cfg = json.loads((src / "tokenizer_config.json").read_text())
+        portable = compat.portable_sentencepiece_config(cfg)  # 4.x reads it without protobuf
+        if portable != cfg:
+            (dest / "tokenizer_config.json").write_text(json.dumps(portable, indent=2, sort_keys=True) + "\n")
         return
     if spec.tokenizer in ("fixture", "fixture-nobos"):
         src = FIXTURES / "tiny_tokenizer"
@@ -197,21 +221,42 @@ def _write_tokenizer(spec: TinySpec, dest: Path) -> None:
         if spec.tokenizer == "fixture-nobos":
             _write_nobos_tokenizer(src, dest)
             return
-        for f in ("tokenizer.json", "tokenizer_config.json"):
-            shutil.copyfile(src / f, dest / f)
+        _write_tokenizer_json(src / "tokenizer.json", dest / "tokenizer.json")
+        _write_tokenizer_config(json.loads((src / "tokenizer_config.json").read_text()), dest)
     else:
-        shutil.copyfile(llama3_tokenizer_file(), dest / "tokenizer.json")
+        _write_tokenizer_json(llama3_tokenizer_file(), dest / "tokenizer.json")
         cfg = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<|begin_of_text|>",
                "eos_token": "<|end_of_text|>", "model_max_length": 131072, "clean_up_tokenization_spaces": False}
-        (dest / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+        _write_tokenizer_config(cfg, dest)
+
+
+# the config class of each family of _family_config; a family whose class the installed transformers lacks (Gemma 3
+# and OLMo 2 on 4.44.2) is refused with compat.NotInThisRelease, which tests count as skipped
+_CONFIG_CLASSES = {"gpt2": "GPT2Config", "gptj": "GPTJConfig", "gpt_neox": "GPTNeoXConfig", "gemma": "GemmaConfig",
+                   "olmo": "OlmoConfig", "mistral": "MistralConfig", "qwen2": "Qwen2Config", "gemma2": "Gemma2Config",
+                   "gemma3_text": "Gemma3TextConfig", "gemma3": "Gemma3Config", "phi3": "Phi3Config", "olmo2": "Olmo2Config"}
+
+
+def _family_unavailable(family: str) -> str | None:
+    why = compat.missing_model_class(_CONFIG_CLASSES[family]) if family in _CONFIG_CLASSES else None
+    return f"no tiny {family} model here: {why}" if why else None
+
+
+def tiny_unavailable(name: str) -> str | None:
+    """Why the installed transformers cannot build the tiny model ``name`` (its model class came in a later
+    release: Gemma 3 and OLMo 2 on 4.44.2), or None; ``ensure_tiny_model`` raises ``compat.NotInThisRelease`` with it."""
+    return _family_unavailable(TINY_MODELS[name].family)
 
 
 def _family_config(family: str, s: dict, tok) -> object:
     """The transformers config of a non-Llama tiny model: ``s`` sizes, no dropout, untied unembedding."""
     import transformers as tf
 
+    why = _family_unavailable(family)
+    if why:
+        raise compat.NotInThisRelease(why)
     ids = dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    common = dict(vocab_size=len(tok), tie_word_embeddings=False, dtype="float32", **ids)
+    common = dict(vocab_size=len(tok), tie_word_embeddings=False, **{compat.dtype_keyword(): "float32"}, **ids)
     if family == "gpt2":
         return tf.GPT2Config(n_positions=1024, n_embd=s["d_model"], n_layer=s["n_layers"], n_head=s["n_heads"],
                              n_inner=s["d_mlp"], resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **common)
@@ -263,7 +308,7 @@ def _llama_config(s: dict, tok) -> object:
         vocab_size=len(tok), hidden_size=s["d_model"], intermediate_size=s["d_mlp"], num_hidden_layers=s["n_layers"],
         num_attention_heads=s["n_heads"], num_key_value_heads=s["n_kv_heads"], head_dim=s["d_model"] // s["n_heads"],
         max_position_embeddings=4096, rms_norm_eps=1e-5, rope_theta=500000.0, tie_word_embeddings=False,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, torch_dtype="float32",
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, **{compat.dtype_keyword(): "float32"},
     )
 
 
@@ -319,6 +364,8 @@ def build_tiny_model(spec: TinySpec, dest: str | Path, shape: dict | None = None
         with torch.device(device):
             big = model_class(cfg).to(pick_dtype(dtype))
         big.save_pretrained(str(dest), safe_serialization=True)
+        compat.write_portable_config(dest)
+        align_safetensors(dest / "model.safetensors")
         return dest
     with torch.device("meta"):
         skeleton = model_class(cfg)
@@ -328,7 +375,52 @@ def build_tiny_model(spec: TinySpec, dest: str | Path, shape: dict | None = None
     model = model_class(cfg)
     model.load_state_dict(state, strict=True)
     model.save_pretrained(str(dest), safe_serialization=True)
+    compat.write_portable_config(dest)  # the 4.x rope keys beside 5.x's rope_parameters: both read the same numbers
+    align_safetensors(dest / "model.safetensors")
     return dest
+
+
+SAFETENSORS_ALIGN = 64  # bytes
+
+
+def align_safetensors(path: Path, align: int = SAFETENSORS_ALIGN) -> None:
+    """Rewrite a safetensors file so that its tensors start at multiples of ``align`` bytes: the header padded
+    with spaces (the format allows it) and the tensors whose size is not a multiple of ``align`` (a bias of an odd
+    vocabulary) moved to the end. Same tensors, names and values (the weights identity reads them by name).
+
+    Why: a loader that maps the file instead of copying it (transformers 4.x with ``low_cpu_mem_usage=True``, as the
+    reference loads GPT-J) hands the model weights at the file's offsets, and a CPU matmul over a weight that is
+    not 64-byte aligned rounds differently (1 ulp) from one over a copy: the reference's own model and fv's must
+    compute alike however each was loaded."""
+    import struct
+
+    raw = path.read_bytes()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8 : 8 + n])
+    data = memoryview(raw)[8 + n :]
+    meta = header.pop("__metadata__", None)
+
+    def size(name: str) -> int:
+        a, b = header[name]["data_offsets"]
+        return b - a
+
+    names = sorted(header, key=lambda k: (size(k) % align != 0, header[k]["data_offsets"][0]))
+    out: dict = {"__metadata__": meta} if meta is not None else {}
+    chunks, offset = [], 0
+    for name in names:
+        a, b = header[name]["data_offsets"]
+        out[name] = {**header[name], "data_offsets": [offset, offset + b - a]}
+        chunks.append(data[a:b])
+        offset += b - a
+    text = json.dumps(out, separators=(",", ":")).encode()
+    text += b" " * (-(8 + len(text)) % align)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(struct.pack("<Q", len(text)))
+        fh.write(text)
+        for c in chunks:
+            fh.write(c)
+    os.replace(tmp, path)
 
 
 def cache_root() -> Path:

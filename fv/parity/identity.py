@@ -12,7 +12,8 @@ The identity holds digests of what changes the computation only:
   (``_name_or_path``), which transformers wrote it (``transformers_version``), runtime switches (``use_cache``,
   the attention implementation, output flags), the init scale (``initializer_range``) and keys set to null; the
   dtype key as either release spells it (``torch_dtype`` in 4.x, ``dtype`` in 5.x) and the rope settings as either
-  spells them (``rope_theta``/``rope_scaling`` in 4.x, ``rope_parameters`` in 5.x) are read as one.
+  spells them (``rope_theta``/``rope_scaling`` in 4.x, ``rope_parameters`` in 5.x) are read as one, as are the
+  other keys one release writes and the other does not (``fv.compat.release_neutral_config``).
 - ``weights_sha256``: every tensor's name, dtype, shape and bytes, in name order, whatever files hold them
   (one safetensors file or shards, or ``pytorch_model*.bin``): a per-tensor digest, so the file layout and
   header order do not count. Per-file results are remembered by (path, size, mtime) under the fv cache, so a large
@@ -32,6 +33,8 @@ import struct
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
+
+from fv import compat
 
 IDENTITY_VERSION = 1
 # config keys that never change a forward pass's numbers (or that each transformers release writes its own way)
@@ -59,26 +62,13 @@ def normalize_config(cfg: dict) -> dict:
     for k, v in cfg.items():
         if k in NOT_COMPUTATION or v is None:
             continue
-        if k == "torch_dtype":
-            k = "dtype"
         if isinstance(v, dict) and k.endswith("_config") and k != "quantization_config":
             v = normalize_config(v)  # text_config, vision_config of a multimodal wrapper
         out[k] = v
-    # rope: 4.x writes rope_theta (and rope_scaling), 5.x folds both into rope_parameters
-    if "rope_theta" in out or "rope_scaling" in out:
-        params = dict(out.pop("rope_scaling", None) or {})
-        if "type" in params and "rope_type" not in params:
-            params["rope_type"] = params.pop("type")
-        params.setdefault("rope_type", "default")
-        if "rope_theta" in out:
-            params["rope_theta"] = out.pop("rope_theta")
-        out["rope_parameters"] = {**params, **(out.get("rope_parameters") or {})}
-    if isinstance(out.get("rope_parameters"), dict):
-        rp = {k: v for k, v in out["rope_parameters"].items() if v is not None}
-        if "type" in rp and "rope_type" not in rp:
-            rp["rope_type"] = rp.pop("type")
-        out["rope_parameters"] = rp
-    return out
+    # the dtype key (4.x: torch_dtype; 5.x: dtype), the rope keys (4.x: rope_theta, rope_scaling; 5.x:
+    # rope_parameters) and the other spellings of one release or the other, in 5.x's: fv.compat, the one place for
+    # differences between releases
+    return compat.release_neutral_config(out)
 
 
 def config_digest(config: dict | str | os.PathLike) -> str:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from fv import compat
+
 GB = 1e9
 NF4_BYTES = 0.5 + 0.5 / 64 * 1.02  # packed 4-bit values + one fp8 absmax per 64 (double quantization) and its constants
 
@@ -58,7 +60,7 @@ def memory_plan(folder: Path, name: str, device: str, mode: str) -> tuple[bool, 
     dtype = rule.dtype
     if dtype is None:
         cfg = AutoConfig.from_pretrained(str(folder))
-        dtype = getattr(torch, str(getattr(cfg, "dtype", None) or getattr(cfg, "torch_dtype", None) or "float32").replace("torch.", ""))
+        dtype = getattr(torch, str(compat.config_dtype(cfg) or "float32").replace("torch.", ""))
     one = model_bytes(folder, torch.empty(0, dtype=dtype).element_size(), four_bit)
     free = free_bytes(device)
     copies = 2 if mode == "own" else 1

@@ -38,7 +38,7 @@ import torch
 
 BOS_TEXT = "<|endoftext|>"
 PROBE_TEXT = "Q: hot\nA: cold\n\nQ: up\nA:"
-QUANT_EXTRA = "pip install 'fv[quant]' (bitsandbytes>=0.50 and accelerate)"
+QUANT_EXTRA = "pip install 'fv[quant]' (bitsandbytes and accelerate; on the CPU bitsandbytes>=0.50)"
 
 
 class DriverError(Exception):
@@ -90,7 +90,8 @@ def install_baukit(src_root: Path, baukit_root: str | None, notes: list[str]) ->
 
 
 def quant_available() -> tuple[bool, str]:
-    """Whether 4-bit NF4 loading can run here (bitsandbytes>=0.50 with accelerate), and what was found."""
+    """Whether 4-bit NF4 loading can run here (bitsandbytes with accelerate: on CUDA any release fv supports, 0.42
+    on; on the CPU 0.50 on, as ``fv.compat.cpu_4bit`` says in fv's process), and what was found."""
     try:
         import bitsandbytes
 
@@ -104,7 +105,9 @@ def quant_available() -> tuple[bool, str]:
     try:
         major, minor = (int(x) for x in version.split(".")[:2])
         if (major, minor) < (0, 50):
-            return False, f"bitsandbytes {version} is older than 0.50 (no NF4 on the CPU)"
+            if torch.cuda.is_available():
+                return True, f"bitsandbytes {version} with accelerate, on CUDA only (NF4 on the CPU needs 0.50)"
+            return False, f"bitsandbytes {version} is older than 0.50 (no NF4 on the CPU; it runs 4-bit on CUDA)"
     except ValueError:
         pass
     return True, f"bitsandbytes {version} with accelerate"

@@ -12,6 +12,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from fv import compat
 from fv.model.kv_cache import returned_cache, with_cache
 from fv.model.tree import ModelInfo
 from fv.runtime.hooks import forward_until
@@ -50,10 +51,9 @@ def prefix_cache(model: Any, info: ModelInfo, prompts: Sequence[PreparedPrompt],
     it builds), read at the last token's row: ``(trials, 1 or heads, full)`` additive, 0 where the last token may
     look. Raises ``FastUnavailable`` for a model whose cache or masks fast mode cannot drive (one line).
     """
-    try:
-        from transformers.cache_utils import DynamicCache
-    except ImportError as exc:  # pragma: no cover - transformers is a hard dependency
-        raise FastUnavailable(f"transformers has no DynamicCache ({exc})") from exc
+    why = compat.no_cache_object(model)
+    if why:
+        raise FastUnavailable(why)
     lengths = [int(p.inputs["input_ids"].shape[1]) - 1 for p in prompts]
     if min(lengths) < 1:
         raise FastUnavailable("a prompt has a single token")
@@ -72,19 +72,18 @@ def prefix_cache(model: Any, info: ModelInfo, prompts: Sequence[PreparedPrompt],
         return pre
 
     def whole(cache: Any) -> bool:
-        layers = getattr(cache, "layers", None)
-        return bool(layers) and len(layers) == info.n_layers and all(
-            isinstance(getattr(l, "keys", None), torch.Tensor) and l.keys.shape[-2] == full for l in layers)
+        kv = compat.cache_kv(cache)  # per-layer objects (4.54 on) or two lists (before): fv.compat
+        return len(kv) == info.n_layers and all(isinstance(k, torch.Tensor) and k.shape[-2] == full for k, _ in kv)
 
     handles = [a.register_forward_pre_hook(grab(j), with_kwargs=True) for j, a in enumerate(info.attn_modules)]
     try:
         # only the cache and the masks are needed: the pass ends at the last layer's output projection, after its
         # keys and values are in the cache handed in
-        cache = DynamicCache()
+        cache = compat.new_dynamic_cache()
         forward_until(model, info.attn_out[-1], input_ids=ids, attention_mask=mask, **with_cache(model, cache))
         if not whole(cache):  # a model that fills a cache of its own: the whole pass, and the cache it returns
             seen.clear()
-            cache = returned_cache(model(input_ids=ids, attention_mask=mask, **with_cache(model, DynamicCache())))
+            cache = returned_cache(model(input_ids=ids, attention_mask=mask, **with_cache(model, compat.new_dynamic_cache())))
     except TypeError as exc:
         raise FastUnavailable(str(exc)) from exc
     finally:
@@ -163,7 +162,7 @@ def effects_fast(model: Any, info: ModelInfo, prompts: Sequence[PreparedPrompt],
     at its layer with the baseline's last-token input to that layer.
     """
     cache, lengths, last_rows = prefix_cache(model, info, prompts, pad_id)
-    prefix_kv = [(l.keys, l.values) for l in cache.layers]
+    prefix_kv = compat.cache_kv(cache)
     width, n = max(lengths) + 1, len(prompts)  # cached positions: every prompt, its last token included
     dev = prompts[0].inputs["input_ids"].device
     slots = [[p.idx_map_full[pos] for pos in p.predictive_positions] for p in prompts]
@@ -178,8 +177,7 @@ def effects_fast(model: Any, info: ModelInfo, prompts: Sequence[PreparedPrompt],
         baseline), whose input to each layer the rows starting there take, in this same pass."""
         starts = ([0] if base_inputs is None else []) + [l for l in layers for _ in range(heads)]
         n_rows = len(starts)
-        for layer_cache, (k_, v_) in zip(cache.layers, prefix_kv):
-            layer_cache.keys, layer_cache.values = k_, v_
+        compat.set_cache_kv(cache, prefix_kv)  # the prefix alone: the last pass's rows dropped
         masks = _row_masks(last_rows, lengths, width, n_rows)
         # handed to the model only so that it builds no mask of its own; each attention block gets its layer's
         mask = torch.zeros((n, 1, n_rows, width + n_rows), dtype=dtype, device=dev)
@@ -274,10 +272,10 @@ def _seq_post_hook() -> Callable:
 
     def post(m, _args, _kwargs, output):
         full = _FULL.pop(id(m))
-        out = output[0] if isinstance(output, tuple) else output
+        out = compat.layer_hidden(output)  # a tuple on transformers 4.x, the tensor on 5.x
         if out.shape[1] != full.shape[1]:
             out = torch.cat([out, full[:, out.shape[1]:].to(out.dtype)], dim=1)
-        return (out, *output[1:]) if isinstance(output, tuple) else out
+        return compat.with_layer_hidden(output, out)
 
     return post
 

@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
+from fv import compat
 from fv.model.kv_cache import with_cache
 from fv.model.tree import ModelInfo
 from fv.runtime.hooks import add_to_output
@@ -115,7 +116,7 @@ def _add_at(module: Any, rows: torch.Tensor, positions: torch.Tensor, vector: to
     """Add ``vector`` (d_model,) to ``module``'s hidden-state output at (``rows[i]``, ``positions[i]``), in place."""
 
     def hook(_m, _inputs, output):
-        hidden = output[0] if isinstance(output, tuple) else output
+        hidden = compat.layer_hidden(output)
         hidden.index_put_((rows.to(hidden.device), positions.to(hidden.device)),
                           vector.to(hidden.device, hidden.dtype).expand(len(rows), -1), accumulate=True)
         return output
@@ -183,8 +184,6 @@ def _cached_scores(model: Any, info: ModelInfo, file: Path, prompts: Sequence[Pr
                    layers: Sequence[int]) -> list[list[TargetScore]]:
     """Per prompt, [clean score, score with the FV at each of ``layers``], running only the last token over the
     prefix cache a ``BaselineStore`` kept: the prefix does not depend on an FV added at the last token."""
-    from transformers import DynamicCache
-
     dev = prompts[0].inputs["input_ids"].device
     data = torch.load(file, map_location=dev, weights_only=True)
     kv, lengths = data["kv"], data["lengths"]
@@ -198,7 +197,7 @@ def _cached_scores(model: Any, info: ModelInfo, file: Path, prompts: Sequence[Pr
     cfg = getattr(model.config, "get_text_config", lambda: model.config)()
 
     def once(layer: int | None) -> torch.Tensor:
-        cache = DynamicCache(config=cfg)
+        cache = compat.new_dynamic_cache(cfg)
         for i, (k_, v_) in enumerate(kv):
             cache.update(k_, v_, i)
         ctx = add_to_output(info.layers[layer], vector.reshape(1, info.d_model), -1) if layer is not None else contextlib.nullcontext()

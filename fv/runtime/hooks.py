@@ -15,6 +15,8 @@ from typing import Callable, Iterator, Sequence
 import torch
 from torch import nn
 
+from fv import compat
+
 
 @contextlib.contextmanager
 def hooked(registrations: Sequence[tuple[nn.Module, Callable]]) -> Iterator[None]:
@@ -59,7 +61,7 @@ def add_to_output(module: nn.Module, vector: torch.Tensor, position: int = -1) -
     """Add ``vector`` (1, d_model) to ``module``'s hidden-state output at ``position``, in place."""
 
     def hook(_m, _inputs, output):
-        hidden = output[0] if isinstance(output, tuple) else output
+        hidden = compat.layer_hidden(output)  # fv.compat: a tuple on transformers 4.x, the tensor on 5.x
         hidden[:, position] += vector.to(hidden.device)
         return output
 

@@ -2,7 +2,8 @@
 through the project's own ``fv`` package, a Llama folder named as Meta names it, upstream's ``70b`` rule.
 
 Every fork is built at run time from the reference in use, in a temporary folder (nothing of it is committed).
-The 4-bit cases need bitsandbytes>=0.50 and accelerate (``fv[quant]``) and skip without them.
+The 4-bit cases need bitsandbytes>=0.50 and accelerate (``fv[quant]``) and skip without them (bitsandbytes 0.42,
+the user's pinned CUDA build, has no NF4 on the CPU).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from fv import compat
 from fv.model.tiny import ensure_tiny_model
 from fv.paths import REPO_ROOT
 from tests.support.hf_cache import build_hf_cache
@@ -25,14 +27,10 @@ from tests.support.reference_gate import assert_bit_exact, gate
 pytestmark = [pytest.mark.m2, pytest.mark.tiny, pytest.mark.slow]
 
 
-def _quant_ready() -> bool:
-    """Installed, found without importing them (importing bitsandbytes compiles kernels: seconds at every collection)."""
-    import importlib.util
-
-    return all(importlib.util.find_spec(m) is not None for m in ("accelerate", "bitsandbytes"))
-
-
-needs_quant = pytest.mark.skipif(not _quant_ready(), reason="needs bitsandbytes>=0.50 and accelerate: pip install 'fv[quant]'")
+# 4-bit NF4 on the CPU (these tests load on "cpu"): bitsandbytes>=0.50 and accelerate, read from their metadata
+# (importing bitsandbytes compiles kernels: seconds at every collection). Older bitsandbytes (0.42, the user's pinned
+# CUDA build) runs 4-bit on CUDA only: one reason, counted as skipped (fv.compat.cpu_4bit)
+needs_quant = pytest.mark.skipif(not compat.cpu_4bit()[0], reason=compat.cpu_4bit()[1])
 
 
 def bf16_llama(dest: Path) -> Path:
@@ -41,7 +39,7 @@ def bf16_llama(dest: Path) -> Path:
 
     src = ensure_tiny_model("tiny-llama")
     if not (dest / "config.json").is_file():
-        AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.bfloat16).save_pretrained(str(dest))
+        AutoModelForCausalLM.from_pretrained(str(src), **compat.dtype_kwargs(torch.bfloat16)).save_pretrained(str(dest))
         for f in ("tokenizer.json", "tokenizer_config.json"):
             shutil.copyfile(src / f, dest / f)
     return dest
