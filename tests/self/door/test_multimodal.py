@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from fv.errors import FVError
-from fv.model.tiny import MULTIMODAL_TINY, TINY_MODELS, ensure_tiny_model
+from fv.model.tiny import MULTIMODAL_TINY, TINY_MODELS, ensure_tiny_model, tiny_unavailable
 from fv.model.tree import inspect_model, language_model
 from fv.paths import REPO_ROOT
 
@@ -166,6 +166,7 @@ def _session(src: Path, baukit: str | None, mode: str, cwd: Path) -> subprocess.
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(bool(tiny_unavailable(NAME)), reason=str(tiny_unavailable(NAME)))
 @pytest.mark.parametrize("mode", ["own", "shared"])
 def test_the_gate_says_in_one_line_that_the_reference_lacks_it(reference, fv_options, mode, tmp_path):
     """Own mode: the reference's loader (its Gemma branch) fails on the multimodal config, found in its own process;
