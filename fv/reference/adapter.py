@@ -138,7 +138,7 @@ def loader_hint(msg: str) -> str:
     """The fix for the reference loader's failures that have a known cause, appended to its one line."""
     low = msg.lower()
     if "bitsandbytes" in low or "accelerate" in low:
-        return " 4-bit loading needs bitsandbytes>=0.50 and accelerate: pip install 'fv[quant]'."
+        return (" 4-bit loading needs bitsandbytes (0.50 or later on the CPU) and accelerate: pip install 'fv[quant]'.")
     if "sentencepiece" in low or "llamatokenizer" in low or "tokenizer.model" in low:
         return (" Its 4-bit Llama branch loads the tokenizer with LlamaTokenizer, which needs the model's tokenizer "
                 "files (tokenizer.json, or the sentencepiece model tokenizer.model with `pip install sentencepiece`).")

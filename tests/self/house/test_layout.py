@@ -12,7 +12,7 @@ import fv
 
 PKG = Path(fv.__file__).parent
 # a package may import the ones after it in this list, never the ones before
-LAYERS = ["cli", "pytest_plugin", "ports", "reference", "parity", "pipelines", "plots", "runtime", "progress", "model", "schema", "lock", "io", "meta", "paths", "errors"]
+LAYERS = ["cli", "pytest_plugin", "ports", "reference", "parity", "pipelines", "plots", "runtime", "progress", "model", "compat", "schema", "lock", "launch", "io", "meta", "paths", "errors"]
 
 
 def _module(path: Path) -> str:
