@@ -138,7 +138,7 @@ def test_m0_target_ids_test_fails_naming_bos(llama_tok, tmp_path, monkeypatch):
 
     monkeypatch.delenv("FV_SRC_ROOT", raising=False)
     ft = load_trials(_fork_like(llama_tok, tmp_path))
-    opts = SimpleNamespace(src_root=None, baukit_root=None, src_compat=False, rootdir=tmp_path)
+    opts = SimpleNamespace(src_root=None, baukit_root=None, src_compat=False, src_python=None, rootdir=tmp_path)
     with pytest.raises(AssertionError) as e:
         assert_target_ids(opts, llama_tok, ft)
     first = str(e.value).splitlines()[0]
