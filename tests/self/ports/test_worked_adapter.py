@@ -71,6 +71,9 @@ def project(root: Path, wrong: bool = False) -> Path:
 def test_the_worked_adapters_command_gates_a_stand_in_project(tmp_path, fv_options):
     from fv.model.tiny import ensure_tiny_model
 
+    missing = [m for m in ("mean_activations", "patch", "intervene") if not (STANDIN / f"{m}.py").is_file()]
+    if missing:  # taken out: they followed the reference's and the user's code too closely; to be rewritten
+        pytest.skip(f"the stand-in project lacks fv/{', fv/'.join(missing)}.py (withdrawn; see docs/ports.md)")
     src = fv_options.src_root or os.environ.get("FV_SRC_ROOT")
     if not src or not (Path(src) / "utils" / "extract_utils.py").is_file():
         pytest.skip("needs the live reference (--src-root or FV_SRC_ROOT naming function_vectors/src)")
