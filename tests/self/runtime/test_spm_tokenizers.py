@@ -21,7 +21,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from packaging.version import Version
 
+from fv.compat import transformers_version
 from fv.model.tiny import SPM_TINY, SPM_TOKENIZER_FILES, SPM_TOKENIZERS, TINY_MODELS
 from fv.parity.pattern import describe, lone_metaspace_note, lone_metaspace_slots
 from fv.parity.registry import stage
@@ -55,7 +57,13 @@ def spm_trials(lm, folder: Path, bos_text: bool | None = None, n_trials: int = N
 # ---- the tokenizer files ----------------------------------------------------------------------------------------
 def test_the_committed_tokenizers_rebuild_byte_for_byte(tmp_path):
     import importlib.util
+    import inspect
 
+    from transformers.convert_slow_tokenizer import generate_merges
+
+    if "skip_tokens" not in inspect.signature(generate_merges).parameters:
+        pytest.skip(f"the build script needs transformers' generate_merges(skip_tokens=...), which transformers "
+                    f"{transformers_version()} lacks; the committed files rebuild on the newest end")
     spec = importlib.util.spec_from_file_location("build_spm_tokenizers", REPO_ROOT / "scripts" / "build_spm_tokenizers.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -196,10 +204,12 @@ def test_the_tiny_spm_models_load_by_the_reference_rule(name):
     spec = TINY_MODELS[name]
     assert spec.family in lm.path.name or spec.family == "llama" and "llama" in lm.path.name
     assert lm.prepend_bos is True and lm.info.model_type == spec.family
+    # the fast (Rust) tokenizer either way: transformers 5 names it LlamaTokenizer, 4.x LlamaTokenizerFast
+    fast = "" if transformers_version() >= Version("5") else "Fast"
     if spec.family == "llama":
-        assert "8b" in lm.path.name and lm.dtype == torch.float32 and type(lm.tokenizer).__name__ == "LlamaTokenizer"
+        assert "8b" in lm.path.name and lm.dtype == torch.float32 and type(lm.tokenizer).__name__ == f"LlamaTokenizer{fast}"
     else:
-        assert lm.dtype == torch.float16 and type(lm.tokenizer).__name__ == "GemmaTokenizer"
+        assert lm.dtype == torch.float16 and type(lm.tokenizer).__name__ == f"GemmaTokenizer{fast}"
     assert (lm.path / "tokenizer.model").is_file()
 
 
