@@ -44,7 +44,7 @@ BUILDER_VERSION = 3
 @dataclass(frozen=True)
 class TinySpec:
     name: str
-    tokenizer: str  # "fixture", "fixture-nobos", "llama3", "spm-llama2" or "spm-gemma" (SPM_TOKENIZERS)
+    tokenizer: str  # "fixture", "fixture-nobos", "llama3", "spm-llama2", "spm-gemma" (SPM_TOKENIZERS) or "committed" (COMMITTED_TINY)
     n_layers: int = 12
     d_model: int = 64
     n_heads: int = 4
@@ -88,7 +88,13 @@ TINY_MODELS = {
     "tiny-llama2spm": TinySpec("tiny-llama2spm", "spm-llama2", family="llama", folder="tiny-llama2spm-8b-rule", seed=2201,
                                **_FAMILY_SHAPE),
     "tiny-gemmaspm": TinySpec("tiny-gemmaspm", "spm-gemma", family="gemma", seed=2202, **_FAMILY_SHAPE),
+    # trained, not drawn: the tiny model where function vectors work (fv/model/train.py, `fv model train`), its
+    # weights committed under fixtures/ with its character-level tokenizer; 'llama' and '8b' in the folder (float32)
+    "tiny-llama-fv": TinySpec("tiny-llama-fv", "committed", folder="tiny-llama-fv-8b", n_layers=4, d_model=64, n_heads=4,
+                              n_kv_heads=4, d_mlp=256),
 }
+# the tiny models whose weights are committed (trained): their folder under fixtures/ is the model
+COMMITTED_TINY = ("tiny-llama-fv",)
 # tokenizer kind -> its folder under fixtures/ (tokenizer.model, tokenizer.json, tokenizer_config.json)
 SPM_TOKENIZERS = {"spm-llama2": "spm_llama2", "spm-gemma": "spm_gemma"}
 SPM_TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json")
@@ -112,6 +118,9 @@ NOBOS_TEXT = "<|endoftext|>"  # GPT-2's BOS/EOS text, which the reference prepen
 
 def tiny_name_of_folder(folder: str) -> str | None:
     """The tiny model a cache folder ``<stem>-<12 hex>`` holds, or None."""
+    committed = next((n for n in COMMITTED_TINY if TINY_MODELS[n].stem == folder), None)
+    if committed:
+        return committed
     stem, _, fp = folder.rpartition("-")
     if len(fp) != 12 or any(c not in "0123456789abcdef" for c in fp):
         return None
@@ -446,6 +455,12 @@ def ensure_tiny_model(name: str = DEFAULT_TINY) -> Path:
     if name not in TINY_MODELS:
         raise FVError(f"unknown tiny model {name!r}; choose one of {sorted(TINY_MODELS)} or give a model folder.")
     spec = TINY_MODELS[name]
+    if spec.tokenizer == "committed":
+        folder = FIXTURES / spec.stem
+        if not (folder / "model.safetensors").is_file():
+            raise FVError(f"{name}'s committed weights are missing at {folder}; restore them from git, or retrain them "
+                          f"with `fv model train --out {folder} --measure`.")
+        return folder
     dest = cache_root() / "models" / f"{spec.stem}-{_fingerprint(spec)}"
     if (dest / "model.safetensors").is_file():
         return dest

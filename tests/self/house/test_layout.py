@@ -84,8 +84,10 @@ def test_the_tree_shows_the_stages():
         # the stages, in data-flow order, and what they share
         "runtime": ["datasets", "trials", "prompts", "slots", "prepared", "hooks", "activations", "effects", "effects_fast", "top_heads", "vectors", "injection",
                     "evaluation", "universal", "finite", "memory"],
-        # the drivers: the M4 run, the relation run and its array, the universal FV, the M7 gate, job arrays, resume
-        "pipelines": ["run", "relation", "relation_array", "universal", "gate_m7", "array", "cluster", "resume", "threads"],
+        # the drivers: the M4 run, the relation run and its array, the universal FV, the M7 gate, job arrays, resume, the
+        # trained tiny model's figures
+        "pipelines": ["run", "relation", "relation_array", "universal", "gate_m7", "array", "cluster", "resume", "threads",
+                      "phenomenon"],
         "parity": ["stages", "compare", "dump", "golden", "user_goldens", "snapshot", "src_cache", "report", "diff", "pattern", "run",
                    "preflight", "boundaries", "identity", "registry", "tolerance", "tensor_diff", "json_diff", "sides", "golden_check",
                    "comparers", "score_diff", "mismatch"],
