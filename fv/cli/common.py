@@ -48,7 +48,7 @@ def tokenizer_for(spec: str | None) -> Any:
 
 
 MODEL_HELP = ("local model folder, Hugging Face hub id in the local cache (works offline), cache snapshot path, or a tiny "
-              "model: tiny-llama, tiny-llama3tok, or one per family: tiny-gpt2, tiny-gpt-j, tiny-gpt-neox, tiny-llama-mha, "
+              "model: tiny-llama, tiny-llama3tok, tiny-llama-fv (trained: docs/trained_model.md), or one per family: tiny-gpt2, tiny-gpt-j, tiny-gpt-neox, tiny-llama-mha, "
               "tiny-gemma, tiny-olmo, tiny-mistral, tiny-qwen2, tiny-gemma2, tiny-gemma3, tiny-phi3, tiny-olmo2 (default: the "
               "embedded tiny-llama)")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from fv.cli.common import add_device_arg, add_dtype_arg, add_noun
+from fv.cli.common import add_device_arg, add_dtype_arg, add_model_args, add_noun
 from fv.errors import UsageError
 
 
@@ -46,8 +46,8 @@ def cmd_phenomenon(a: argparse.Namespace) -> int:
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
         raise UsageError(f"unknown task(s) {unknown}; choose from {', '.join(TASKS)}.")
-    result = measure(a.model, tasks, n_test=a.n_test, n_valid=a.n_valid, n_top_heads=a.n_top_heads,
-                     log=lambda line: print(line, flush=True))
+    result = measure(a.model or "tiny-llama-fv", tasks, n_test=a.n_test, n_valid=a.n_valid, n_top_heads=a.n_top_heads,
+                     device=a.device, dtype=a.dtype, log=lambda line: print(line, flush=True))
     print("mean: " + json.dumps({k: round(v, 4) for k, v in result["mean"].items()}))
     if a.out:
         write_json(a.out, result)
@@ -84,7 +84,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001 - argpars
                          description="Per rule task: ICL accuracy, zero-shot and shuffled-label accuracy without and with "
                                      "the task's FV (fv's pipeline; edit layer chosen on the valid words, figures on the test "
                                      "words), the top head's indirect effect and the median |effect|.")
-    m.add_argument("--model", default="tiny-llama-fv", help="model folder or tiny model name (default tiny-llama-fv)")
+    add_model_args(m, attn=False, model_note="with this command the default is tiny-llama-fv, the trained tiny model")
     m.add_argument("--tasks", default=None, help="comma list of tasks (default all five)")
     m.add_argument("--n-test", dest="n_test", type=int, default=50, help="test trials per task (default 50)")
     m.add_argument("--n-valid", dest="n_valid", type=int, default=30, help="valid trials per task, for the edit layer (default 30)")

@@ -361,6 +361,9 @@ def build_tiny_model(spec: TinySpec, dest: str | Path, shape: dict | None = None
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if spec.tokenizer == "committed":
+        raise FVError(f"{spec.name} is trained, not drawn: its folder is committed (fixtures/{spec.stem}); "
+                      f"`fv model train --out DIR` trains it again.")
     s = {**asdict(spec), **(shape or {})}
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)

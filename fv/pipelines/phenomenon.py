@@ -72,12 +72,13 @@ def measure_task(lm, task: str, work: Path, n_test: int = 50, n_valid: int = 30,
 
 
 def measure(model: str, tasks: Sequence[str] = TASKS, n_test: int = 50, n_valid: int = 30, seed: int = 0,
-            n_top_heads: int = 10, work: str | Path | None = None, log: Callable[[str], None] = print) -> dict:
+            n_top_heads: int = 10, work: str | Path | None = None, log: Callable[[str], None] = print,
+            device: str | None = "cpu", dtype: str | None = None) -> dict:
     """Every task's figures and their means: ``{"tasks": [...], "mean": {...}}``. ``work`` keeps the runs' folders
-    (default: a temporary folder, removed)."""
+    (default: a temporary folder, removed); ``device`` and ``dtype`` as ``fv.model.loading.load_model`` takes them."""
     from fv.model.loading import load_model
 
-    lm = load_model(model, device="cpu")
+    lm = load_model(model, device=device, dtype=dtype)
     with tempfile.TemporaryDirectory(prefix="fv-phenomenon-") as tmp:
         root = Path(work) if work else Path(tmp)
         rows = []
