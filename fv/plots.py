@@ -145,17 +145,36 @@ def mean_effect(ie: Any) -> np.ndarray:
     return arr.mean(axis=0) if arr.ndim == 3 else arr
 
 
-def draw_indirect_effect(path: str | Path, ie: Any, title: str, force: bool = True) -> Picture:
-    """The trial-mean indirect effect over (layer, head); unless ``force``, a picture already drawn from the same
-    values and title is left as it is."""
+def _mark_heads(ax: Any, heads: Sequence[Sequence[float]]) -> np.ndarray:
+    """Box each of ``heads`` ([layer, head, score], best first) on a heatmap and write its rank in it (up to 40);
+    returns the marked (layer, head) pairs, (n, 2)."""
+    from matplotlib.patches import Rectangle
+
+    for rank, (layer, head, _score) in enumerate(heads, 1):
+        ax.add_patch(Rectangle((int(head) - 0.5, int(layer) - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=1.2))
+        if len(heads) <= 40:
+            ax.text(int(head), int(layer), str(rank), ha="center", va="center", fontsize=6)
+    return np.array([[int(l), int(h)] for l, h, _ in heads], dtype=np.int64).reshape(-1, 2)
+
+
+def draw_indirect_effect(path: str | Path, ie: Any, title: str, force: bool = True,
+                         heads: Sequence[Sequence[float]] | None = None) -> Picture:
+    """The trial-mean indirect effect over (layer, head), the top ``heads`` ([layer, head, score], best first) boxed
+    and ranked when given; unless ``force``, a picture already drawn from the same values and title is left as it is."""
     plt = _plt()
     values = mean_effect(ie)
-    digest = inputs_digest(title, {"mean_indirect_effect": values})
+    data: dict[str, Any] = {"mean_indirect_effect": values}
+    if heads:
+        data["heads"] = np.array([[int(l), int(h)] for l, h, _ in heads], dtype=np.int64).reshape(-1, 2)
+    digest = inputs_digest(title, data)
     if not force and unchanged(Path(path), digest):
-        return Picture(Path(path), {"mean_indirect_effect": values})
+        return Picture(Path(path), data)
     fig, ax = plt.subplots(figsize=(max(4.0, 0.35 * values.shape[1] + 2.5), max(3.5, 0.25 * values.shape[0] + 1.5)))
-    _heatmap(fig, ax, values, title, "mean indirect effect (delta p of the target)")
-    return Picture(_save(fig, Path(path), digest), {"mean_indirect_effect": values})
+    _heatmap(fig, ax, values, title + (f" (top {len(heads)} heads boxed)" if heads else ""),
+             "mean indirect effect (delta p of the target)")
+    if heads:
+        _mark_heads(ax, heads)
+    return Picture(_save(fig, Path(path), digest), data)
 
 
 def _sweep_series(summaries: dict[int, dict]) -> dict[str, np.ndarray]:
@@ -261,7 +280,10 @@ def draw_run(folder: str | Path, force: bool = True) -> list[Picture]:
     meta_file = folder / "indirect_effect_meta.json"
     meta = read_json(meta_file, "run meta") if meta_file.is_file() else {}
     title = _describe(meta)
-    pics = [draw_indirect_effect(folder / IE_PNG, load_tensor_file(ie_file), f"{title}: indirect effect", force=force)]
+    heads_file = folder / "top_heads.json"
+    heads = read_json(heads_file, "top heads") if heads_file.is_file() else None
+    pics = [draw_indirect_effect(folder / IE_PNG, load_tensor_file(ie_file), f"{title}: indirect effect", force=force,
+                                 heads=heads)]
     summaries = _step6_summaries(folder)
     if len(summaries) > 1:
         pics.append(draw_layer_sweep(folder / SWEEP_PNG, summaries, title, force=force))
@@ -330,16 +352,10 @@ UNIVERSAL_SWEEP_PNG = "universal_fv_accuracy_by_layer.png"
 def draw_aie(path: str | Path, aie: Any, heads: Sequence[Sequence[float]], title: str) -> Picture:
     """The AIE over (layer, head) with the universal heads boxed and ranked."""
     plt = _plt()
-    from matplotlib.patches import Rectangle
-
     values = mean_effect(aie)
     fig, ax = plt.subplots(figsize=(max(4.0, 0.35 * values.shape[1] + 2.5), max(3.5, 0.25 * values.shape[0] + 1.5)))
     _heatmap(fig, ax, values, title, "average indirect effect over kept tasks")
-    for rank, (layer, head, _score) in enumerate(heads, 1):
-        ax.add_patch(Rectangle((int(head) - 0.5, int(layer) - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=1.2))
-        if len(heads) <= 40:
-            ax.text(int(head), int(layer), str(rank), ha="center", va="center", fontsize=6)
-    marked = np.array([[int(l), int(h)] for l, h, _ in heads], dtype=np.int64).reshape(-1, 2)
+    marked = _mark_heads(ax, heads)
     return Picture(_save(fig, Path(path)), {"aie": values, "heads": marked})
 
 

@@ -1,7 +1,8 @@
 """Does a model show function vectors? The figures of issue 32, measured with fv's gated pipeline on the rule tasks.
 
 Per task (``fv.model.rule_tasks``): fixed trials (10 shots) on the *valid* words choose the edit layer (the layer whose
-FV gives the highest zero-shot accuracy; ties: the larger mean log-prob gain, then the earlier layer); fixed trials on
+FV gives the highest zero-shot plus shuffled-label accuracy; ties: the larger zero-shot log-prob gain, then the earlier
+layer); fixed trials on
 the *test* words (never in a training sequence) give the figures: ICL accuracy (the clean prompt's top-1 is the
 answer's first token), zero-shot and shuffled-label accuracy without and with the task's own FV at that layer (the
 reference's first-token measure), and the indirect effects (the trial mean per head: the top head's and the median
@@ -33,8 +34,9 @@ def _pick_layer(out: Path, n_layers: int) -> int:
     from fv.io import read_json
 
     def key(layer: int):
-        z = read_json(out / f"step6_results_L{layer}.json")["summary"]["by_prompt_set"]["zero_shot"]
-        return (z["acc_with"], z["mean_delta_logprob"], -layer)
+        sets = read_json(out / f"step6_results_L{layer}.json")["summary"]["by_prompt_set"]
+        z, s = sets["zero_shot"], sets["shuffled"]
+        return (z["acc_with"] + s["acc_with"], z["mean_delta_logprob"], -layer)
 
     return max(range(n_layers), key=key)
 

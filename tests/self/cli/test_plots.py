@@ -44,6 +44,8 @@ def test_run_pictures_hold_the_artifacts(swept_run):
     pics = {p.path.name: p for p in draw_run(swept_run)}
     ie = load_tensor_file(swept_run / "indirect_effect.pt")
     assert np.array_equal(pics[IE_PNG].data["mean_indirect_effect"], ie.double().mean(0).numpy())
+    top = json.loads((swept_run / "top_heads.json").read_text())  # boxed and ranked on the heatmap
+    assert pics[IE_PNG].data["heads"].tolist() == [[int(l), int(h)] for l, h, _ in top] and len(top) == 10
     sweep = pics[SWEEP_PNG].data
     assert sweep["layer"].tolist() == [8, 9]
     for i, layer in enumerate((8, 9)):
