@@ -1,12 +1,11 @@
-"""Does a model show function vectors? The figures of issue 32, measured with fv's gated pipeline on the rule tasks.
+"""Does a model show function vectors? Its figures on the rule tasks, measured with fv's gated pipeline.
 
 Per task (``fv.model.rule_tasks``): fixed trials (10 shots) on the *valid* words choose the edit layer (the layer whose
 FV gives the highest zero-shot plus shuffled-label accuracy; ties: the larger zero-shot log-prob gain, then the earlier
-layer); fixed trials on
-the *test* words (never in a training sequence) give the figures: ICL accuracy (the clean prompt's top-1 is the
-answer's first token), zero-shot and shuffled-label accuracy without and with the task's own FV at that layer (the
-reference's first-token measure), and the indirect effects (the trial mean per head: the top head's and the median
-|effect|).
+layer); fixed trials on the *test* words (never in a training sequence) give the figures: ICL accuracy (the clean
+prompt's top-1 is the answer's first token), zero-shot and shuffled-label accuracy without and with the task's own FV
+at that layer (the reference's first-token measure), and the indirect effects (the trial mean per head: the top
+head's and the median |effect|).
 """
 
 from __future__ import annotations
@@ -50,7 +49,8 @@ def measure_task(lm, task: str, work: Path, n_test: int = 50, n_valid: int = 30,
 
     layers = list(range(lm.info.n_layers))
     valid_out = work / task / "valid"
-    run_runtime(lm, _trials(lm, task, "valid", n_valid, seed, work), valid_out, RunConfig(n_top_heads=n_top_heads, edit_layers=layers))
+    run_runtime(lm, _trials(lm, task, "valid", n_valid, seed, work), valid_out,
+                RunConfig(n_top_heads=n_top_heads, edit_layers=layers))
     layer = _pick_layer(valid_out, lm.info.n_layers)
     test_out = work / task / "test"
     res = run_runtime(lm, _trials(lm, task, "test", n_test, seed, work), test_out,
@@ -64,7 +64,8 @@ def measure_task(lm, task: str, work: Path, n_test: int = 50, n_valid: int = 30,
     flat = effect.reshape(-1)
     top = int(flat.argmax())
     return {
-        "task": task, "n_test_trials": n_test, "n_valid_trials": n_valid, "n_top_heads": n_top_heads, "edit_layer": layer, "icl_accuracy": icl,
+        "task": task, "n_test_trials": n_test, "n_valid_trials": n_valid, "n_top_heads": n_top_heads,
+        "edit_layer": layer, "icl_accuracy": icl,
         "zero_shot_accuracy": z["acc_base"], "zero_shot_accuracy_with_fv": z["acc_with"],
         "shuffled_accuracy": s["acc_base"], "shuffled_accuracy_with_fv": s["acc_with"],
         "zero_shot_accuracy_with_fv_by_layer": {L: by_layer[L]["zero_shot"]["acc_with"] for L in layers},
