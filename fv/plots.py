@@ -145,15 +145,19 @@ def mean_effect(ie: Any) -> np.ndarray:
     return arr.mean(axis=0) if arr.ndim == 3 else arr
 
 
-def _mark_heads(ax: Any, heads: Sequence[Sequence[float]]) -> np.ndarray:
-    """Box each of ``heads`` ([layer, head, score], best first) on a heatmap and write its rank in it (up to 40);
-    returns the marked (layer, head) pairs, (n, 2)."""
+def _mark_heads(ax: Any, heads: Sequence[Sequence[float]], values: np.ndarray | None = None) -> np.ndarray:
+    """Box each of ``heads`` ([layer, head, score], best first) on a heatmap and write its rank in it (up to 40), in
+    white on a cell whose colour is dark (``values``, the heatmap's (layer, head) grid: |value| above 60% of the
+    largest); returns the marked (layer, head) pairs, (n, 2)."""
     from matplotlib.patches import Rectangle
 
+    vmax = float(np.abs(values).max()) if values is not None and values.size else 0.0
     for rank, (layer, head, _score) in enumerate(heads, 1):
         ax.add_patch(Rectangle((int(head) - 0.5, int(layer) - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=1.2))
         if len(heads) <= 40:
-            ax.text(int(head), int(layer), str(rank), ha="center", va="center", fontsize=6)
+            dark = vmax > 0 and abs(float(values[int(layer), int(head)])) > 0.6 * vmax
+            ax.text(int(head), int(layer), str(rank), ha="center", va="center", fontsize=6,
+                    color="white" if dark else "black")
     return np.array([[int(l), int(h)] for l, h, _ in heads], dtype=np.int64).reshape(-1, 2)
 
 
@@ -173,7 +177,7 @@ def draw_indirect_effect(path: str | Path, ie: Any, title: str, force: bool = Tr
     _heatmap(fig, ax, values, title + (f" (top {len(heads)} heads boxed)" if heads else ""),
              "mean indirect effect (delta p of the target)")
     if heads:
-        _mark_heads(ax, heads)
+        _mark_heads(ax, heads, values)
     return Picture(_save(fig, Path(path), digest), data)
 
 
@@ -355,7 +359,7 @@ def draw_aie(path: str | Path, aie: Any, heads: Sequence[Sequence[float]], title
     values = mean_effect(aie)
     fig, ax = plt.subplots(figsize=(max(4.0, 0.35 * values.shape[1] + 2.5), max(3.5, 0.25 * values.shape[0] + 1.5)))
     _heatmap(fig, ax, values, title, "average indirect effect over kept tasks")
-    marked = _mark_heads(ax, heads)
+    marked = _mark_heads(ax, heads, values)
     return Picture(_save(fig, Path(path)), {"aie": values, "heads": marked})
 
 

@@ -50,7 +50,7 @@ def tokenizer_for(spec: str | None) -> Any:
 MODEL_HELP = ("local model folder, Hugging Face hub id in the local cache (works offline), cache snapshot path, or a tiny "
               "model: tiny-llama, tiny-llama3tok, tiny-llama-fv (trained: docs/trained_model.md), or one per family: tiny-gpt2, tiny-gpt-j, tiny-gpt-neox, tiny-llama-mha, "
               "tiny-gemma, tiny-olmo, tiny-mistral, tiny-qwen2, tiny-gemma2, tiny-gemma3, tiny-phi3, tiny-olmo2 (default: the "
-              "embedded tiny-llama)")
+              "embedded tiny-llama; in fv runtime run the trained tiny-llama-fv, where function vectors work)")
 
 
 def add_model_args(p: argparse.ArgumentParser, dtype: str = "auto", attn: bool = True, model_note: str = "") -> None:
@@ -106,7 +106,15 @@ def add_stage_args(p: argparse.ArgumentParser) -> None:
     spelling) and one default each, so the two sides of a parity comparison are asked for the same thing."""
     p.add_argument("--max-trials", "--max_trials", dest="max_trials", type=int, default=None, help="use only the first N trials")
     p.add_argument("--n-top-heads", "--n_top_heads", dest="n_top_heads", type=int, default=10, help="heads in the FV (default 10)")
-    p.add_argument("--edit-layer", "--edit_layer", dest="edit_layer", type=int, default=9, help="FV injection layer (default 9)")
+    p.add_argument("--edit-layer", "--edit_layer", dest="edit_layer", type=int, default=None,
+                   help="FV injection layer (default: the model's, fv/model/default_inputs.py: 9; 1 on tiny-llama-fv)")
+
+
+def edit_layer_of(a: argparse.Namespace, lm) -> int:
+    """``--edit-layer``, else the loaded model's default edit layer (``fv.model.default_inputs``)."""
+    from fv.model.default_inputs import default_inputs
+
+    return a.edit_layer if a.edit_layer is not None else default_inputs(lm.path).edit_layer
 
 
 def add_quiet(p: argparse.ArgumentParser) -> None:

@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from fv.cli.common import add_model_args, add_noun, add_quiet, add_reference_args, add_src_python_arg, add_stage_args
+from fv.cli.common import add_model_args, add_noun, add_quiet, add_reference_args, add_src_python_arg, add_stage_args, edit_layer_of
 from fv.errors import FVError, UsageError
 
 
@@ -92,6 +92,7 @@ def cmd_check(a: argparse.Namespace) -> int:
         problem = ref.probe_hook(own)
         if problem:
             raise FVError(problem)
+    a.edit_layer = edit_layer_of(a, lm)
     lm.info.check_edit_layer(a.edit_layer)
     summary, worst = [], 0
     for name, side, trials in _sides(a, lm, out):

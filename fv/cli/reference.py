@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from fv.cli.common import add_model_args, add_noun, add_quiet, add_reference_args, add_src_python_arg, add_stage_args
+from fv.cli.common import add_model_args, add_noun, add_quiet, add_reference_args, add_src_python_arg, add_stage_args, edit_layer_of
 from fv.errors import FVError, UsageError
 from fv.lock import HELP as LOCK_HELP
 
@@ -58,6 +58,7 @@ def _reference_locked(a: argparse.Namespace, ref, root: Path, ft, out: Path, say
     else:
         lm = load_model(a.model, a.device, a.dtype, attn_implementation=getattr(a, "attn_implementation", None))
     say(f"model {lm.name}: {lm.loading_rule} ({str(lm.dtype).replace('torch.', '')}, attention {lm.attn_implementation})")
+    a.edit_layer = edit_layer_of(a, lm)
     lm.info.check_edit_layer(a.edit_layer)
     require_tokenizer_agrees(ft, lm.tokenizer)
     _bos, bos_rule = ref.require_trials_fit(lm, ft)

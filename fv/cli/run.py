@@ -23,22 +23,25 @@ def cmd_run(a: argparse.Namespace) -> int:
 
 
 def _run_locked(a: argparse.Namespace, ft, out: Path, log) -> int:
+    from fv.model.default_inputs import EMBEDDED_DEFAULT, default_inputs
     from fv.model.loading import load_model
     from fv.parity.dump import write_runtime_dump
-    from fv.paths import FIXTURES
     from fv.pipelines.run import RunConfig, parse_layers, run_runtime
     from fv.runtime.trials import load_trials, make_icl_trials, require_tokenizer_agrees, save_trials
 
-    lm = load_model(a.model, a.device, a.dtype, attn_implementation=getattr(a, "attn_implementation", None))
+    model = a.model or EMBEDDED_DEFAULT
+    lm = load_model(model, a.device, a.dtype, attn_implementation=getattr(a, "attn_implementation", None))
     log(f"model {lm.name}: {lm.loading_rule} (attention: {lm.attn_implementation})")
-    layers = parse_layers(a.edit_layers, lm.info.n_layers, a.edit_layer)
+    defaults = default_inputs(lm.path)
+    layers = parse_layers(a.edit_layers, lm.info.n_layers, a.edit_layer if a.edit_layer is not None else defaults.edit_layer)
     if ft is None:
-        path = out / f"fixed_trials_antonym_tiny_t10_s10_seed0_{lm.name}.json"
-        save_trials(path, make_icl_trials(FIXTURES / "antonym_tiny.json", lm.tokenizer, 10, 10, 0,
+        name, dataset = next(iter(defaults.trial_sets.items()))
+        path = out / f"fixed_trials_{name}_t10_s10_seed0_{lm.name}.json"
+        save_trials(path, make_icl_trials(dataset, lm.tokenizer, 10, 10, 0,
                                           model_name_for_tokenizer=lm.name, model_prepend_bos=lm.prepend_bos,
-                                          prepend_bos_token_used=not lm.prepend_bos, dataset_json_label="antonym_tiny.json"))
+                                          prepend_bos_token_used=not lm.prepend_bos, dataset_json_label=dataset.name))
         ft = load_trials(path)
-        log(f"no --fixed-trials: made {path} from the embedded antonym data")
+        log(f"no --fixed-trials: made {path} from {dataset.name}, the model's default data")
     require_tokenizer_agrees(ft, lm.tokenizer)
     cfg = RunConfig(n_top_heads=a.n_top_heads, edit_layers=layers, max_trials=a.max_trials, mode=a.mode, resume=a.resume)
     result = run_runtime(lm, ft, out, cfg, quiet=a.quiet, log=log)
@@ -46,7 +49,7 @@ def _run_locked(a: argparse.Namespace, ft, out: Path, log) -> int:
     if a.layout == "my_fv_project":
         from fv.ports.my_fv_project_layout import write_my_fv_project
 
-        log(f"layout my_fv_project: {write_my_fv_project(out, ft, lm.tokenizer, a.model, n_trials=a.max_trials)}")
+        log(f"layout my_fv_project: {write_my_fv_project(out, ft, lm.tokenizer, model, n_trials=a.max_trials)}")
     if a.resume:
         log(f"resume: reused {', '.join(result.reused) or 'nothing'}; computed {', '.join(result.computed) or 'nothing'}")
     if not a.no_plots:
@@ -57,11 +60,29 @@ def _run_locked(a: argparse.Namespace, ft, out: Path, log) -> int:
                 log(f"picture: {p}")
         except PlotsUnavailable as exc:
             log(str(exc))
-    summary = result.summary
-    z = summary["by_prompt_set"]["zero_shot"]
-    print(f"wrote runtime artifacts to {out}: edit layer {summary['edit_layer']}, zero-shot acc {z['acc_base']:.2f} -> "
-          f"{z['acc_with']:.2f}, mean delta logprob {z['mean_delta_logprob']:+.4f}")
+    print(story(out, lm, result, layers))
     return 0
+
+
+def story(out: Path, lm, result, layers: list[int]) -> str:
+    """What a run shows, in a few lines: the trials, ICL accuracy (the clean prompts' top-1, 10 demos), zero-shot and
+    shuffled-label accuracy without and with the FV at each edit layer (the best marked), and the top heads with their
+    mean indirect effect (probability)."""
+    from fv.io import read_json
+    from fv.runtime.evaluation import icl_accuracy
+
+    lines = [f"wrote runtime artifacts to {out}: {lm.name}, {len(result.prepared)} trials",
+             f"  ICL accuracy (the clean prompts' top-1): {icl_accuracy(lm.model, result.prepared):.2f}"]
+    sets = {L: read_json(out / f"step6_results_L{L}.json")["summary"]["by_prompt_set"] for L in layers}
+    best = max(layers, key=lambda L: (sets[L]["zero_shot"]["acc_with"], sets[L]["zero_shot"]["mean_delta_logprob"], -L))
+    for L in layers:
+        z, s = sets[L]["zero_shot"], sets[L]["shuffled"]
+        mark = "  <- best" if len(layers) > 1 and L == best else ""
+        lines.append(f"  edit layer {L}: zero-shot acc {z['acc_base']:.2f} -> {z['acc_with']:.2f} with the FV, shuffled "
+                     f"{s['acc_base']:.2f} -> {s['acc_with']:.2f}, mean delta logprob {z['mean_delta_logprob']:+.4f}{mark}")
+    shown = ", ".join(f"({h[0]}, {h[1]}) {float(h[2]):.3f}" for h in read_json(out / "top_heads.json")[:3])
+    lines.append(f"  top heads (layer, head) mean indirect effect: {shown}")
+    return "\n".join(lines)
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001 - argparse exposes no public type
@@ -72,7 +93,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001 - argpars
                                    "artifact, its meta, and pictures of the indirect effects and of the evaluation per layer. "
                                    "The fixed-trials file is checked whole before the model loads. " + LOCK_HELP)
     add_model_args(u)
-    u.add_argument("--fixed-trials", "--fixed_trials_path", dest="fixed_trials", default=None, help="fixed-trials JSON (default: made from the embedded antonym data)")
+    u.add_argument("--fixed-trials", "--fixed_trials_path", dest="fixed_trials", default=None, help="fixed-trials JSON (default: 10 trials made from the model's default data, fv/model/default_inputs.py: a rule task "
+                        "of fixtures/rule_tasks on the embedded default tiny-llama-fv, else fixtures/antonym_tiny.json)")
     u.add_argument("--out", default="results_fv/run", help="output folder (default results_fv/run)")
     add_stage_args(u)
     u.add_argument("--edit-layers", dest="edit_layers", default=None, help="several layers: A-B, a comma list, or all (overrides --edit-layer)")

@@ -7,7 +7,9 @@ letter. Their words are every lowercase word of 2 to 8 letters in the reference'
 (``fixtures/data``: antonym, capitalize, country-capital, english-french), split once from a fixed seed into ``train``
 (the only words a training sequence ever holds), ``valid`` (where the edit layer is chosen) and ``test`` (where the
 figures come from); ``write_task_files`` writes the split and each task's ``test`` and ``valid`` pairs in the
-reference's dataset format (``[{"input", "output"}]``) under ``fixtures/rule_tasks/``.
+reference's dataset format (``[{"input", "output"}]``) under ``fixtures/rule_tasks/``, and ``relation.csv``: a
+relation CSV (``id,ex_A,ex_B``, one q per task, its id the task's name) of ``N_RELATION_ROWS`` test words per task,
+M7's default inputs on the trained tiny model.
 
 The answers' letter statistics differ by task (second letters of English words are mostly vowels, last letters
 mostly ``e``, ``s``, ``t``), so a shuffled-label prompt still hints at its task where the statistics differ most
@@ -31,6 +33,8 @@ SOURCE_DATASETS = ("antonym", "capitalize", "country-capital", "english-french")
 WORD = re.compile(r"[a-z]{2,8}")
 SPLIT_SEED = 20261207
 N_TEST, N_VALID = 1000, 500
+N_RELATION_ROWS = 12  # per q of relation.csv: M7 draws 3 trials of 9 demos and a query from them
+RELATION_CSV = "relation.csv"
 TASK_DIR = FIXTURES / "rule_tasks"
 
 
@@ -94,4 +98,23 @@ def write_task_files(task_dir: Path = TASK_DIR) -> dict[str, list[str]]:
     for task in TASKS:
         write_json(task_file(task, "test", task_dir), pairs(task, split["test"]))
         write_json(task_file(task, "valid", task_dir), pairs(task, split["valid"]))
+    write_relation_csv(split["test"], task_dir / RELATION_CSV)
     return split
+
+
+def write_relation_csv(test_words: list[str], path: Path, seed: int = SPLIT_SEED) -> Path:
+    """``path``: one q per task (its id the task's name), ``N_RELATION_ROWS`` of ``test_words`` drawn from ``seed``
+    (the same words for every task), rows ``q,word,answer``; written whole or not at all."""
+    import csv
+    import io
+
+    from fv.io import write_text
+
+    words = random.Random(seed).sample(sorted(test_words), N_RELATION_ROWS)
+    buf = io.StringIO(newline="")
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["id", "ex_A", "ex_B"])
+    for task in TASKS:
+        w.writerows([task, p["input"], p["output"]] for p in pairs(task, words))
+    write_text(path, buf.getvalue())
+    return path

@@ -42,10 +42,9 @@ def _pick_layer(out: Path, n_layers: int) -> int:
 
 def measure_task(lm, task: str, work: Path, n_test: int = 50, n_valid: int = 30, seed: int = 0, n_top_heads: int = 10) -> dict:
     """One task's figures (see the module's docstring)."""
-    import torch
-
     from fv.io import load_tensor_file, read_json
     from fv.pipelines.run import RunConfig, run_runtime
+    from fv.runtime.evaluation import icl_accuracy
 
     layers = list(range(lm.info.n_layers))
     valid_out = work / task / "valid"
@@ -55,9 +54,7 @@ def measure_task(lm, task: str, work: Path, n_test: int = 50, n_valid: int = 30,
     test_out = work / task / "test"
     res = run_runtime(lm, _trials(lm, task, "test", n_test, seed, work), test_out,
                       RunConfig(n_top_heads=n_top_heads, edit_layers=layers))
-    with torch.inference_mode():
-        icl = statistics.fmean(int(lm.model(**pt.clean.inputs).logits[0, -1].argmax()) == pt.clean.target_id
-                               for pt in res.prepared)
+    icl = icl_accuracy(lm.model, res.prepared)
     by_layer = {L: read_json(test_out / f"step6_results_L{L}.json")["summary"]["by_prompt_set"] for L in layers}
     z, s = by_layer[layer]["zero_shot"], by_layer[layer]["shuffled"]
     effect = load_tensor_file(test_out / "indirect_effect.pt").float().mean(dim=0)  # (layers, heads)

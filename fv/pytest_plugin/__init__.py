@@ -169,7 +169,6 @@ def reference(fv_options: FVOptions) -> Any:
 
 @pytest.fixture(scope="session")
 def fixed_trials(fv_options: FVOptions, fv_model: Any, trials_set: str) -> Any:
-    from fv.paths import FIXTURES
     from fv.runtime.trials import load_trials
 
     if trials_set == "custom":
@@ -179,9 +178,9 @@ def fixed_trials(fv_options: FVOptions, fv_model: Any, trials_set: str) -> Any:
             pytest.fail(str(exc), pytrace=False)
     if trials_set == "dataset":
         return trials_for(fv_options, fv_model, Path(fv_options.dataset))
-    if trials_set == "antonym_tiny":
-        return trials_for(fv_options, fv_model, FIXTURES / "antonym_tiny.json")
-    return trials_for(fv_options, fv_model, FIXTURES / "data" / "antonym.json")
+    from fv.model.default_inputs import default_inputs
+
+    return trials_for(fv_options, fv_model, default_inputs(fv_model.path).trial_sets[trials_set])
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fv.pytest_plugin.options import USER_INPUT_OPTIONS, FVOptions, trial_sets
+from fv.pytest_plugin.options import USER_INPUT_OPTIONS, FVOptions, belongs, trial_sets
 
 SELF_DESELECTED = pytest.StashKey[int]()
 
@@ -17,7 +17,8 @@ def generate_tests(metafunc: pytest.Metafunc) -> None:
     opts = FVOptions.of(metafunc.config)
     if "fv_model_name" in metafunc.fixturenames:  # a default model this machine cannot build: collected, skipped
         skipped = [pytest.param(name, marks=pytest.mark.skip(reason=why)) for name, why in opts.unavailable.items()]
-        metafunc.parametrize("fv_model_name", [*opts.models, *skipped], scope="session")
+        models = opts.self_models if _under_self(Path(str(metafunc.definition.path))) else opts.models
+        metafunc.parametrize("fv_model_name", [*models, *skipped], scope="session")
     if "trials_set" in metafunc.fixturenames:
         metafunc.parametrize("trials_set", trial_sets(opts), scope="session")
     if "trial_index" in metafunc.fixturenames:
@@ -31,10 +32,14 @@ def generate_tests(metafunc: pytest.Metafunc) -> None:
                              ids=[(str(f.relative_to(root)) if f != root else f.name) or f.name for f, _r in runs])
 
 
+def _under_self(path: Path) -> bool:
+    parts = path.parent.parts
+    return any(a == "tests" and b == "self" for a, b in zip(parts, parts[1:]))
+
+
 def is_self_test(item: pytest.Item) -> bool:
     """fv's own test: under a ``tests/self/`` folder, or marked ``self``."""
-    parts = Path(str(item.path)).parent.parts
-    return bool(item.get_closest_marker("self")) or any(a == "tests" and b == "self" for a, b in zip(parts, parts[1:]))
+    return bool(item.get_closest_marker("self")) or _under_self(Path(str(item.path)))
 
 
 def user_inputs_named(config: pytest.Config) -> list[str]:
@@ -58,7 +63,8 @@ def modify_items(config: pytest.Config, items: list[pytest.Item]) -> None:
     from fv.model.tiny import TINY_MODELS
 
     opts = FVOptions.of(config)
-    first = {"fv_model_name": opts.models[0], "trials_set": trial_sets(opts)[0]}
+    firsts = {own: {"fv_model_name": models[0], "trials_set": trial_sets(opts, models[0])[0]}
+              for own, models in ((False, opts.models), (True, opts.self_models or opts.models))}
     wanted = self_tests_wanted(config)
     keep, drop, own = [], [], []
     for item in items:
@@ -71,7 +77,9 @@ def modify_items(config: pytest.Config, items: list[pytest.Item]) -> None:
         if ("port_run" in getattr(item, "fixturenames", ())) != bool(opts.port_artifacts) and not is_self_test(item):
             drop.append(item)
             continue
-        off = item.get_closest_marker("first_pair") and any(params.get(k, v) != v for k, v in first.items())
+        first = firsts[_under_self(Path(str(item.path)))]
+        off = not belongs(opts, params)  # a model paired with another model's default inputs
+        off = off or (item.get_closest_marker("first_pair") and any(params.get(k, v) != v for k, v in first.items()))
         off = off or (item.get_closest_marker("first_tiny") and not config.getoption("--fv-model")
                       and params.get("fv_model_name", first["fv_model_name"]) != first["fv_model_name"])
         (drop if off else keep).append(item)

@@ -4,6 +4,7 @@ one line instead of failing each test that uses it."""
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,13 +29,18 @@ MARKERS = {
 }
 # options that name a user's inputs: with any of them the session runs the gates on those inputs only
 USER_INPUT_OPTIONS = ("--fv-model", "--fixed-trials", "--relation-csv", "--golden-dir", "--dataset", "--port-artifacts")
-TINY_DEFAULT = ("tiny-llama", "tiny-llama3tok")
+# the trained tiny model where function vectors work (on its rule tasks, fv.model.default_inputs) and the tiny Llama
+# with the real Llama 3 tokenizer (on the antonym data); the random tiny-llama is gated with the families
+TINY_DEFAULT = ("tiny-llama-fv", "tiny-llama3tok")
+# fv's own tests (tests/self/) check its machinery (resume, locks, pictures, fast mode, a user's goldens...) on the random
+# 12-layer tiny Llamas and their antonym data, as before the trained default: without --fv-model they run on these
+SELF_DEFAULT = ("tiny-llama", "tiny-llama3tok")
 
 
 def add_options(parser: pytest.Parser) -> None:
     """Every fv option, in the ``fv`` group of ``pytest --help``."""
     g = parser.getgroup("fv", "function-vector parity suite")
-    g.addoption("--fv-model", default=None, help="local model folder or tiny model name; comma-separated for several (default: both tiny models)")
+    g.addoption("--fv-model", default=None, help="local model folder or tiny model name; comma-separated for several (default: " + ", ".join(TINY_DEFAULT) + ")")
     g.addoption("--fv-device", default="auto", help="cpu, cuda, cuda:N or auto (cuda when available)")
     g.addoption("--fv-dtype", default="auto",
                 help="float32, bfloat16, float16 or auto (default auto: the dtype the reference's loader gives the model; docs/loading.md)")
@@ -49,13 +55,17 @@ def add_options(parser: pytest.Parser) -> None:
     g.addoption("--baukit-root", default=None, help="folder holding baukit/nethook.py when baukit does not import (else $FV_BAUKIT_ROOT)")
     g.addoption("--src-compat", action="store_true", help="apply the reference's FV addition to tensor layer outputs (a silent no-op on transformers 5.x otherwise); recorded in reports")
     g.addoption("--require-src", action="store_true", help="fail, instead of skip, when the reference is missing")
-    g.addoption("--fixed-trials", default=None, help="a fixed-trials JSON to test (default: trials made from fixtures/antonym_tiny.json and fixtures/data/antonym.json)")
+    g.addoption("--fixed-trials", default=None, help="a fixed-trials JSON to test (default: trials made from the model's default "
+                                                    "datasets: fixtures/antonym_tiny.json and fixtures/data/antonym.json; on "
+                                                    "tiny-llama-fv two of its rule tasks, fv/model/default_inputs.py)")
     g.addoption("--dataset", default=None, help="an ICL dataset JSON to make fixed trials from (10 trials, 10 shots, seed 0)")
     g.addoption("--n-top-heads", type=int, default=10, help="heads in the FV (default 10)")
-    g.addoption("--edit-layer", type=int, default=9, help="layer the FV is added after (default 9)")
+    g.addoption("--edit-layer", type=int, default=None,
+                help="layer the FV is added after (default: the model's, fv/model/default_inputs.py: 9; 1 on tiny-llama-fv)")
     g.addoption("--max-trials", type=int, default=5, help="trials compared per file (default 5)")
     g.addoption("--q-list", default=None, help="M7: comma-separated q ids, or 'all'")
-    g.addoption("--relation-csv", default=None, help="M7: relation CSV (default fixtures/relation_tiny.csv; the real fixtures/data/relationA_ex.csv is a good next step)")
+    g.addoption("--relation-csv", default=None, help="M7: relation CSV (default fixtures/relation_tiny.csv, on tiny-llama-fv fixtures/rule_tasks/relation.csv; the "
+                     "real fixtures/data/relationA_ex.csv is a good next step)")
     g.addoption("--n-trials-per-q", type=int, default=3, help="M7: trials per q (default 3)")
     g.addoption("--fv-out", default=None, help="where reports go (default results_fv/ under the directory pytest runs in)")
     g.addoption("--golden-dir", default=None,
@@ -94,10 +104,11 @@ def add_options(parser: pytest.Parser) -> None:
                      "without it such a session fails")
 
 
-def default_relation_csv() -> Path:
-    from fv.paths import FIXTURES
+def default_relation_csv(model: str | None = None) -> Path:
+    """M7's relation CSV when the session names none: ``model``'s (``fv.model.default_inputs``)."""
+    from fv.model.default_inputs import default_inputs
 
-    return FIXTURES / "relation_tiny.csv"
+    return default_inputs(model).relation_csv
 
 
 @dataclass
@@ -115,7 +126,7 @@ class FVOptions:
     fixed_trials: str | None
     dataset: str | None
     n_top_heads: int
-    edit_layer: int
+    edit_layer: int | None  # None: each model's default (edit_layer_for)
     max_trials: int
     q_list: str | None
     relation_csv: str | None
@@ -138,6 +149,20 @@ class FVOptions:
     src_python: str | None = None  # --src-python / $FV_SRC_PYTHON: the interpreter of the reference's own process
     # default tiny models this machine cannot build (the Llama 3 tokenizer not fetched): {name: why, and the command}
     unavailable: dict = field(default_factory=dict)
+    models_given: bool = False  # --fv-model named the models
+
+    @property
+    def self_models(self) -> list[str]:
+        """The models fv's own tests run on: ``--fv-model``'s, else ``SELF_DEFAULT`` (less those this machine lacks)."""
+        if self.models_given:
+            return list(self.models)
+        return [m for m in SELF_DEFAULT if m not in self.unavailable]
+
+    def edit_layer_for(self, model: "str | Path") -> int:
+        """``--edit-layer``, else ``model``'s default edit layer (``fv.model.default_inputs``)."""
+        from fv.model.default_inputs import default_inputs
+
+        return self.edit_layer if self.edit_layer is not None else default_inputs(model).edit_layer
 
     @classmethod
     def of(cls, config: pytest.Config) -> "FVOptions":
@@ -171,7 +196,7 @@ class FVOptions:
                    port=o("--port"), port_root=o("--port-root") or (str(invoked) if o("--port") else None),
                    port_python=o("--port-python"), port_chain=o("--port-chain"), port_exact=o("--port-exact"),
                    port_artifacts=o("--port-artifacts"), port_layout=o("--port-layout"),
-                   unavailable=unavailable, src_python=o("--src-python") or os.environ.get("FV_SRC_PYTHON") or None)
+                   unavailable=unavailable, models_given=bool(o("--fv-model")), src_python=o("--src-python") or os.environ.get("FV_SRC_PYTHON") or None)
 
 
 
@@ -191,13 +216,43 @@ def unavailable_defaults() -> dict[str, str]:
     return {}
 
 
-def trial_sets(opts: FVOptions) -> list[str]:
-    """Names of the fixed-trials sets M1/M2 run on."""
+def trial_sets(opts: FVOptions, model: str | None = None) -> list[str]:
+    """Names of the fixed-trials sets the gates run on: ``custom`` (``--fixed-trials``), ``dataset`` (``--dataset``),
+    else ``model``'s default datasets (``fv.model.default_inputs``), or without ``model`` those of every model of the
+    session, in order (the pairs a model does not own are deselected: ``belongs``)."""
+    from fv.model.default_inputs import default_inputs
+
     if opts.fixed_trials:
         return ["custom"]
     if opts.dataset:
         return ["dataset"]
-    return ["antonym_tiny", "antonym"]
+    names = [model] if model else [*opts.models, *opts.unavailable, *opts.self_models]
+    return list(dict.fromkeys(s for m in names for s in default_inputs(m).trial_sets))
+
+
+def belongs(opts: FVOptions, params: dict) -> bool:
+    """Whether a test's parameters pair a model with inputs of its own: a default trials set (``trials_set``), a
+    universal gate's task (``task``) or a q of its default relation CSV (``q_id``) belongs to the model whose defaults
+    (``fv.model.default_inputs``) name it."""
+    from fv.model.default_inputs import default_inputs
+
+    model = params.get("fv_model_name")
+    if model is None:
+        return True
+    if "trials_set" in params and params["trials_set"] not in trial_sets(opts, model):
+        return False
+    if "task" in params and params["task"] not in default_inputs(model).universal_tasks:
+        return False
+    if "q_id" in params and not (opts.relation_csv or opts.fixed_trials):
+        return params["q_id"] in _relation_qs(default_relation_csv(model))
+    return True
+
+
+@functools.lru_cache(maxsize=None)
+def _relation_qs(csv: Path) -> frozenset[str]:
+    from fv.runtime.datasets import load_relation_csv
+
+    return frozenset(load_relation_csv(csv))
 
 
 def check_options(opts: FVOptions) -> None:
@@ -217,8 +272,11 @@ def check_options(opts: FVOptions) -> None:
             cfg = _json.loads((resolve_model_path(name) / "config.json").read_text())
             cfg = cfg.get("text_config", cfg)
             n_layers = cfg.get("num_hidden_layers", cfg.get("n_layer"))
-        if isinstance(n_layers, int) and not 0 <= opts.edit_layer < n_layers:
-            raise FVError(f"--edit-layer {opts.edit_layer} is outside {name}: it has {n_layers} layers (0..{n_layers - 1}).")
+        layer = opts.edit_layer_for(name)
+        if isinstance(n_layers, int) and not 0 <= layer < n_layers:
+            what = "--edit-layer" if opts.edit_layer is not None else "the default edit layer"
+            raise FVError(f"{what} {layer} is outside {name}: it has {n_layers} layers (0..{n_layers - 1}); "
+                          f"pass --edit-layer N with N below {n_layers}.")
     relation_file = False
     if opts.fixed_trials:
         relation_file = any(t.q_id is not None for t in load_trials(opts.fixed_trials).trials)
@@ -242,13 +300,15 @@ def check_options(opts: FVOptions) -> None:
     if opts.relation_csv or (opts.q_list and not relation_file):
         from fv.runtime.datasets import load_relation_csv
 
-        csv = Path(opts.relation_csv) if opts.relation_csv else default_relation_csv()
-        groups = load_relation_csv(csv)
+        csvs = [Path(opts.relation_csv)] if opts.relation_csv else list(dict.fromkeys(default_relation_csv(m) for m in opts.models))
+        groups = {q for csv in csvs for q in load_relation_csv(csv)}
         if opts.q_list not in (None, "", "all"):
             wanted = [q.strip() for q in opts.q_list.split(",") if q.strip()]
             missing = [q for q in wanted if q not in groups]
             if missing:
-                raise FVError(f"--q-list names {missing}, which {csv} does not have; it has {sorted(groups)}.")
+                raise FVError(f"--q-list names {missing}, which {' and '.join(map(str, csvs))} "
+                              f"{'does' if len(csvs) == 1 else 'do'} not have; {'it has' if len(csvs) == 1 else 'they have'} "
+                              f"{sorted(groups)}.")
     if opts.max_trials < 1:
         raise FVError(f"--max-trials must be at least 1; found {opts.max_trials}.")
     if opts.src_python:

@@ -282,3 +282,11 @@ def summarize(rows: list[dict]) -> dict:
         return s
 
     return {"by_prompt_set": {ps: block([r for r in rows if r["prompt_set"] == ps]) for ps in PROMPT_SETS}}
+
+
+def icl_accuracy(model: Any, trials: Sequence[PreparedTrial]) -> float:
+    """ICL accuracy: the fraction of ``trials`` whose clean prompt (the demonstrations and the query) gives the answer's
+    first token as its top-1 next token (the reference's first-token measure), in [0, 1]; one forward pass per trial."""
+    with torch.inference_mode():
+        hits = [int(model(**pt.clean.inputs).logits[0, -1].argmax()) == pt.clean.target_id for pt in trials]
+    return statistics.fmean(hits) if hits else float("nan")

@@ -1,8 +1,10 @@
-"""Universal FV gate (``-m universal``): ``fv universal`` on four tasks equals the reference, task by task and summed.
+"""Universal FV gate (``-m universal``): ``fv universal`` on the model's tasks equals the reference, task by task and
+summed.
 
-Four tasks, each with the fixed trials M1/M2 make (10 trials, 10 shots, seed 0; the first ``--max-trials``
-used) from ``fixtures/data/{antonym,country-capital,english-french,capitalize}.json``, run by ``fv universal``'s
-own code (``run_universal``, ``--task-filter all`` since a random tiny model scores near 0):
+The model's universal tasks (``fv.model.default_inputs``: the five rule tasks on tiny-llama-fv, else
+``fixtures/data/{antonym,country-capital,english-french,capitalize}.json``), each with the fixed trials M1/M2 make
+(10 trials, 10 shots, seed 0; the first ``--max-trials`` used), run by ``fv universal``'s own code (``run_universal``,
+``--task-filter all``, so that the gate compares every task whatever a model scores):
 
 - each task's mean activations and indirect effects equal the reference's (bit for bit in exact mode);
 - ``aie_by_task.pt`` is each task's trial-mean indirect effect, ``aie.pt`` the mean over the kept tasks of
@@ -32,16 +34,29 @@ from fv.parity.identity import model_identity
 from fv.parity.sides import ReferenceSide
 from fv.pytest_plugin import assert_golden, fv_params, parity_for, trials_for, universal_side
 
-# on the default tiny models, tiny-llama only: the gate is about the aggregation over tasks, and the 128k-vocabulary
-# tiny-llama3tok (whose tokenizer M0-M2 gate) would triple CI's time for it; `--fv-model tiny-llama3tok` runs it there
+# on the default tiny models, the first (tiny-llama-fv) only: the gate is about the aggregation over tasks, and the
+# 128k-vocabulary tiny-llama3tok (whose tokenizer M0-M2 gate) would triple CI's time for it; `--fv-model tiny-llama3tok`
+# runs it there
 pytestmark = [pytest.mark.universal, pytest.mark.first_tiny]
-TASKS = ("antonym", "country-capital", "english-french", "capitalize")
+
+
+def pytest_generate_tests(metafunc):
+    """``task``: the universal tasks of the session's models, in order (a model paired with another's task is
+    deselected, ``fv.pytest_plugin.options.belongs``)."""
+    if "task" in metafunc.fixturenames:
+        from fv.model.default_inputs import default_inputs
+        from fv.pytest_plugin import FVOptions
+
+        opts = FVOptions.of(metafunc.config)
+        names = [*opts.models, *opts.unavailable]
+        metafunc.parametrize("task", list(dict.fromkeys(t for m in names for t in default_inputs(m).universal_tasks)))
 
 
 def _trials(fv_options, lm) -> dict:
-    from fv.paths import FIXTURES
+    """{task: its fixed trials}, in the model's order of its universal tasks."""
+    from fv.model.default_inputs import default_inputs
 
-    return {t: trials_for(fv_options, lm, FIXTURES / "data" / f"{t}.json") for t in TASKS}
+    return {t: trials_for(fv_options, lm, path) for t, path in default_inputs(lm.path).universal_tasks.items()}
 
 
 def _tol(fv_options, lm, side: dict):
@@ -58,17 +73,17 @@ def task_trials(fv_options, fv_model):
 @pytest.fixture(scope="session")
 def universal_run(fv_options, fv_model, task_trials, tmp_path_factory, universal_runs):
     """``fv universal`` on the four tasks' fixed trials: its output folder and the result it returned."""
-    key = (fv_model.name, fv_options.mode, fv_options.max_trials, fv_options.n_top_heads, fv_options.edit_layer)
+    key = (fv_model.name, fv_options.mode, fv_options.max_trials, fv_options.n_top_heads, fv_options.edit_layer_for(fv_model.path))
 
     def make():
         from fv.pipelines.universal import UniversalConfig, run_universal
 
         out = tmp_path_factory.mktemp("universal") / fv_model.name
-        cfg = UniversalConfig(out=str(out), fixed_trials=[str(task_trials[t].path) for t in TASKS], task_filter="all",
+        cfg = UniversalConfig(out=str(out), fixed_trials=[str(ft.path) for ft in task_trials.values()], task_filter="all",
                               mode=fv_options.mode, max_trials=fv_options.max_trials, n_top_heads=fv_options.n_top_heads,
-                              edit_layers=str(fv_options.edit_layer))
+                              edit_layers=str(fv_options.edit_layer_for(fv_model.path)))
         result = run_universal(cfg, lm=fv_model)
-        return out, result, {t: task_trials[t].path.stem for t in TASKS}
+        return out, result, {t: ft.path.stem for t, ft in task_trials.items()}
 
     return universal_runs.get(key, make)
 
@@ -86,7 +101,7 @@ def _folder(fv_options, lm) -> Path:
 
 
 def _identity(task_trials) -> dict:
-    return {t: task_trials[t].sha256 for t in TASKS}
+    return {t: task_trials[t].sha256 for t in task_trials}
 
 
 @pytest.fixture(scope="session")
@@ -103,12 +118,12 @@ def _reference_side(fv_options, fv_model, task_trials) -> dict:
     from fv.parity.sides import trials_data
 
     side = universal_side(fv_options, fv_model)
-    params = fv_params(fv_options).as_dict()
-    tasks = {t: trials_data(task_trials[t]) for t in TASKS}
+    params = fv_params(fv_options, fv_model.path).as_dict()
+    tasks = {t: trials_data(task_trials[t]) for t in task_trials}
     task_values = None
     if isinstance(side, ReferenceSide):  # a live side computes from its own values of each task
-        runs = {t: parity_for(fv_options, fv_model, task_trials[t], require_reference=True) for t in TASKS}
-        task_values = {t: {k: runs[t].src.values[k] for k in ("mean_activations", "indirect_effect")} for t in TASKS}
+        runs = {t: parity_for(fv_options, fv_model, task_trials[t], require_reference=True) for t in task_trials}
+        task_values = {t: {k: runs[t].src.values[k] for k in ("mean_activations", "indirect_effect")} for t in task_trials}
     try:
         return side.universal_values(tasks, params, task_values)
     except FileNotFoundError as exc:
@@ -142,14 +157,12 @@ def _assert_tensor(src, mine, tol, what):
 
 # ---- the tasks' own goldens (the other side of each task's parity run without the reference) --------------------
 @pytest.mark.parametrize("artifact", list(GOLDEN_ARTIFACTS))
-@pytest.mark.parametrize("task", TASKS)
 def test_task_golden(fv_options, fv_model, task_trials, snapshot, request, task, artifact):
     run = parity_for(fv_options, fv_model, task_trials[task])
     assert_golden(run, artifact, snapshot, request.config.option.update_snapshots)
 
 
 # ---- per task: effects, ICL top-1 -------------------------------------------------------------------------------
-@pytest.mark.parametrize("task", TASKS)
 def test_task_effects_match_the_reference(fv_options, fv_model, task_trials, universal_run, task):
     """The task's mean activations and (trials, layers, heads) indirect effects, as ``fv universal`` wrote them."""
     run = parity_for(fv_options, fv_model, task_trials[task])
@@ -159,7 +172,6 @@ def test_task_effects_match_the_reference(fv_options, fv_model, task_trials, uni
         _assert_tensor(run.src.values[name], load_tensor_file(folder / f"{name}.pt"), tol, f"{task} {name}")
 
 
-@pytest.mark.parametrize("task", TASKS)
 def test_icl_top1_matches_the_reference(fv_options, fv_model, task_trials, universal_run, reference_side, snapshot, request, task):
     """Per trial, the top-1 id of the clean ICL prompt; ICL accuracy and majority baseline follow from them."""
     from fv.runtime.universal import icl_accuracy, majority_baseline
@@ -179,13 +191,13 @@ def test_aggregation_and_filter(fv_options, fv_model, task_trials, reference_sid
 
     out, result, names = universal_run
     tasks = read_json(out / "tasks.json")
-    assert tasks["task_filter"] == "all" and [t["name"] for t in tasks["tasks"]] == [names[t] for t in TASKS]
+    assert tasks["task_filter"] == "all" and [t["name"] for t in tasks["tasks"]] == [names[t] for t in task_trials]
     assert all(t["kept"] for t in tasks["tasks"])
-    for t, row in zip(TASKS, tasks["tasks"]):
+    for t, row in zip(task_trials, tasks["tasks"]):
         assert row["trials_sha256"] == task_trials[t].sha256
     by_task = load_tensor_file(out / "aie_by_task.pt")
-    assert tuple(by_task.shape) == (len(TASKS), fv_model.info.n_layers, fv_model.info.n_heads)
-    for k, t in enumerate(TASKS):
+    assert tuple(by_task.shape) == (len(task_trials), fv_model.info.n_layers, fv_model.info.n_heads)
+    for k, t in enumerate(task_trials):
         assert torch.equal(by_task[k], load_tensor_file(_task_dir(universal_run, t) / "indirect_effect.pt").mean(dim=0))
     aie = load_tensor_file(out / "aie.pt")
     kept = [k for k, r in enumerate(tasks["tasks"]) if r["kept"]]
@@ -214,7 +226,6 @@ def test_aggregation_and_filter(fv_options, fv_model, task_trials, reference_sid
         assert [s for *_, s in heads] == [float(s) for *_, s in reference_side["heads"]]
 
 
-@pytest.mark.parametrize("task", TASKS)
 def test_universal_fv_matches_compute_function_vector(fv_options, fv_model, task_trials, universal_run, reference_side,
                                                       snapshot, request, task):
     """The task's FV from the universal heads = the reference's compute_function_vector fed the AIE as (1, L, H)."""
@@ -225,12 +236,11 @@ def test_universal_fv_matches_compute_function_vector(fv_options, fv_model, task
     _assert_tensor(theirs, mine.to(torch.float32), _tol(fv_options, fv_model, reference_side), f"{task} universal FV")
 
 
-@pytest.mark.parametrize("task", TASKS)
-def test_task_evaluation_written(fv_options, universal_run, task):
+def test_task_evaluation_written(fv_options, fv_model, universal_run, task):
     """Each task's universal FV is evaluated zero-shot at the edit layer, with and without it."""
     ev = read_json(_task_dir(universal_run, task) / "universal_eval.json")
-    assert ev["edit_layers"] == [fv_options.edit_layer]
-    zs = ev["by_layer"][str(fv_options.edit_layer)]["by_prompt_set"]["zero_shot"]
+    assert ev["edit_layers"] == [fv_options.edit_layer_for(fv_model.path)]
+    zs = ev["by_layer"][str(fv_options.edit_layer_for(fv_model.path))]["by_prompt_set"]["zero_shot"]
     assert zs["n"] == min(fv_options.max_trials, 10)
-    rows = [r for r in ev["trials"][str(fv_options.edit_layer)] if r["prompt_set"] == "zero_shot"]
+    rows = [r for r in ev["trials"][str(fv_options.edit_layer_for(fv_model.path))] if r["prompt_set"] == "zero_shot"]
     assert zs["acc_with"] == sum(r["accuracy_with"] for r in rows) / len(rows)

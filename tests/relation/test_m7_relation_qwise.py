@@ -25,14 +25,14 @@ def relation_trials(fv_options, fv_model, relation_trials_made):
     whichever qs are selected (one q's draws depend on the qs drawn before it, so a q's trials, and goldens, never
     change with --q-list)."""
     users = relation_trials_file(fv_options)
-    key = (fv_model.name, str(users or relation_csv(fv_options)), fv_options.n_trials_per_q)
+    key = (fv_model.name, str(users or relation_csv(fv_options, fv_model.path)), fv_options.n_trials_per_q)
 
     def make():
         from fv.io import read_json
         from fv.pipelines.relation import RelationConfig, per_q_trials_name, prepare_trials
         from fv.runtime.datasets import load_relation_csv
 
-        csv = relation_csv(fv_options) if fv_options.relation_csv or not users else None
+        csv = relation_csv(fv_options, fv_model.path) if fv_options.relation_csv or not users else None
         cfg = RelationConfig(relation_csv=str(csv or ""), out=str(fv_options.out_root / "_m7_trials" / fv_model.name),
                              n_trials_per_q=fv_options.n_trials_per_q, n_demos=N_DEMOS, seed=0,
                              fixed_trials=str(users) if users else None)

@@ -8,9 +8,9 @@ from pathlib import Path
 from fv.pytest_plugin import FVOptions, default_relation_csv
 
 
-def relation_csv(opts: FVOptions) -> Path:
-    """``--relation-csv``, else the tiny relation CSV of the fixtures."""
-    return Path(opts.relation_csv) if opts.relation_csv else default_relation_csv()
+def relation_csv(opts: FVOptions, model=None) -> Path:
+    """``--relation-csv``, else ``model``'s default relation CSV (a name or folder; ``fv.model.default_inputs``)."""
+    return Path(opts.relation_csv) if opts.relation_csv else default_relation_csv(model)
 
 
 def relation_trials_file(opts: FVOptions) -> Path | None:
@@ -32,7 +32,11 @@ def selected_qs(opts: FVOptions) -> list[str]:
 
         qs = read_relation_trials(relation_trials_file(opts))["meta"]["q_ids"]
         return qs if opts.q_list in (None, "", "all") else [q.strip() for q in opts.q_list.split(",") if q.strip()]
-    groups = load_relation_csv(relation_csv(opts))
-    if opts.q_list in (None, "", "all"):
-        return sorted(groups)
-    return [q.strip() for q in opts.q_list.split(",") if q.strip()]
+    if opts.q_list not in (None, "", "all"):
+        return [q.strip() for q in opts.q_list.split(",") if q.strip()]
+    if opts.relation_csv:
+        return sorted(load_relation_csv(relation_csv(opts)))
+    # each model's default CSV, in the session's order of models; a model paired with another's q is deselected
+    # (fv.pytest_plugin.options.belongs)
+    models = [*opts.models, *opts.unavailable]
+    return list(dict.fromkeys(q for m in models for q in sorted(load_relation_csv(relation_csv(opts, m)))))

@@ -132,6 +132,23 @@ def test_one_tasks_figures_measured_again_equal_the_committed_ones(fv_options, t
     assert statistics.fmean(again["zero_shot_accuracy_with_fv_by_layer"].values()) > again["zero_shot_accuracy"]
 
 
+def test_the_readme_shows_what_the_default_run_prints(tmp_path, capsys):
+    """README command 1's main job, ``fv runtime run`` with no model and no trials, prints the phenomenon on the
+    embedded default, and the README shows those very lines (the output folder aside)."""
+    import re
+
+    from fv.cli import main
+    from fv.paths import REPO_ROOT
+
+    assert main(["runtime", "run", "--out", str(tmp_path / "run"), "--quiet", "--no-plots", "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out.replace(str(tmp_path / "run"), "results_fv/run").strip().splitlines()
+    readme = (REPO_ROOT / "README.md").read_text()
+    shown = re.search(r"```text\n(wrote runtime artifacts to results_fv/run.*?)```", readme, re.S).group(1).strip().splitlines()
+    assert printed == shown
+    icl, layer = float(printed[1].rsplit(" ", 1)[1]), re.search(r"zero-shot acc ([\d.]+) -> ([\d.]+)", printed[2])
+    assert icl >= 0.9 and float(layer.group(2)) - float(layer.group(1)) >= 0.5, printed
+
+
 # ---- fv against the live reference on it ---------------------------------------------------------------------------
 PARITY_TASK, PARITY_TRIALS = "lowercase_first_letter", 3
 
