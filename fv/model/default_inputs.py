@@ -2,8 +2,9 @@
 (and the stages after them), the universal gate's tasks, M7's relation CSV and the edit layer.
 
 The trained tiny model where function vectors work (``tiny-llama-fv``, docs/trained_model.md) has its rule tasks'
-test words (``fixtures/rule_tasks``, never in a training sequence) and edit layer 1 (of 4; where the FV lifts
-zero-shot accuracy on the valid words). Every other model, a user's included, has the antonym data
+test words (``fixtures/rule_tasks``, never in a training sequence) and edit layer 2 (of 4: where each task's own
+FV lifts zero-shot accuracy most, mean over the tasks, 0.76; and where the universal FV of ``fv universal`` over the
+five tasks lifts every task's, docs/trained_model.md). Every other model, a user's included, has the antonym data
 (``fixtures/antonym_tiny.json``, ``fixtures/data/antonym.json``), the four tasks of ``fixtures/data``,
 ``fixtures/relation_tiny.csv`` and layer 9 (the reference's scripts' default, for Llama-3.1-8B's 32 layers).
 """
@@ -44,7 +45,7 @@ def _rule_tasks() -> DefaultInputs:
 
     return DefaultInputs(trial_sets={t: task_file(t) for t in ("lowercase_first_letter", "next_letter")},
                          universal_tasks={t: task_file(t) for t in TASKS}, relation_csv=TASK_DIR / RELATION_CSV,
-                         edit_layer=1)
+                         edit_layer=2)
 
 
 # models with inputs of their own, by tiny-model name

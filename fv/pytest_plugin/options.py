@@ -61,7 +61,7 @@ def add_options(parser: pytest.Parser) -> None:
     g.addoption("--dataset", default=None, help="an ICL dataset JSON to make fixed trials from (10 trials, 10 shots, seed 0)")
     g.addoption("--n-top-heads", type=int, default=10, help="heads in the FV (default 10)")
     g.addoption("--edit-layer", type=int, default=None,
-                help="layer the FV is added after (default: the model's, fv/model/default_inputs.py: 9; 1 on tiny-llama-fv)")
+                help="layer the FV is added after (default: the model's, fv/model/default_inputs.py: 9; 2 on tiny-llama-fv)")
     g.addoption("--max-trials", type=int, default=5, help="trials compared per file (default 5)")
     g.addoption("--q-list", default=None, help="M7: comma-separated q ids, or 'all'")
     g.addoption("--relation-csv", default=None, help="M7: relation CSV (default fixtures/relation_tiny.csv, on tiny-llama-fv fixtures/rule_tasks/relation.csv; the "

@@ -16,21 +16,17 @@ compared): each asserts the failing stage and the reason.
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 
 from fv.model.tiny import FAMILY_TINY
 from fv.parity.compare import rms, tolerance_for
-from fv.parity.golden import GOLDEN_ARTIFACTS, golden_dir
-from fv.parity.golden_check import golden_file
 from fv.parity.run import compare_with, run_parity
-from fv.parity.snapshot import golden_extension
-from fv.parity.stages import fv_stage_values
-from fv.paths import SNAPSHOT_ROOT
 from fv.pytest_plugin import load_session_model
 from tests.support.families import family_params, family_trials
+from tests.support.mutants import caught as _caught
+from tests.support.mutants import injection_with_fv_scaled
+from tests.support.mutants import mutated as _mutated
 
 pytestmark = pytest.mark.tiny
 
@@ -54,28 +50,6 @@ def replay(request, fv_options, tmp_path_factory, golden_replays):
     run = golden_replays.get(name, make)
     assert run.result.status == "PASS", "\n".join(s.summary() for s in run.result.stages if s.status != "PASS")
     return run
-
-
-def _caught(run, values, stage: str) -> str:
-    """Compare mutated values with the goldens both ways; assert ``stage`` fails in both; return the engine's words."""
-    result = compare_with(run, values)
-    failed = [s.name for s in result.stages if s.status == "FAIL"]
-    assert stage in failed, f"{stage} mutant not caught by the goldens; stages that failed: {failed}"
-    folder = golden_dir(SNAPSHOT_ROOT, run.lm.name, run.trials.id, len(run.trial_keys))
-    artifact = stage
-    kind = GOLDEN_ARTIFACTS[artifact][0]
-    ext = golden_extension(folder, kind, tolerance_for(run.lm.dtype, exact=False).for_stage(stage), stage)()
-    data = ext.serialize(values.values[stage])
-    old = golden_file(folder, artifact).read_bytes()
-    old = old if kind == "tensor" else old.decode("utf-8")
-    assert not ext.matches(serialized_data=data, snapshot_data=old), f"{stage} mutant passes the syrupy golden check"
-    return result.stage(stage).summary()
-
-
-def _mutated(run, **changes):
-    values = copy.copy(run.fv)
-    values.values = {**run.fv.values, **changes}
-    return values
 
 
 def mean_shift(run) -> float:
@@ -104,18 +78,8 @@ def test_one_mean_activation_moved_is_caught(replay):
 def test_fv_at_half_strength_is_caught(replay, monkeypatch):
     """The injection recomputed with 0.5 * FV (mean activations and indirect effects kept), as a bug that adds the
     FV at half strength would compute it."""
-    import fv.parity.stages as st
-
     run = replay
-    real = st.intervene
-    monkeypatch.setattr(st, "mean_head_activations", lambda *a, **k: run.fv.values["mean_activations"])
-    monkeypatch.setattr(st, "indirect_effects", lambda *a, **k: run.fv.values["indirect_effect"])
-    monkeypatch.setattr(st, "intervene", lambda model, info, inputs, layer, vec, *a, **k: real(model, info, inputs, layer, 0.5 * vec, *a, **k))
-    subset = run.trials.subset(run.params.max_trials)
-    values = fv_stage_values(run.lm, subset, run.params, run.trials.meta.get("prefixes"), run.trials.meta.get("separators"))
-    assert torch.equal(values.values["fv"], run.fv.values["fv"])  # only the addition is mutated
-    _caught(run, _mutated(run, injection=__import__("fv.parity.golden", fromlist=["to_jsonable"]).to_jsonable(values.values["injection"])),
-            "injection")
+    _caught(run, _mutated(run, injection=injection_with_fv_scaled(run, 0.5, monkeypatch)), "injection")
 
 
 def test_two_separated_top_heads_swapped_is_caught(replay):
