@@ -126,7 +126,7 @@ def _heatmap(fig: Any, ax: Any, values: np.ndarray, title: str, label: str) -> N
                    interpolation="nearest")
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
-    ax.set_title("\n".join(textwrap.wrap(title, 64)), fontsize=9)  # wrapped: a long title runs into the colour bar
+    ax.set_title("\n".join(textwrap.wrap(title, 64, break_on_hyphens=False)), fontsize=9)  # wrapped: a long title runs into the colour bar
     n_layers, n_heads = values.shape
     ax.set_xticks(range(n_heads) if n_heads <= 32 else range(0, n_heads, max(1, n_heads // 16)))
     ax.set_yticks(range(n_layers) if n_layers <= 40 else range(0, n_layers, max(1, n_layers // 20)))

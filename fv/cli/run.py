@@ -61,6 +61,8 @@ def _run_locked(a: argparse.Namespace, ft, out: Path, log) -> int:
         except PlotsUnavailable as exc:
             log(str(exc))
     print(story(out, lm, result, layers))
+    if a.fixed_trials is None and defaults.run_tasks:
+        print(task_story(lm, defaults, out, result, cfg, log, a.quiet, pictures=not a.no_plots))
     return 0
 
 
@@ -82,6 +84,41 @@ def story(out: Path, lm, result, layers: list[int]) -> str:
                      f"{s['acc_base']:.2f} -> {s['acc_with']:.2f}, mean delta logprob {z['mean_delta_logprob']:+.4f}{mark}")
     shown = ", ".join(f"({h[0]}, {h[1]}) {float(h[2]):.3f}" for h in read_json(out / "top_heads.json")[:3])
     lines.append(f"  top heads (layer, head) mean indirect effect: {shown}")
+    return "\n".join(lines)
+
+
+def task_story(lm, defaults, out: Path, result, cfg, log, quiet: bool, pictures: bool = True) -> str:
+    """The default run's per-task lines: each of the model's ``run_tasks`` run as the main run was (10 trials from its
+    dataset, the same stage parameters) into ``OUT/tasks/<task>/`` with its pictures, the main run's task read from the
+    main run; then the mean over the tasks."""
+    import statistics
+
+    from fv.pipelines.phenomenon import run_tasks, task_row
+
+    first = next(iter(defaults.trial_sets))
+    others = {t: defaults.universal_tasks[t] for t in defaults.run_tasks if t != first}
+    rows = {first: task_row(lm, first, out, result, list(cfg.edit_layers))} if first in defaults.run_tasks else {}
+    rows.update({r["task"]: r for r in run_tasks(lm, others, out / "tasks", cfg, log=log, quiet=quiet)})
+    if pictures:
+        from fv.plots import PlotsUnavailable, draw_run
+
+        try:
+            for task in others:
+                for p in draw_run(out / "tasks" / task):
+                    log(f"picture: {p}")
+        except PlotsUnavailable as exc:
+            log(str(exc))
+    width = max(len(t) for t in rows)
+    lines = [f"  per task ({len(result.prepared)} trials each, the FV of its own top heads; the other tasks' runs in "
+             f"{out / 'tasks'}):"]
+    for t in defaults.run_tasks:
+        r = rows[t]
+        lines.append(f"    {t:<{width}}  ICL {r['icl_accuracy']:.2f}  zero-shot {r['zero_shot_accuracy']:.2f} -> "
+                     f"{r['zero_shot_accuracy_with_fv']:.2f} at layer {r['best_layer']}  top head "
+                     f"({r['top_head'][0]}, {r['top_head'][1]}) {r['top_head_effect']:.3f}")
+    mean = {k: statistics.fmean(r[k] for r in rows.values()) for k in ("icl_accuracy", "zero_shot_accuracy", "zero_shot_accuracy_with_fv")}
+    lines.append(f"    {'mean':<{width}}  ICL {mean['icl_accuracy']:.2f}  zero-shot {mean['zero_shot_accuracy']:.2f} -> "
+                 f"{mean['zero_shot_accuracy_with_fv']:.2f}")
     return "\n".join(lines)
 
 

@@ -24,12 +24,14 @@ REFERENCE_EDIT_LAYER = 9  # natural_text_eval.py, portability_eval.py: --edit_la
 class DefaultInputs:
     """A model's default inputs. ``trial_sets`` and ``universal_tasks``: name -> an ICL dataset JSON in the reference's
     format (``[{"input", "output"}]``); ``relation_csv``: ``id,ex_A,ex_B``; ``edit_layer``: the layer (0-based) the FV
-    is added after."""
+    is added after; ``run_tasks``: the tasks ``fv runtime run`` given no trials measures one by one after its main run
+    (of the first trial set), for its per-task story (none: the main run alone)."""
 
     trial_sets: dict[str, Path]
     universal_tasks: dict[str, Path]
     relation_csv: Path
     edit_layer: int
+    run_tasks: tuple[str, ...] = ()
 
 
 def _antonym() -> DefaultInputs:
@@ -45,7 +47,7 @@ def _rule_tasks() -> DefaultInputs:
 
     return DefaultInputs(trial_sets={t: task_file(t) for t in ("lowercase_first_letter", "next_letter")},
                          universal_tasks={t: task_file(t) for t in TASKS}, relation_csv=TASK_DIR / RELATION_CSV,
-                         edit_layer=2)
+                         edit_layer=2, run_tasks=TASKS)
 
 
 # models with inputs of their own, by tiny-model name

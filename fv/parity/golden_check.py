@@ -50,26 +50,36 @@ def shape_problem(run: Any, artifact: str, value: Any) -> str | None:
 
 
 def release_trades_heads(run: Any, folder: Path, artifact: str) -> str | None:
-    """Why the FV and injection goldens in ``folder`` cannot be compared with this run, or None: they were made on
-    a transformers release that computes this model's logits in another dtype (``fv.compat.logits_release_difference``:
-    4.44/4.45 upcast a half-precision Llama's logits to float32, 4.46 on keep them), and the last-bit differences
-    that makes in the indirect effects traded top heads the effects cannot tell apart (the ``top_heads`` golden
-    allows that trade), so the FV sums other heads. Compared as usual where the top heads agree."""
+    """Why the FV and injection goldens in ``folder`` cannot be compared with this run, or None: this run's top heads
+    are not the goldens' while its ``top_heads`` still match them within the dtype's tolerance (heads the indirect
+    effects cannot tell apart traded places), so the FV sums other heads. Named by its cause where fv knows one: a
+    transformers release that computes this model's logits in another dtype than the goldens' did
+    (``fv.compat.logits_release_difference``: 4.44/4.45 upcast a half-precision Llama's logits to float32, 4.46 on
+    keep them), else indirect effects below the dtype's resolution (the degenerate fp16 families), whose last bits
+    differ between CPU kernels and releases. A trade the effects can tell apart fails the ``top_heads`` golden, and
+    the FV is then compared as usual; so is every FV whose top heads agree."""
     import json
 
     from fv import compat
     from fv.parity.golden import meta_path
+    from fv.parity.snapshot import golden_extension
+    from fv.parity.tolerance import tolerance_for
 
-    if artifact not in ("fv", "injection") or not (folder / "top_heads.json").is_file() or not meta_path(folder).is_file():
+    heads_file = folder / "top_heads.json"
+    if artifact not in ("fv", "injection") or not heads_file.is_file() or not meta_path(folder).is_file():
         return None
-    made_with = json.loads(meta_path(folder).read_text()).get("transformers_version")
-    why = compat.logits_release_difference(run.lm.info.model_type, run.lm.dtype, made_with)
-    if why is None:
-        return None
-    golden = [tuple(h[:2]) for h in json.loads((folder / "top_heads.json").read_text())]
+    golden = [tuple(h[:2]) for h in json.loads(heads_file.read_text())]
     ours = [tuple(h[:2]) for h in run.fv.values["top_heads"]]
     if sorted(golden) == sorted(ours):
         return None
+    tol = tolerance_for(run.lm.dtype, exact=False).for_stage("top_heads")
+    ext = golden_extension(folder, "json", tol, "top_heads")()
+    if not ext.matches(serialized_data=ext.serialize(run.fv.values["top_heads"]), snapshot_data=heads_file.read_text()):
+        return None  # the top_heads golden fails: a real trade, and the FV is compared (and fails) as usual
+    made_with = json.loads(meta_path(folder).read_text()).get("transformers_version")
+    why = compat.logits_release_difference(run.lm.info.model_type, run.lm.dtype, made_with) or (
+        f"{run.lm.name}'s indirect effects cannot tell its top heads apart within {tol.describe()} (their last bits "
+        "differ between CPU kernels and releases)")
     return (f"golden {artifact} not comparable on this release: {why}; top heads the indirect effects cannot tell "
             "apart traded places (the top_heads golden passes), so the FV sums other heads. The live reference (M2) "
             "checks this release")

@@ -93,3 +93,37 @@ def measure(model: str, tasks: Sequence[str] = TASKS, n_test: int = 50, n_valid:
             "shuffled_accuracy_with_fv", "top_head_effect", "median_abs_effect")
     mean = {k: statistics.fmean(r[k] for r in rows) for k in keys}
     return {"tasks": rows, "mean": mean}
+
+
+def task_row(lm, task: str, out: Path, result, layers: Sequence[int]) -> dict:
+    """One task's line of a run's story, from a finished ``run_runtime`` into ``out`` over ``layers``: ICL accuracy,
+    zero-shot accuracy without the FV and with it at the best of ``layers`` (by zero-shot accuracy with the FV, then its
+    log-prob gain, then the earlier layer), and the top head with its trial-mean indirect effect (probability)."""
+    from fv.io import read_json
+    from fv.runtime.evaluation import icl_accuracy
+
+    sets = {L: read_json(out / f"step6_results_L{L}.json")["summary"]["by_prompt_set"]["zero_shot"] for L in layers}
+    best = max(layers, key=lambda L: (sets[L]["acc_with"], sets[L]["mean_delta_logprob"], -L))
+    top = read_json(out / "top_heads.json")[0]
+    return {"task": task, "n_trials": len(result.prepared), "icl_accuracy": icl_accuracy(lm.model, result.prepared),
+            "zero_shot_accuracy": sets[best]["acc_base"], "zero_shot_accuracy_with_fv": sets[best]["acc_with"],
+            "best_layer": best, "top_head": [int(top[0]), int(top[1])], "top_head_effect": float(top[2])}
+
+
+def run_tasks(lm, datasets: dict[str, Path], root: Path, cfg, n_trials: int = 10, seed: int = 0,
+              log: Callable[[str], None] = lambda _line: None, quiet: bool = True) -> list[dict]:
+    """``run_runtime`` on each task of ``datasets`` ({task: its ICL dataset JSON}), ``n_trials`` fixed trials of 10 shots
+    from ``seed`` each, into ``root/<task>/`` (every artifact, as a run folder); returns each task's ``task_row``."""
+    from fv.pipelines.run import run_runtime
+    from fv.runtime.trials import load_trials, make_icl_trials, save_trials
+
+    rows = []
+    for task, dataset in datasets.items():
+        out = Path(root) / task
+        raw = make_icl_trials(dataset, lm.tokenizer, n_trials=n_trials, n_shots=N_SHOTS, seed=seed,
+                              model_name_for_tokenizer=lm.name, model_prepend_bos=lm.prepend_bos,
+                              prepend_bos_token_used=not lm.prepend_bos, dataset_json_label=Path(dataset).name)
+        trials = load_trials(save_trials(out / f"fixed_trials_{task}_t{n_trials}_s{N_SHOTS}_seed{seed}_{lm.name}.json", raw))
+        log(f"task {task}: {n_trials} trials into {out}")
+        rows.append(task_row(lm, task, out, run_runtime(lm, trials, out, cfg, quiet=quiet, log=log), list(cfg.edit_layers)))
+    return rows

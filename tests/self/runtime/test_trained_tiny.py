@@ -149,6 +149,18 @@ def test_the_readme_shows_what_the_default_run_prints(tmp_path, capsys):
     assert icl >= 0.9 and float(layer.group(2)) - float(layer.group(1)) >= 0.5, printed
 
 
+def test_the_readmes_task_table_is_the_committed_figures():
+    """README's per-task table shows ``phenomenon.json``'s figures, as ``fv model phenomenon`` measured them."""
+    from fv.paths import REPO_ROOT
+
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in (REPO_ROOT / "README.md").read_text().splitlines() if line.startswith("| ") and line.split("|")[1].strip() in TASKS}
+    assert sorted(rows) == sorted(TASKS)
+    for r in committed_figures()["tasks"]:
+        assert rows[r["task"]] == [f"{r['icl_accuracy']:.2f}", f"{r['zero_shot_accuracy']:.2f}", f"{r['zero_shot_accuracy_with_fv']:.2f}",
+                                   str(r["edit_layer"]), f"({r['top_head'][0]}, {r['top_head'][1]}) {r['top_head_effect']:.3f}"], r["task"]
+
+
 def test_the_universal_fv_keeps_every_task_and_lifts_each_ones_zero_shot(fv_options, tmp_path):
     """``fv universal`` over the five rule tasks (10 trials each from their test words, the ICL-baseline filter, the
     default edit layer 2): every task's ICL accuracy beats its majority baseline, so all are kept, and the one set of
