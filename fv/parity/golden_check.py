@@ -49,7 +49,7 @@ def shape_problem(run: Any, artifact: str, value: Any) -> str | None:
     return None
 
 
-def release_trades_heads(run: Any, folder: Path, artifact: str) -> str | None:
+def traded_heads(run: Any, folder: Path, artifact: str) -> str | None:
     """Why the FV and injection goldens in ``folder`` cannot be compared with this run, or None: this run's top heads
     are not the goldens' while its ``top_heads`` still match them within the dtype's tolerance (heads the indirect
     effects cannot tell apart traded places), so the FV sums other heads. Named by its cause where fv knows one: a
@@ -80,9 +80,9 @@ def release_trades_heads(run: Any, folder: Path, artifact: str) -> str | None:
     why = compat.logits_release_difference(run.lm.info.model_type, run.lm.dtype, made_with) or (
         f"{run.lm.name}'s indirect effects cannot tell its top heads apart within {tol.describe()} (their last bits "
         "differ between CPU kernels and releases)")
-    return (f"golden {artifact} not comparable on this release: {why}; top heads the indirect effects cannot tell "
-            "apart traded places (the top_heads golden passes), so the FV sums other heads. The live reference (M2) "
-            "checks this release")
+    return (f"golden {artifact} not comparable here: {why}; top heads the indirect effects cannot tell apart traded "
+            "places (the top_heads golden passes), so the FV sums other heads. The live reference (M2) checks this "
+            "machine and release")
 
 
 def golden_file(folder: Path, artifact: str) -> Path:
@@ -141,7 +141,7 @@ def golden_check(run: Any, artifact: str, update: bool, snapshot_root: Path | No
             check_identity(folder, run.lm, run.trials, run.trials.subset(run.params.max_trials))
         except FVError as exc:
             return GoldenCheck("fail", str(exc))
-    why = release_trades_heads(run, folder, artifact)
+    why = traded_heads(run, folder, artifact)
     if why:
         return GoldenCheck("skip", why)
     if not golden_file(folder, artifact).is_file():

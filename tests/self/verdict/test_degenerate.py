@@ -168,24 +168,24 @@ def test_fv_goldens_of_top_heads_traded_within_the_tolerance_are_not_compared_an
     on another CPU kernel or release a head outside the goldens' five can take a place (seen: transformers 4.44.2
     under torch's portable kernels), and the FV then sums another head. Its FV and injection goldens are then not
     compared, with the reason; the top_heads golden, which allows the trade, still is."""
-    from fv.parity.golden_check import release_trades_heads
+    from fv.parity.golden_check import traded_heads
 
     golden = json.loads((NEOX_GOLDEN / "top_heads.json").read_text())
     traded = [list(h) for h in golden[:-1]] + [[1, 3, 0.0]]  # (1, 3) is not among the goldens' heads
-    why = release_trades_heads(_traded_run(traded), NEOX_GOLDEN, artifact)
+    why = traded_heads(_traded_run(traded), NEOX_GOLDEN, artifact)
     assert why and why.startswith(f"golden {artifact} not comparable") and "tiny-gpt-neox's indirect effects cannot tell" in why, why
-    assert release_trades_heads(_traded_run(traded), NEOX_GOLDEN, "top_heads") is None  # the top heads are compared
+    assert traded_heads(_traded_run(traded), NEOX_GOLDEN, "top_heads") is None  # the top heads are compared
 
 
 def test_fv_goldens_are_compared_when_the_heads_agree_or_the_trade_is_real():
     """The same heads (in any order): compared. On the trained model, whose effects are real, a head outside the
     goldens' ten in the first place: the top_heads golden fails, and the FV golden is compared too (and fails), not
     excused."""
-    from fv.parity.golden_check import release_trades_heads
+    from fv.parity.golden_check import traded_heads
 
     golden = json.loads((NEOX_GOLDEN / "top_heads.json").read_text())
-    assert release_trades_heads(_traded_run(list(reversed(golden))), NEOX_GOLDEN, "fv") is None
+    assert traded_heads(_traded_run(list(reversed(golden))), NEOX_GOLDEN, "fv") is None
     trained = json.loads((TRAINED_GOLDEN / "top_heads.json").read_text())
     outside = next([l, h] for l in range(4) for h in range(4) if [l, h] not in [t[:2] for t in trained])
     real = [[*outside, trained[0][2]]] + [list(t) for t in trained[1:]]
-    assert release_trades_heads(_traded_run(real, "tiny-llama-fv", torch.float32, "llama"), TRAINED_GOLDEN, "fv") is None
+    assert traded_heads(_traded_run(real, "tiny-llama-fv", torch.float32, "llama"), TRAINED_GOLDEN, "fv") is None
