@@ -72,7 +72,7 @@ def task_trials(fv_options, fv_model):
 
 @pytest.fixture(scope="session")
 def universal_run(fv_options, fv_model, task_trials, tmp_path_factory, universal_runs):
-    """``fv universal`` on the four tasks' fixed trials: its output folder and the result it returned."""
+    """``fv universal`` on the model's tasks' fixed trials: its output folder and the result it returned."""
     key = (fv_model.name, fv_options.mode, fv_options.max_trials, fv_options.n_top_heads, fv_options.edit_layer_for(fv_model.path))
 
     def make():
