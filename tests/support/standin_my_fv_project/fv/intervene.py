@@ -1,16 +1,15 @@
-"""A decoder-layer forward hook that adds a vector to the residual stream at chosen tokens (written for the test
-from the specification)."""
+"""The FV injection hook the worked adapter asks for by name (written for the test from the specification: a
+decoder layer's output gets a vector added at chosen tokens; never the user's code)."""
 
 
 def make_residual_injection_hook(state):
-    """A ``register_forward_hook`` hook adding ``state["alpha"] * state["fv"]`` to the layer's hidden states at rows
-    ``state["batch_indices"]``, tokens ``state["last_indices"]`` (read at every call); tuple outputs keep their tail."""
+    """A ``register_forward_hook`` hook: ``state["alpha"] * state["fv"]`` added to the layer's hidden states at rows
+    ``state["batch_indices"]``, tokens ``state["last_indices"]`` (read at every call); a tuple output keeps its tail."""
 
-    def hook(_module, _args, output):
-        hidden = output[0] if isinstance(output, tuple) else output
-        rows, tokens = state["batch_indices"], state["last_indices"]
-        hidden = hidden.clone()
-        hidden[rows, tokens] = hidden[rows, tokens] + state["alpha"] * state["fv"].to(hidden.dtype)
-        return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+    def add_fv(_module, _args, out):
+        packed = isinstance(out, tuple)
+        h = (out[0] if packed else out).clone()
+        h[state["batch_indices"], state["last_indices"]] += state["alpha"] * state["fv"].to(h.dtype)
+        return (h, *out[1:]) if packed else h
 
-    return hook
+    return add_fv

@@ -38,36 +38,37 @@ def _slots_of(tokenizer, pieces, text, add_special):
     return enc["input_ids"], slots, labels
 
 
-def compute_mean_activations_fixed_trials_ns(*, model, tokenizer, layer_modules, fixed_trials, n_use, model_cfg,
-                                             tok_add_special, device, logger=None):
-    """``(mean (layers, heads, slots, head_dim) float32, slot labels, slot count)`` over the first ``n_use`` trials'
-    clean prompts."""
-    n_layers, n_heads, head_dim = int(model_cfg["n_layers"]), int(model_cfg["n_heads"]), int(model_cfg["head_dim"])
-    captured = {}
+def compute_mean_activations_fixed_trials_ns(**kw):
+    """``(mean (layers, heads, slots, head_dim) float32, slot labels, slot count)`` over the clean prompts of the first
+    ``kw["n_use"]`` trials of ``kw["fixed_trials"]``; called by keyword, as the worked adapter calls it (``model``,
+    ``tokenizer``, ``layer_modules``: layer -> the module whose input holds the heads, ``model_cfg``,
+    ``tok_add_special``, ``device``)."""
+    cfg, blocks = kw["model_cfg"], kw["layer_modules"]
+    n_layers, n_heads, head_dim = int(cfg["n_layers"]), int(cfg["n_heads"]), int(cfg["head_dim"])
+    seen = {}
 
-    def keep(layer):
-        def hook(_module, args):
-            captured[layer] = args[0].detach()
-        return hook
+    def remember(layer):
+        return lambda _module, args: seen.__setitem__(layer, args[0].detach())
 
-    handles = [layer_modules[layer].register_forward_pre_hook(keep(layer)) for layer in range(n_layers)]
+    handles = [blocks[layer].register_forward_pre_hook(remember(layer)) for layer in range(n_layers)]
     per_trial, layout = [], None
     try:
-        for trial in fixed_trials["trials"][:n_use]:
+        for trial in kw["fixed_trials"]["trials"][:kw["n_use"]]:
             text = trial["clean_prompt_str"]
-            ids, slots, labels = _slots_of(tokenizer, prompt_pieces(trial["prompt_data_clean"]), text, tok_add_special)
+            ids, slots, labels = _slots_of(kw["tokenizer"], prompt_pieces(trial["prompt_data_clean"]), text,
+                                           kw["tok_add_special"])
             if layout is not None and labels != layout:
                 raise ValueError(f"trial {trial.get('trial_id')}: its slots differ from the first trial's")
             layout = labels
-            with torch.inference_mode():
-                model(input_ids=torch.tensor([ids], device=device))
+            with torch.no_grad():
+                kw["model"](input_ids=torch.tensor([ids], device=kw["device"]))
             # (layers, heads, tokens, head_dim)
-            acts = torch.stack([captured[layer][0].view(-1, n_heads, head_dim) for layer in range(n_layers)])
+            acts = torch.stack([seen[layer][0].view(-1, n_heads, head_dim) for layer in range(n_layers)])
             acts = acts.permute(0, 2, 1, 3)
             slotted = torch.stack([acts[:, :, span].mean(dim=2) for span in slots], dim=2)
             per_trial.append(slotted.to("cpu", torch.float32))
     finally:
-        for handle in handles:
-            handle.remove()
+        while handles:
+            handles.pop().remove()
     mean = torch.stack(per_trial).mean(dim=0)
     return mean, layout, mean.shape[2]

@@ -1,29 +1,31 @@
-"""A forward hook on an attention output projection that recomputes its output, optionally with one head's input
-at one token replaced by a given vector (written for the test from the specification)."""
+"""The indirect-effect hook the worked adapter asks for by name (written for the test from the specification: an
+attention output projection recomputed, one head's input at one token replaced first; never the user's code). It is
+called by keyword, as the adapter calls it."""
 
 import torch
 
 
-def make_out_proj_head_output_overrider(layer_idx, head_idx, seq_token_idx, mode, replace_vec, model_config,
-                                        resolved_quant, force_recompute_outproj=True, state=None, logger=None):
-    """A ``register_forward_hook`` hook. ``state`` (a dict, read at every call; built from the arguments when None)
-    holds ``mode`` (``"self"``: the projection of the unchanged input; ``"replace"``: head ``head_idx``'s slice of the
-    input at token ``seq_token_idx`` set to ``replace_vec`` first), ``head_idx``, ``seq_token_idx``, ``replace_vec``."""
-    if resolved_quant not in (None, "none"):
+def make_out_proj_head_output_overrider(**kw):
+    """A ``register_forward_hook`` hook on an output projection. ``kw["state"]`` (a dict read at every call; built from
+    ``mode``, ``head_idx``, ``seq_token_idx`` and ``replace_vec`` when absent): ``"self"`` recomputes ``x @ W.T (+ b)``
+    from the unchanged input ``x``; ``"replace"`` first sets head ``head_idx``'s slice of ``x`` at token
+    ``seq_token_idx`` to ``replace_vec``. ``kw["model_config"]["head_dim"]`` gives the slice; only unquantized weights."""
+    if kw.get("resolved_quant") not in (None, "none"):
         raise ValueError("this stand-in recomputes unquantized projections only")
-    state = state if state is not None else {"mode": mode, "head_idx": head_idx, "seq_token_idx": seq_token_idx,
-                                              "replace_vec": replace_vec}
-    head_dim = int(model_config["head_dim"])
+    st = kw.get("state")
+    if st is None:
+        st = {k: kw[k] for k in ("mode", "head_idx", "seq_token_idx", "replace_vec")}
+    width = int(kw["model_config"]["head_dim"])
 
-    def hook(module, args, output):
+    def recompute(proj, args, _out):
         x = args[0]
-        if state["mode"] == "replace":
+        if st["mode"] == "replace":
+            lo = int(st["head_idx"]) * width
             x = x.clone()
-            h, t = int(state["head_idx"]), int(state["seq_token_idx"])
-            x[:, t, h * head_dim:(h + 1) * head_dim] = state["replace_vec"].to(x.dtype).to(x.device)
-        elif state["mode"] != "self":
-            raise ValueError(f"mode must be 'self' or 'replace', got {state['mode']!r}")
-        out = torch.matmul(x, module.weight.T)
-        return out if getattr(module, "bias", None) is None else out + module.bias
+            x[:, int(st["seq_token_idx"]), lo:lo + width] = st["replace_vec"].to(device=x.device, dtype=x.dtype)
+        elif st["mode"] != "self":
+            raise ValueError(f"unknown mode {st['mode']!r}: 'self' or 'replace'")
+        y = torch.matmul(x, proj.weight.T)
+        return y if proj.bias is None else y + proj.bias
 
-    return hook
+    return recompute
