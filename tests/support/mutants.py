@@ -9,7 +9,7 @@ import copy
 
 import torch
 
-from fv.parity.compare import tolerance_for
+from fv.parity.compare import rms, tolerance_for
 from fv.parity.golden import GOLDEN_ARTIFACTS, golden_dir, to_jsonable
 from fv.parity.golden_check import golden_file
 from fv.parity.run import compare_with
@@ -58,3 +58,13 @@ def injection_with_fv_scaled(run, scale: float, monkeypatch) -> object:
         values = fv_stage_values(run.lm, subset, run.params, run.trials.meta.get("prefixes"), run.trials.meta.get("separators"))
     assert torch.equal(values.values["fv"], run.fv.values["fv"])  # only the addition is mutated
     return to_jsonable(values.values["injection"])
+
+
+def ranked_heads(run) -> tuple[list, torch.Tensor, float]:
+    """(fv's top heads, copied: ``[layer, head, score]`` rows; the goldens' trial-mean indirect effects, (layers, heads)
+    float64; the allowance within which two heads' effects cannot be told apart, so that they may trade ranks, as
+    ``fv.parity.comparers.heads_swap_ok`` allows)."""
+    heads = [list(h) for h in run.fv.values["top_heads"]]
+    effects = run.src.values["indirect_effect"].to(torch.float64).mean(0)
+    tol = tolerance_for(run.lm.dtype, exact=False).for_stage("top_heads")
+    return heads, effects, tol.atol + tol.rms_atol * rms(effects)

@@ -25,7 +25,7 @@ from fv.parity.run import compare_with, run_parity
 from fv.pytest_plugin import load_session_model
 from tests.support.families import family_params, family_trials
 from tests.support.mutants import caught as _caught
-from tests.support.mutants import injection_with_fv_scaled
+from tests.support.mutants import injection_with_fv_scaled, ranked_heads
 from tests.support.mutants import mutated as _mutated
 
 pytestmark = pytest.mark.tiny
@@ -84,10 +84,7 @@ def test_fv_at_half_strength_is_caught(replay, monkeypatch):
 
 def test_two_separated_top_heads_swapped_is_caught(replay):
     run = replay
-    heads = [list(h) for h in run.fv.values["top_heads"]]
-    effects = run.src.values["indirect_effect"].to(torch.float64).mean(0)
-    tol = tolerance_for(run.lm.dtype, exact=False).for_stage("top_heads")
-    allowance = tol.atol + tol.rms_atol * rms(effects)
+    heads, effects, allowance = ranked_heads(run)
     a, b = heads[0], heads[-1]
     separation = abs(float(effects[a[0], a[1]] - effects[b[0], b[1]]))
     if separation <= allowance:

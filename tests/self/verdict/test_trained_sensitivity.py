@@ -25,7 +25,7 @@ from fv.parity.compare import rms, tolerance_for
 from fv.parity.run import compare_with, run_parity
 from fv.parity.stages import Params
 from fv.pytest_plugin import load_session_model, trials_for
-from tests.support.mutants import caught, injection_with_fv_scaled, mutated
+from tests.support.mutants import caught, injection_with_fv_scaled, mutated, ranked_heads
 
 pytestmark = pytest.mark.tiny
 
@@ -91,10 +91,7 @@ def test_fv_at_nine_tenths_strength_is_caught_and_the_smallest_caught_is_stated(
 
 def test_the_two_closest_separated_top_heads_swapped_is_caught(replay):
     run = replay
-    heads = [list(h) for h in run.fv.values["top_heads"]]
-    effects = run.src.values["indirect_effect"].to(torch.float64).mean(0)
-    tol = tolerance_for(run.lm.dtype, exact=False).for_stage("top_heads")
-    allowance = tol.atol + tol.rms_atol * rms(effects)
+    heads, effects, allowance = ranked_heads(run)
     gaps = [(abs(float(effects[a[0], a[1]] - effects[b[0], b[1]])), i) for i, (a, b) in enumerate(zip(heads, heads[1:]))]
     separated = sorted(g for g in gaps if g[0] > allowance)
     assert separated, f"no two adjacent top heads are apart by more than the allowance {allowance:.3g}: {gaps}"
