@@ -53,30 +53,37 @@ def _run_locked(a: argparse.Namespace, ft, out: Path, log) -> int:
     if a.resume:
         log(f"resume: reused {', '.join(result.reused) or 'nothing'}; computed {', '.join(result.computed) or 'nothing'}")
     if not a.no_plots:
-        from fv.plots import PlotsUnavailable, draw_run
+        _draw(out, log)
+    from fv.pipelines.phenomenon import task_row
 
-        try:
-            for p in draw_run(out):
-                log(f"picture: {p}")
-        except PlotsUnavailable as exc:
-            log(str(exc))
-    print(story(out, lm, result, layers))
+    main = task_row(lm, ft.id, out, result, layers)  # ICL accuracy (a forward pass per trial), the best layer
+    print(story(out, lm, result, layers, main))
     if a.fixed_trials is None and defaults.run_tasks:
-        print(task_story(lm, defaults, out, result, cfg, log, a.quiet, pictures=not a.no_plots))
+        print(task_story(lm, defaults, out, main, cfg, log, a.quiet, pictures=not a.no_plots))
     return 0
 
 
-def story(out: Path, lm, result, layers: list[int]) -> str:
+def _draw(folder: Path, log) -> None:
+    """A run folder's pictures (``fv.plots.draw_run``), each logged; without matplotlib, the one line saying so."""
+    from fv.plots import PlotsUnavailable, draw_run
+
+    try:
+        for p in draw_run(folder):
+            log(f"picture: {p}")
+    except PlotsUnavailable as exc:
+        log(str(exc))
+
+
+def story(out: Path, lm, result, layers: list[int], main: dict) -> str:
     """What a run shows, in a few lines: the trials, ICL accuracy (the clean prompts' top-1, 10 demos), zero-shot and
     shuffled-label accuracy without and with the FV at each edit layer (the best marked), and the top heads with their
-    mean indirect effect (probability)."""
+    mean indirect effect (probability). ``main``: the run's ``fv.pipelines.phenomenon.task_row``."""
     from fv.io import read_json
-    from fv.runtime.evaluation import icl_accuracy
 
     lines = [f"wrote runtime artifacts to {out}: {lm.name}, {len(result.prepared)} trials",
-             f"  ICL accuracy (the clean prompts' top-1): {icl_accuracy(lm.model, result.prepared):.2f}"]
+             f"  ICL accuracy (the clean prompts' top-1): {main['icl_accuracy']:.2f}"]
     sets = {L: read_json(out / f"step6_results_L{L}.json")["summary"]["by_prompt_set"] for L in layers}
-    best = max(layers, key=lambda L: (sets[L]["zero_shot"]["acc_with"], sets[L]["zero_shot"]["mean_delta_logprob"], -L))
+    best = main["best_layer"]
     for L in layers:
         z, s = sets[L]["zero_shot"], sets[L]["shuffled"]
         mark = "  <- best" if len(layers) > 1 and L == best else ""
@@ -87,29 +94,23 @@ def story(out: Path, lm, result, layers: list[int]) -> str:
     return "\n".join(lines)
 
 
-def task_story(lm, defaults, out: Path, result, cfg, log, quiet: bool, pictures: bool = True) -> str:
+def task_story(lm, defaults, out: Path, main: dict, cfg, log, quiet: bool, pictures: bool = True) -> str:
     """The default run's per-task lines: each of the model's ``run_tasks`` run as the main run was (10 trials from its
-    dataset, the same stage parameters) into ``OUT/tasks/<task>/`` with its pictures, the main run's task read from the
-    main run; then the mean over the tasks."""
+    dataset, the same stage parameters) into ``OUT/tasks/<task>/`` with its pictures, the main run's task taken from
+    ``main`` (its ``task_row``); then the mean over the tasks."""
     import statistics
 
-    from fv.pipelines.phenomenon import run_tasks, task_row
+    from fv.pipelines.phenomenon import run_tasks
 
     first = next(iter(defaults.trial_sets))
     others = {t: defaults.universal_tasks[t] for t in defaults.run_tasks if t != first}
-    rows = {first: task_row(lm, first, out, result, list(cfg.edit_layers))} if first in defaults.run_tasks else {}
+    rows = {first: {**main, "task": first}} if first in defaults.run_tasks else {}
     rows.update({r["task"]: r for r in run_tasks(lm, others, out / "tasks", cfg, log=log, quiet=quiet)})
     if pictures:
-        from fv.plots import PlotsUnavailable, draw_run
-
-        try:
-            for task in others:
-                for p in draw_run(out / "tasks" / task):
-                    log(f"picture: {p}")
-        except PlotsUnavailable as exc:
-            log(str(exc))
+        for task in others:
+            _draw(out / "tasks" / task, log)
     width = max(len(t) for t in rows)
-    lines = [f"  per task ({len(result.prepared)} trials each, the FV of its own top heads; the other tasks' runs in "
+    lines = [f"  per task ({main['n_trials']} trials each, the FV of its own top heads; the other tasks' runs in "
              f"{out / 'tasks'}):"]
     for t in defaults.run_tasks:
         r = rows[t]
