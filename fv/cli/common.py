@@ -107,14 +107,14 @@ def add_stage_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-trials", "--max_trials", dest="max_trials", type=int, default=None, help="use only the first N trials")
     p.add_argument("--n-top-heads", "--n_top_heads", dest="n_top_heads", type=int, default=10, help="heads in the FV (default 10)")
     p.add_argument("--edit-layer", "--edit_layer", dest="edit_layer", type=int, default=None,
-                   help="FV injection layer (default: the model's, fv/model/default_inputs.py: 9; 2 on tiny-llama-fv)")
+                   help="FV injection layer (default: the model's, fv/model/default_inputs.py: 9, or a third of the depth where 9 does not fit; 2 on tiny-llama-fv)")
 
 
 def edit_layer_of(a: argparse.Namespace, lm) -> int:
     """``--edit-layer``, else the loaded model's default edit layer (``fv.model.default_inputs``)."""
-    from fv.model.default_inputs import default_inputs
+    from fv.model.default_inputs import default_edit_layer
 
-    return a.edit_layer if a.edit_layer is not None else default_inputs(lm.path).edit_layer
+    return a.edit_layer if a.edit_layer is not None else default_edit_layer(lm.path, lm.info.n_layers)
 
 
 def add_quiet(p: argparse.ArgumentParser) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fv.cli.common import add_layout_arg, add_model_args, add_noun, add_quiet, add_stage_args
+from fv.cli.common import add_layout_arg, add_model_args, add_noun, add_quiet, add_stage_args, edit_layer_of
 from fv.lock import HELP as LOCK_HELP
 
 
@@ -33,7 +33,7 @@ def _run_locked(a: argparse.Namespace, ft, out: Path, log) -> int:
     lm = load_model(model, a.device, a.dtype, attn_implementation=getattr(a, "attn_implementation", None))
     log(f"model {lm.name}: {lm.loading_rule} (attention: {lm.attn_implementation})")
     defaults = default_inputs(lm.path)
-    layers = parse_layers(a.edit_layers, lm.info.n_layers, a.edit_layer if a.edit_layer is not None else defaults.edit_layer)
+    layers = parse_layers(a.edit_layers, lm.info.n_layers, edit_layer_of(a, lm))
     if ft is None:
         name, dataset = next(iter(defaults.trial_sets.items()))
         path = out / f"fixed_trials_{name}_t10_s10_seed0_{lm.name}.json"

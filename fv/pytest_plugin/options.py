@@ -61,7 +61,7 @@ def add_options(parser: pytest.Parser) -> None:
     g.addoption("--dataset", default=None, help="an ICL dataset JSON to make fixed trials from (10 trials, 10 shots, seed 0)")
     g.addoption("--n-top-heads", type=int, default=10, help="heads in the FV (default 10)")
     g.addoption("--edit-layer", type=int, default=None,
-                help="layer the FV is added after (default: the model's, fv/model/default_inputs.py: 9; 2 on tiny-llama-fv)")
+                help="layer the FV is added after (default: the model's, fv/model/default_inputs.py: 9, or a third of the depth where 9 does not fit; 2 on tiny-llama-fv)")
     g.addoption("--max-trials", type=int, default=5, help="trials compared per file (default 5)")
     g.addoption("--q-list", default=None, help="M7: comma-separated q ids, or 'all'")
     g.addoption("--relation-csv", default=None, help="M7: relation CSV (default fixtures/relation_tiny.csv, on tiny-llama-fv fixtures/rule_tasks/relation.csv; the "
@@ -158,11 +158,12 @@ class FVOptions:
             return list(self.models)
         return [m for m in SELF_DEFAULT if m not in self.unavailable]
 
-    def edit_layer_for(self, model: "str | Path") -> int:
-        """``--edit-layer``, else ``model``'s default edit layer (``fv.model.default_inputs``)."""
-        from fv.model.default_inputs import default_inputs
+    def edit_layer_for(self, model: "str | Path", n_layers: int) -> int:
+        """``--edit-layer``, else the default edit layer of ``model`` (a name or folder) with ``n_layers`` layers
+        (``fv.model.default_inputs.default_edit_layer``)."""
+        from fv.model.default_inputs import default_edit_layer
 
-        return self.edit_layer if self.edit_layer is not None else default_inputs(model).edit_layer
+        return self.edit_layer if self.edit_layer is not None else default_edit_layer(model, n_layers)
 
     @classmethod
     def of(cls, config: pytest.Config) -> "FVOptions":
@@ -272,10 +273,8 @@ def check_options(opts: FVOptions) -> None:
             cfg = _json.loads((resolve_model_path(name) / "config.json").read_text())
             cfg = cfg.get("text_config", cfg)
             n_layers = cfg.get("num_hidden_layers", cfg.get("n_layer"))
-        layer = opts.edit_layer_for(name)
-        if isinstance(n_layers, int) and not 0 <= layer < n_layers:
-            what = "--edit-layer" if opts.edit_layer is not None else "the default edit layer"
-            raise FVError(f"{what} {layer} is outside {name}: it has {n_layers} layers (0..{n_layers - 1}); "
+        if isinstance(n_layers, int) and opts.edit_layer is not None and not 0 <= opts.edit_layer < n_layers:
+            raise FVError(f"--edit-layer {opts.edit_layer} is outside {name}: it has {n_layers} layers (0..{n_layers - 1}); "
                           f"pass --edit-layer N with N below {n_layers}.")
     relation_file = False
     if opts.fixed_trials:

@@ -209,11 +209,11 @@ def trials_for(opts: FVOptions, lm: Any, dataset: Path, n_trials: int = 10, n_sh
     return made[key]
 
 
-def fv_params(opts: FVOptions, model: Any) -> Any:
-    """The stage parameters for ``model`` (a name or folder: its default edit layer unless ``--edit-layer``)."""
+def fv_params(opts: FVOptions, lm: Any) -> Any:
+    """The stage parameters for the loaded model ``lm`` (its default edit layer unless ``--edit-layer``)."""
     from fv.parity.stages import Params
 
-    return Params(n_top_heads=opts.n_top_heads, edit_layer=opts.edit_layer_for(model), max_trials=opts.max_trials,
+    return Params(n_top_heads=opts.n_top_heads, edit_layer=opts.edit_layer_for(lm.path, lm.info.n_layers), max_trials=opts.max_trials,
                   mode=opts.mode)
 
 
@@ -310,7 +310,7 @@ def parity_for(opts: FVOptions, lm: Any, trials: Any, require_reference: bool = 
         if require_reference:
             pytest.skip(ref)
         ref = None
-    params = fv_params(opts, lm.path) if golden is None else replace(fv_params(opts, lm.path), max_trials=golden.n_trials)
+    params = fv_params(opts, lm) if golden is None else replace(fv_params(opts, lm), max_trials=golden.n_trials)
     if ours is not None:  # a port's files: its numbers average all the trials it ran, so every one is compared
         from dataclasses import replace
 

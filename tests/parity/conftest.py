@@ -34,10 +34,10 @@ def runtime_dir(fv_options, fv_model, fixed_trials, tmp_path_factory, gate_runs)
 
     def make():
         out = tmp_path_factory.mktemp(f"run-{fv_model.name}")
-        cfg = RunConfig(n_top_heads=fv_options.n_top_heads, edit_layers=[fv_options.edit_layer_for(fv_model.path)],
+        cfg = RunConfig(n_top_heads=fv_options.n_top_heads, edit_layers=[fv_options.edit_layer_for(fv_model.path, fv_model.info.n_layers)],
                         max_trials=fv_options.max_trials, mode="exact")
         result = run_runtime(fv_model, fixed_trials, out, cfg)
-        write_runtime_dump(out, result, fv_options.edit_layer_for(fv_model.path))
+        write_runtime_dump(out, result, fv_options.edit_layer_for(fv_model.path, fv_model.info.n_layers))
         return out
 
     return gate_runs.get(("run", fv_model.name, str(fixed_trials.path)), make)
@@ -52,7 +52,7 @@ def reference_dir(fv_options, fv_model, fixed_trials, reference, tmp_path_factor
         out = tmp_path_factory.mktemp(f"ref-{fv_model.name}")
         args = ["reference", "--src-root", str(reference.src_root), "--model", str(fv_model.path), "--fixed-trials",
                 str(fixed_trials.path), "--out", str(out), "--max-trials", str(fv_options.max_trials), "--n-top-heads",
-                str(fv_options.n_top_heads), "--edit-layer", str(fv_options.edit_layer_for(fv_model.path)), "--dump",
+                str(fv_options.n_top_heads), "--edit-layer", str(fv_options.edit_layer_for(fv_model.path, fv_model.info.n_layers)), "--dump",
                 "--device", fv_options.device, "--src-model", fv_options.src_model]
         if fv_options.src_model == "shared":
             args += ["--dtype", fv_options.dtype, "--attn-implementation", fv_options.attn]

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.m4
 
 @pytest.mark.parametrize("name", RUNTIME_FILES + ("step6_results_L{edit_layer}.json", "fv_runtime_dump.json"))
 def test_artifact_exists(runtime_dir, fv_options, fv_model, name):
-    path = runtime_dir / name.format(edit_layer=fv_options.edit_layer_for(fv_model.path))
+    path = runtime_dir / name.format(edit_layer=fv_options.edit_layer_for(fv_model.path, fv_model.info.n_layers))
     assert path.is_file() and path.stat().st_size > 0, f"{path.name} missing in {runtime_dir}"
     if path.suffix == ".json":
         json.loads(path.read_text())
@@ -85,7 +85,7 @@ def test_resume_skips_finished_stages(runtime_dir, fv_model, fixed_trials, fv_op
     copy = tmp_path / "run"
     shutil.copytree(runtime_dir, copy)
     before = {p.name: p.read_bytes() for p in copy.iterdir() if p.suffix == ".pt"}
-    cfg = RunConfig(n_top_heads=fv_options.n_top_heads, edit_layers=[fv_options.edit_layer_for(fv_model.path)], max_trials=fv_options.max_trials, resume=True)
+    cfg = RunConfig(n_top_heads=fv_options.n_top_heads, edit_layers=[fv_options.edit_layer_for(fv_model.path, fv_model.info.n_layers)], max_trials=fv_options.max_trials, resume=True)
     lines: list[str] = []
     result = run_runtime(fv_model, fixed_trials, copy, cfg, log=lines.append)
     assert "mean activations: reused mean_activations.pt (inputs unchanged)" in lines

@@ -73,7 +73,7 @@ def task_trials(fv_options, fv_model):
 @pytest.fixture(scope="session")
 def universal_run(fv_options, fv_model, task_trials, tmp_path_factory, universal_runs):
     """``fv universal`` on the model's tasks' fixed trials: its output folder and the result it returned."""
-    key = (fv_model.name, fv_options.mode, fv_options.max_trials, fv_options.n_top_heads, fv_options.edit_layer_for(fv_model.path))
+    key = (fv_model.name, fv_options.mode, fv_options.max_trials, fv_options.n_top_heads, fv_options.edit_layer_for(fv_model.path, fv_model.info.n_layers))
 
     def make():
         from fv.pipelines.universal import UniversalConfig, run_universal
@@ -81,7 +81,7 @@ def universal_run(fv_options, fv_model, task_trials, tmp_path_factory, universal
         out = tmp_path_factory.mktemp("universal") / fv_model.name
         cfg = UniversalConfig(out=str(out), fixed_trials=[str(ft.path) for ft in task_trials.values()], task_filter="all",
                               mode=fv_options.mode, max_trials=fv_options.max_trials, n_top_heads=fv_options.n_top_heads,
-                              edit_layers=str(fv_options.edit_layer_for(fv_model.path)))
+                              edit_layers=str(fv_options.edit_layer_for(fv_model.path, fv_model.info.n_layers)))
         result = run_universal(cfg, lm=fv_model)
         return out, result, {t: ft.path.stem for t, ft in task_trials.items()}
 
@@ -118,7 +118,7 @@ def _reference_side(fv_options, fv_model, task_trials) -> dict:
     from fv.parity.sides import trials_data
 
     side = universal_side(fv_options, fv_model)
-    params = fv_params(fv_options, fv_model.path).as_dict()
+    params = fv_params(fv_options, fv_model).as_dict()
     tasks = {t: trials_data(task_trials[t]) for t in task_trials}
     task_values = None
     if isinstance(side, ReferenceSide):  # a live side computes from its own values of each task
@@ -239,8 +239,8 @@ def test_universal_fv_matches_compute_function_vector(fv_options, fv_model, task
 def test_task_evaluation_written(fv_options, fv_model, universal_run, task):
     """Each task's universal FV is evaluated zero-shot at the edit layer, with and without it."""
     ev = read_json(_task_dir(universal_run, task) / "universal_eval.json")
-    assert ev["edit_layers"] == [fv_options.edit_layer_for(fv_model.path)]
-    zs = ev["by_layer"][str(fv_options.edit_layer_for(fv_model.path))]["by_prompt_set"]["zero_shot"]
+    assert ev["edit_layers"] == [fv_options.edit_layer_for(fv_model.path, fv_model.info.n_layers)]
+    zs = ev["by_layer"][str(fv_options.edit_layer_for(fv_model.path, fv_model.info.n_layers))]["by_prompt_set"]["zero_shot"]
     assert zs["n"] == min(fv_options.max_trials, 10)
-    rows = [r for r in ev["trials"][str(fv_options.edit_layer_for(fv_model.path))] if r["prompt_set"] == "zero_shot"]
+    rows = [r for r in ev["trials"][str(fv_options.edit_layer_for(fv_model.path, fv_model.info.n_layers))] if r["prompt_set"] == "zero_shot"]
     assert zs["acc_with"] == sum(r["accuracy_with"] for r in rows) / len(rows)
