@@ -369,7 +369,7 @@ def draw_universal_sweep(path: str | Path, by_task: dict[str, dict[int, dict]], 
     plt = _plt()
     from matplotlib.ticker import MaxNLocator
 
-    fig, ax = plt.subplots(figsize=(7, 4), layout="constrained")
+    fig, ax = plt.subplots(figsize=(9, 4), layout="constrained")
     data: dict[str, np.ndarray] = {}
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for k, (task, summaries) in enumerate(by_task.items()):
@@ -386,7 +386,8 @@ def draw_universal_sweep(path: str | Path, by_task: dict[str, dict[int, dict]], 
     ax.set_ylim(-0.05, 1.05)
     ax.grid(alpha=0.3)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.legend(fontsize=7, ncol=2)
+    # beside the axes, not over them: with five tasks a legend inside hides the lines near 1.0
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     ax.set_title(f"{title}: each task's universal FV by edit layer", fontsize=10)
     return Picture(_save(fig, Path(path)), data)
 
